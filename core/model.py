@@ -1,0 +1,513 @@
+"""BaseUnslothModel: load a causal LM, attach LoRA, fine-tune with trl's SFTTrainer, generate.
+
+Two backends sit behind one API:
+  * ``unsloth``: Unsloth's FastLanguageModel (CUDA only; 4-bit through bitsandbytes);
+  * ``hf``: plain transformers + peft, which also runs on a CPU.
+``backend: auto`` takes Unsloth when CUDA and the package are there, else transformers.
+
+transformers, peft and trl are imported inside functions, not at module level, on purpose:
+Unsloth patches them when it is imported and must come first, so nothing may import them
+before the backend has been chosen.
+
+A family subclass (core/families.py) defines only what differs between model families:
+its chat template, the token that ends the assistant's turn, a pad token, and if it wants
+its own way of turning a row into the user message.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from core import io
+from core.config import GenerationConfig, ModelProfile, TrainingConfig, as_dict
+from core.data import PROMPT, TARGET
+from core.weights import resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value the loss skips
+
+
+class BackendError(RuntimeError):
+    """The configured backend cannot run on this machine."""
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+class HFBackend:
+    """transformers + peft: runs anywhere torch runs."""
+
+    name = "hf"
+
+    def load(self, checkpoint: str, profile: ModelProfile, dtype: torch.dtype):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if profile.load_in_4bit:
+            if cuda_available():
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=dtype,
+                )
+            else:
+                log.warning("load_in_4bit needs CUDA (bitsandbytes); loading %s unquantised on the CPU", checkpoint)
+        if cuda_available():
+            kwargs["device_map"] = {"": 0}
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        return model, tokenizer
+
+    def attach_lora(self, model, profile: ModelProfile, seed: int, gradient_checkpointing: bool):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if getattr(model, "is_loaded_in_4bit", False):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(seed)  # LoRA's A matrices are drawn at random
+        config = LoraConfig(
+            r=profile.lora.r,
+            lora_alpha=profile.lora.alpha,
+            lora_dropout=profile.lora.dropout,
+            target_modules=list(profile.lora.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+    def load_adapter(self, model, path: Path):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+
+    def for_inference(self, model) -> None:
+        model.eval()
+
+    def for_training(self, model) -> None:
+        model.train()
+
+
+class UnslothBackend(HFBackend):
+    """Unsloth's FastLanguageModel: fused kernels and its own gradient checkpointing, CUDA only."""
+
+    name = "unsloth"
+
+    def __init__(self) -> None:
+        import unsloth  # noqa: F401  (first, so that it can patch transformers, peft and trl)
+        from unsloth import FastLanguageModel
+
+        self.fast = FastLanguageModel
+
+    def load(self, checkpoint: str, profile: ModelProfile, dtype: torch.dtype):
+        model, tokenizer = self.fast.from_pretrained(
+            model_name=checkpoint,
+            max_seq_length=profile.max_seq_length,
+            dtype=dtype,
+            load_in_4bit=profile.load_in_4bit,
+        )
+        return model, tokenizer
+
+    def attach_lora(self, model, profile: ModelProfile, seed: int, gradient_checkpointing: bool):
+        return self.fast.get_peft_model(
+            model,
+            r=profile.lora.r,
+            lora_alpha=profile.lora.alpha,
+            lora_dropout=profile.lora.dropout,
+            target_modules=list(profile.lora.target_modules),
+            bias="none",
+            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+            random_state=seed,
+            max_seq_length=profile.max_seq_length,
+        )
+
+    def for_inference(self, model) -> None:
+        self.fast.for_inference(model)
+
+    def for_training(self, model) -> None:
+        self.fast.for_training(model)
+
+
+def resolve_backend(choice: str) -> HFBackend:
+    """The backend object for `choice` (auto | unsloth | hf), or a one-sentence BackendError."""
+    if choice == "hf":
+        return HFBackend()
+    if choice == "unsloth" and not cuda_available():
+        raise BackendError(
+            "backend 'unsloth' needs an NVIDIA GPU with CUDA and none is visible on this machine; "
+            "set backend: hf (or auto) in the model's profile in params.yaml to train with transformers+peft here."
+        )
+    if choice in ("unsloth", "auto") and cuda_available():
+        try:
+            return UnslothBackend()
+        except ImportError as err:
+            if choice == "unsloth":
+                raise BackendError(
+                    f"backend 'unsloth' was chosen but unsloth cannot be imported ({err}); "
+                    "install it with: pip install -r requirements-gpu.txt"
+                ) from None
+            log.warning("unsloth is not importable (%s); using transformers+peft on the GPU", err)
+    return HFBackend()
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if cuda_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+@dataclass
+class Generations:
+    """Responses in the order of the rows asked for, with what it took to make them."""
+
+    texts: list[str]
+    new_tokens: list[int]  # tokens generated per response, end-of-turn token included
+    stopped: list[bool]  # True where the model ended its turn; False where max_new_tokens cut it
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TrainingExamples:
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    truncated: int = 0  # examples cut at max_seq_length (their end-of-turn token is lost)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(ids) for ids in self.input_ids)
+
+    def as_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_dict({"input_ids": self.input_ids, "labels": self.labels})
+
+
+# Base models loaded in this process, keyed by what was loaded. peft edits a model in place
+# when an adapter is attached, so a model leaves the cache at that moment.
+_BASE_CACHE: dict[tuple, tuple[Any, Any]] = {}
+
+
+class BaseUnslothModel:
+    # --- what each family defines -------------------------------------------------------
+    chat_template: str = ""  # Jinja, set on the tokenizer and saved with the adapter
+    end_of_turn: str = ""  # the token that closes the assistant's turn: training target and stop token
+    pad_token: str = ""  # a token that never occurs in text, distinct from end_of_turn
+
+    def __init__(self, profile: ModelProfile, system_prompt: str) -> None:
+        if not (self.chat_template and self.end_of_turn and self.pad_token):
+            raise TypeError(f"{type(self).__name__} must define chat_template, end_of_turn and pad_token")
+        self.profile = profile
+        self.system_prompt = system_prompt
+        self.backend = resolve_backend(profile.backend)
+        self.dtype = resolve_dtype(profile.dtype)
+        self.model = None
+        self.tokenizer = None
+
+    # --- prompts ------------------------------------------------------------------------
+    def _create_input_prompt(self, row: dict) -> str:
+        """The user message for a row: the vignette, led by the context the row carries.
+
+        The vignette already names the nurse's county, facility and experience; the panel and
+        competency are not in it and tell the model which specialty is asked.
+        """
+        context = [
+            f"{label}: {row[col]}"
+            for label, col in (("Clinical panel", "Clinical Panel"), ("Nursing competency", "Nursing Competency"))
+            if row.get(col)
+        ]
+        return "\n".join(context + ["", row[PROMPT].strip()]) if context else row[PROMPT].strip()
+
+    def messages_for(self, row: dict, response: str | None = None) -> list[dict]:
+        messages = [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": self._create_input_prompt(row)},
+        ]
+        if response is not None:
+            messages.append({"role": "assistant", "content": response})
+        return messages
+
+    def prompt_for(self, row: dict) -> str:
+        """The exact text the model sees before it answers, at training and at prediction."""
+        self._require_loaded()
+        return self.tokenizer.apply_chat_template(
+            self.messages_for(row), tokenize=False, add_generation_prompt=True
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        # The chat template writes every special token itself: the tokenizer must add none.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def training_examples(self, rows: Iterable[dict]) -> TrainingExamples:
+        """Token ids and labels for training: prompt tokens are masked out of the loss, the
+        response and its end-of-turn token are learned.
+
+        Prompt and response are encoded apart so the prompt's tokens are exactly those that
+        prediction feeds the model.
+        """
+        self._require_loaded()
+        examples = TrainingExamples([], [])
+        for row in rows:
+            prompt_ids = self._encode(self.prompt_for(row))
+            answer_ids = self._encode(row[TARGET].strip() + self.end_of_turn)
+            ids = (prompt_ids + answer_ids)[: self.profile.max_seq_length]
+            labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[: self.profile.max_seq_length]
+            if len(prompt_ids) + len(answer_ids) > self.profile.max_seq_length:
+                examples.truncated += 1
+            examples.input_ids.append(ids)
+            examples.labels.append(labels)
+        if examples.truncated:
+            log.warning(
+                "%d of %d examples are longer than max_seq_length=%d and were cut; they lose their end-of-turn token",
+                examples.truncated, len(examples.input_ids), self.profile.max_seq_length,
+            )
+        return examples
+
+    # --- loading ----------------------------------------------------------------------------
+    @property
+    def checkpoint(self) -> str:
+        return resolve_checkpoint(self.profile)
+
+    def _cache_key(self) -> tuple:
+        p = self.profile
+        return (self.backend.name, self.checkpoint, str(self.dtype), p.load_in_4bit, p.max_seq_length)
+
+    def load(self) -> None:
+        """Load the base model and tokenizer (once per process; see _BASE_CACHE)."""
+        if self.model is not None:
+            return
+        key = self._cache_key()
+        if key not in _BASE_CACHE:
+            log.info("loading %s (%s backend, %s)", self.checkpoint, self.backend.name, self.dtype)
+            model, tokenizer = self.backend.load(self.checkpoint, self.profile, self.dtype)
+            _BASE_CACHE[key] = (model, self._set_up_tokenizer(tokenizer, model))
+        self.model, self.tokenizer = _BASE_CACHE[key]
+
+    def _set_up_tokenizer(self, tokenizer, model):
+        vocab = tokenizer.get_vocab()
+        for token in (self.end_of_turn, self.pad_token):
+            if token not in vocab:
+                raise ValueError(f"{self.checkpoint}: the tokenizer has no {token!r} token, which the {type(self).__name__} template needs")
+        tokenizer.chat_template = self.chat_template
+        # eos = end of turn: generation stops there, and whoever loads the saved adapter's tokenizer gets the same stop.
+        tokenizer.eos_token = self.end_of_turn
+        # pad must differ from eos, else masking padding could also mask the end-of-turn target.
+        tokenizer.pad_token = self.pad_token
+        tokenizer.padding_side = "left"  # generation; the training collator pads on the right itself
+        tokenizer.clean_up_tokenization_spaces = False  # a BPE tokenizer's text must decode as it was
+        for config in (model.config, getattr(model, "generation_config", None)):
+            if config is not None:
+                config.pad_token_id = tokenizer.pad_token_id
+                config.eos_token_id = tokenizer.eos_token_id
+        return tokenizer
+
+    def _require_loaded(self) -> None:
+        if self.model is None:
+            self.load()
+
+    def _take_from_cache(self) -> None:
+        """This instance is about to edit its model in place: no one else may get it from the cache."""
+        for key, (model, _) in list(_BASE_CACHE.items()):
+            if model is self.model:
+                del _BASE_CACHE[key]
+
+    def attach_lora(self, seed: int, gradient_checkpointing: bool = False) -> None:
+        self._require_loaded()
+        self._take_from_cache()
+        self.model = self.backend.attach_lora(self.model, self.profile, seed, gradient_checkpointing)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        return trainable, total
+
+    # --- training ---------------------------------------------------------------------------
+    def fine_tune(
+        self,
+        train_rows: list[dict],
+        val_rows: list[dict],
+        training: TrainingConfig,
+        output_dir: str | Path,
+        callbacks: Iterable[Any] = (),
+    ) -> dict:
+        """LoRA fine-tuning with trl's SFTTrainer; resumes from the last checkpoint in
+        `output_dir` if one is there. Returns the run's metrics."""
+        from transformers import set_seed
+        from transformers.trainer_utils import get_last_checkpoint
+        from trl import SFTConfig, SFTTrainer
+
+        set_seed(training.seed)
+        self._require_loaded()
+        if not hasattr(self.model, "peft_config"):
+            self.attach_lora(training.seed, training.gradient_checkpointing)
+        train = self.training_examples(train_rows)
+        val = self.training_examples(val_rows) if val_rows else None
+        on_gpu = cuda_available()
+        args = SFTConfig(
+            output_dir=str(output_dir),
+            num_train_epochs=training.epochs,
+            max_steps=training.max_steps,
+            per_device_train_batch_size=training.batch_size,
+            per_device_eval_batch_size=training.batch_size,
+            gradient_accumulation_steps=training.grad_accum,
+            learning_rate=training.learning_rate,
+            lr_scheduler_type=training.lr_scheduler,
+            warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of all steps
+            weight_decay=training.weight_decay,
+            optim=training.optimizer,
+            logging_steps=training.logging_steps,
+            logging_first_step=True,
+            save_strategy="steps",
+            save_steps=training.save_steps,
+            save_total_limit=1,
+            eval_strategy="epoch" if val else "no",
+            seed=training.seed,
+            data_seed=training.seed,
+            report_to="none",
+            use_cpu=not on_gpu,
+            bf16=on_gpu and self.dtype == torch.bfloat16,
+            fp16=on_gpu and self.dtype == torch.float16,
+            max_length=self.profile.max_seq_length,
+            packing=False,
+            gradient_checkpointing=False,  # done by the backend when LoRA is attached
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+        )
+        self.backend.for_training(self.model)
+        self.tokenizer.padding_side = "right"
+        trainer = SFTTrainer(
+            model=self.model,
+            args=args,
+            train_dataset=train.as_dataset(),
+            eval_dataset=val.as_dataset() if val else None,
+            processing_class=self.tokenizer,
+            callbacks=list(callbacks),
+        )
+        resume = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+        if resume:
+            log.info("resuming from %s", resume)
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - start
+        self.tokenizer.padding_side = "left"
+        train_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        metrics = {
+            "train_loss": train_losses[-1] if train_losses else result.training_loss,
+            "train_loss_mean": result.training_loss,
+            "train_runtime_s": seconds,
+            "train_tokens_per_s": train.n_tokens * trainer.state.epoch / seconds if seconds > 0 else 0.0,
+            "epochs": trainer.state.epoch,
+            "steps": trainer.state.global_step,
+            "train_examples": len(train.input_ids),
+            "truncated_examples": train.truncated,
+            "backend": self.backend.name,
+        }
+        metrics["trainable_params"], metrics["total_params"] = self.parameter_counts()
+        if val:
+            metrics["val_loss"] = trainer.evaluate()["eval_loss"]
+        if on_gpu:
+            metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return metrics
+
+    # --- generation -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate_responses(self, rows: list[dict], generation: GenerationConfig) -> Generations:
+        """Batched generation (left padding, KV cache), greedy unless do_sample is set."""
+        self._require_loaded()
+        self.backend.for_inference(self.model)
+        self.tokenizer.padding_side = "left"
+        encoded = [self._encode(self.prompt_for(row)) for row in rows]
+        # Similar lengths in one batch waste less on padding; results go back in input order.
+        order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]))
+        stop_ids = [self.tokenizer.convert_tokens_to_ids(self.end_of_turn)]
+        device = next(self.model.parameters()).device
+        sampling = {"do_sample": generation.do_sample, "repetition_penalty": generation.repetition_penalty}
+        if generation.do_sample:
+            sampling.update(temperature=generation.temperature, top_p=generation.top_p)
+        else:  # unset sampling knobs a checkpoint's generation_config may carry, so greedy stays greedy
+            sampling.update(temperature=None, top_p=None, top_k=None)
+        texts, counts, stopped = [""] * len(rows), [0] * len(rows), [False] * len(rows)
+        torch.manual_seed(generation.seed)
+        start = time.perf_counter()
+        batches = range(0, len(order), generation.batch_size)
+        for first in tqdm(batches, desc="generating", unit="batch", total=math.ceil(len(order) / generation.batch_size)):
+            index = order[first : first + generation.batch_size]
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in index]}, padding=True, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            output = self.model.generate(
+                **batch,
+                max_new_tokens=generation.max_new_tokens,
+                eos_token_id=stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                use_cache=True,
+                **sampling,
+            )
+            new = output[:, batch["input_ids"].shape[1] :].tolist()
+            for i, ids in zip(index, new):
+                ended = stop_ids[0] in ids
+                ids = ids[: ids.index(stop_ids[0]) + 1] if ended else ids
+                counts[i], stopped[i] = len(ids), ended
+                texts[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return Generations(texts, counts, stopped, time.perf_counter() - start)
+
+    # --- adapters ---------------------------------------------------------------------------
+    def save_adapter(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write the LoRA adapter, the tokenizer (with its chat template) and the resolved
+        profile to `path`, replacing what was there in one step."""
+        with io.atomic_path(path) as tmp:
+            self.model.save_pretrained(str(tmp))
+            self.tokenizer.save_pretrained(str(tmp))
+            io.write_json(tmp / "profile.json", {"family": type(self).__name__, **as_dict(self.profile), **(extra or {})})
+
+    def load_adapter(self, path: str | Path) -> None:
+        """Load the base model and put the adapter saved at `path` on it."""
+        path = Path(path)
+        if not (path / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first")
+        saved = io.read_json(path / "profile.json") if (path / "profile.json").exists() else {}
+        if saved and (saved.get("name"), saved.get("family")) != (self.profile.name, type(self).__name__):
+            raise ValueError(
+                f"{path}: this adapter was trained for {saved.get('name')} ({saved.get('family')}), "
+                f"not {self.profile.name} ({type(self).__name__}); rerun the finetune stage for this model"
+            )
+        self._require_loaded()
+        self._take_from_cache()
+        self.model = self.backend.load_adapter(self.model, path)
+
+    # --- memory -----------------------------------------------------------------------------
+    def cleanup_model(self) -> None:
+        """Drop this instance's model and give its memory back (GPU memory too)."""
+        self._take_from_cache()
+        self.model = None
+        self.tokenizer = None
+        self.clear_cache(keep_models=True)
+
+    @staticmethod
+    def clear_cache(keep_models: bool = False) -> None:
+        """Forget every cached base model (unless keep_models) and free unused memory."""
+        if not keep_models:
+            _BASE_CACHE.clear()
+        gc.collect()
+        if cuda_available():
+            torch.cuda.empty_cache()

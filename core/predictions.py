@@ -1,0 +1,149 @@
+"""Prediction files, the validation report and the submission file."""
+from __future__ import annotations
+
+import csv
+import io as _io
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import io
+from core.data import ID, TARGET, DataError, normalise, panel_of, prompt_echo
+
+# `chars` is the length of the text as generated: an integrity record, so that a text emptied
+# or cut after predict is told apart from an answer the model really left empty.
+PREDICTION_COLUMNS = [ID, TARGET, "new_tokens", "chars", "stopped"]
+SUBMISSION_COLUMNS = [ID, TARGET]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    text: str
+    new_tokens: int
+    stopped: bool  # the model ended its turn (False: cut at max_new_tokens)
+
+
+def _csv_text(rows: list[list], header: list[str]) -> str:
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_predictions(path: str | Path, rows: list[dict], predictions: list[Prediction]) -> None:
+    body = [[row[ID], p.text, p.new_tokens, len(p.text), int(p.stopped)] for row, p in zip(rows, predictions, strict=True)]
+    io.write_text(path, _csv_text(body, PREDICTION_COLUMNS))
+
+
+def read_predictions(path: str | Path, rows: list[dict]) -> dict[str, Prediction]:
+    """Predictions by id, checked against the rows they are for: every id once, no stranger,
+    each text as long as its generation record says. An empty text is then an answer the model
+    really left empty, which the caller decides what to do with."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in PREDICTION_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: column {missing[0]!r} is missing")
+            records = list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; run the predict stage first") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8") from None
+    expected = {row[ID] for row in rows}
+    found: dict[str, tuple[int, Prediction]] = {}
+    for number, record in enumerate(records, start=1):
+        where = f"{path}: row {number}"
+        key = (record.get(ID) or "").strip()
+        if key not in expected:
+            raise DataError(f"{where}, column {ID!r}: id {key!r} is not in the rows being predicted")
+        if key in found:
+            raise DataError(f"{where}, column {ID!r}: duplicate id {key!r} (first in row {found[key][0]})")
+        text = record[TARGET] or ""
+        if record["chars"] != str(len(text)):
+            what = "empty" if not text.strip() else f"{len(text)} characters long"
+            raise DataError(
+                f"{where}, column {TARGET!r}: the text is {what} but predict wrote {record['chars']!r} characters; "
+                "the file was changed or damaged after predict: rerun it"
+            )
+        try:
+            new_tokens = int(record["new_tokens"])
+        except ValueError:
+            raise DataError(f"{where}, column 'new_tokens': not a count: {record['new_tokens']!r}") from None
+        found[key] = (number, Prediction(text, new_tokens, record["stopped"] == "1"))
+    absent = sorted(expected - set(found))
+    if absent:
+        raise DataError(f"{path}: column {ID!r}: {len(absent)} id(s) have no prediction, first {absent[0]!r}")
+    return {key: prediction for key, (_, prediction) in found.items()}
+
+
+def build_submission(rows: list[dict], predictions: dict[str, Prediction]) -> tuple[list[list[str]], int]:
+    """Submission rows (id, host-normalised text) in test order, and how many empty answers
+    were replaced by the prompt-echo text."""
+    out, replaced = [], 0
+    for row in rows:
+        text = normalise(predictions[row[ID]].text)
+        if not text:
+            text, replaced = prompt_echo(row), replaced + 1
+        out.append([row[ID], text])
+    return out, replaced
+
+
+def write_submission(path: str | Path, rows: list[dict], submission: list[list[str]]) -> None:
+    """Write the submission CSV after checking it: every test id exactly once, no empty text."""
+    ids = [r[ID] for r in rows]
+    got = [s[0] for s in submission]
+    if sorted(got) != sorted(ids) or len(set(got)) != len(got):
+        missing, extra = sorted(set(ids) - set(got)), sorted(set(got) - set(ids))
+        raise DataError(f"{path}: the submission must hold every test id once (missing {missing[:3]}, unexpected {extra[:3]}, {len(got) - len(set(got))} duplicated)")
+    empty = [key for key, text in submission if not text.strip()]
+    if empty:
+        raise DataError(f"{path}: empty response for id {empty[0]!r}")
+    io.write_text(path, _csv_text(submission, SUBMISSION_COLUMNS))
+
+
+# --- validation report ----------------------------------------------------------------------
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures over pairs of texts, both normalised as the host does."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references, strict=True):
+        scores = scorer.score(normalise(reference), normalise(prediction))
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    n = max(len(predictions), 1)
+    return {name: total / n for name, total in totals.items()}
+
+
+def validation_report(rows: list[dict], predictions: dict[str, Prediction]) -> tuple[dict, list[dict]]:
+    """Scores of the model and of the prompt-echo baseline on the same rows: overall (a dict
+    for `dvc metrics`) and per clinical panel (one record a panel, for a plot)."""
+    references = [row[TARGET] for row in rows]
+    model = [predictions[row[ID]].text for row in rows]
+    echo = [prompt_echo(row) for row in rows]
+    summary = {
+        "rows": len(rows),
+        "model": rouge(model, references),
+        "prompt_echo": rouge(echo, references),
+        "empty_responses": sum(not normalise(t) for t in model),
+        "cut_at_max_new_tokens": sum(not predictions[row[ID]].stopped for row in rows),
+        "mean_chars": {
+            "model": sum(len(t) for t in model) / max(len(rows), 1),
+            "reference": sum(len(t) for t in references) / max(len(rows), 1),
+        },
+    }
+    per_panel = []
+    for panel in sorted({panel_of(row) for row in rows}):
+        index = [i for i, row in enumerate(rows) if panel_of(row) == panel]
+        record = {"panel": panel, "rows": len(index)}
+        for system, texts in (("model", model), ("prompt_echo", echo)):
+            scores = rouge([texts[i] for i in index], [references[i] for i in index])
+            record.update({f"{system}_{name}": value for name, value in scores.items()})
+        per_panel.append(record)
+    return summary, per_panel

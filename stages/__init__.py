@@ -1,0 +1,18 @@
+"""Pipeline stages: each `python -m stages.<name>` reads params.yaml, does one thing, writes its outs."""
+import logging
+import sys
+from typing import Callable
+
+from core.config import ConfigError
+from core.data import DataError
+from core.model import BackendError
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage; a problem with the user's input ends it with one clear line, not a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (ConfigError, DataError, BackendError, FileNotFoundError) as err:
+        logging.getLogger("stages").error("%s", err)
+        sys.exit(1)

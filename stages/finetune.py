@@ -1,0 +1,38 @@
+"""finetune: LoRA fine-tuning of the selected profile on the prepared train split."""
+import logging
+import shutil
+
+from dvclive import Live
+from dvclive.huggingface import DVCLiveCallback
+
+from core import io
+from core.config import as_dict, load_params
+from core.families import model_for
+from stages import run
+
+ADAPTER = "models/adapter"
+CHECKPOINTS = "models/checkpoints"  # not a DVC out: it must survive an interrupted run to resume from
+LIVE = "dvclive/finetune"
+METRICS = "metrics/finetune.json"
+
+
+def main() -> None:
+    params = load_params()
+    train = io.read_jsonl("data/prepared/train.jsonl")
+    val = io.read_jsonl("data/prepared/val.jsonl")
+    # One checkpoint directory per (settings, data): a resumed run never picks up another run's state.
+    run_dir = f"{CHECKPOINTS}/{io.fingerprint(as_dict(params), train, val)}"
+    model = model_for(params.profile, params.prompt.system)
+    with Live(LIVE, save_dvc_exp=False, dvcyaml=None) as live:
+        metrics = model.fine_tune(
+            train, val, params.profile.training, run_dir, callbacks=[DVCLiveCallback(live=live)]
+        )
+    model.save_adapter(ADAPTER)
+    io.write_json(METRICS, metrics)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    model.cleanup_model()
+    logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,23 @@
+"""prepare: check the raw CSVs and write the train/validation/test splits as JSONL."""
+import logging
+
+from core import io
+from core.config import load_params
+from core.data import read_vignettes, split_train_val
+from stages import run
+
+OUT = "data/prepared"
+
+
+def main() -> None:
+    params = load_params()
+    labelled = read_vignettes(params.data.train_csv, labelled=True)
+    test = read_vignettes(params.data.test_csv, labelled=False)
+    train, val = split_train_val(labelled, params.data.val_fraction, params.data.seed)
+    for name, rows in (("train", train), ("val", val), ("test", test)):
+        io.write_jsonl(f"{OUT}/{name}.jsonl", rows)
+    logging.info("wrote %s: %d train, %d val, %d test rows", OUT, len(train), len(val), len(test))
+
+
+if __name__ == "__main__":
+    run(main)
