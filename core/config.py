@@ -58,6 +58,7 @@ class GenerationConfig:
     temperature: float
     top_p: float
     repetition_penalty: float
+    no_repeat_ngram_size: int = 0  # > 0 forbids repeating any n-gram of this size
     seed: int = 0
 
 

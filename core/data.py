@@ -46,6 +46,10 @@ def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
             f"{path}: line {line}: not valid UTF-8 (byte {err.start} is {raw[err.start:err.start + 1]!r}); "
             "save the file as UTF-8"
         ) from None
+    header = text.lstrip().splitlines()[0]
+    for sep in (";", "\t", "|"):
+        if sep in header and "," not in header:
+            raise DataError(f"{path}: line 1: the header is separated by {sep!r}, not commas; save the file as a comma-separated CSV")
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -53,10 +57,6 @@ def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        header = text.splitlines()[0] if text.strip() else ""
-        for sep in (";", "\t", "|"):
-            if len(frame.columns) == 1 and sep in header:
-                raise DataError(f"{path}: the header is separated by {sep!r}, not commas; save the file as a comma-separated CSV")
         raise DataError(f"{path}: column {missing[0]!r} is missing (the header has: {', '.join(frame.columns)})")
 
     rows, seen = [], {}

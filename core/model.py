@@ -440,7 +440,11 @@ class BaseUnslothModel:
         order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]))
         stop_ids = [self.tokenizer.convert_tokens_to_ids(self.end_of_turn)]
         device = next(self.model.parameters()).device
-        sampling = {"do_sample": generation.do_sample, "repetition_penalty": generation.repetition_penalty}
+        sampling = {
+            "do_sample": generation.do_sample,
+            "repetition_penalty": generation.repetition_penalty,
+            "no_repeat_ngram_size": generation.no_repeat_ngram_size,
+        }
         if generation.do_sample:
             sampling.update(temperature=generation.temperature, top_p=generation.top_p)
         else:  # unset sampling knobs a checkpoint's generation_config may carry, so greedy stays greedy
@@ -478,7 +482,7 @@ class BaseUnslothModel:
         with io.atomic_path(path) as tmp:
             self.model.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
-            io.write_json(tmp / "profile.json", {"family": type(self).__name__, **as_dict(self.profile), **(extra or {})})
+            io.write_json(tmp / "profile.json", {**as_dict(self.profile), **(extra or {})})
 
     def load_adapter(self, path: str | Path) -> None:
         """Load the base model and put the adapter saved at `path` on it."""
@@ -486,10 +490,10 @@ class BaseUnslothModel:
         if not (path / "adapter_config.json").exists():
             raise FileNotFoundError(f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first")
         saved = io.read_json(path / "profile.json") if (path / "profile.json").exists() else {}
-        if saved and (saved.get("name"), saved.get("family")) != (self.profile.name, type(self).__name__):
+        if saved and (saved.get("name"), saved.get("family")) != (self.profile.name, self.profile.family):
             raise ValueError(
-                f"{path}: this adapter was trained for {saved.get('name')} ({saved.get('family')}), "
-                f"not {self.profile.name} ({type(self).__name__}); rerun the finetune stage for this model"
+                f"{path}: this adapter was trained for {saved.get('name')} ({saved.get('family')} family), "
+                f"not {self.profile.name} ({self.profile.family} family); rerun the finetune stage for this model"
             )
         self._require_loaded()
         self._take_from_cache()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io as _io
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,11 +108,16 @@ def write_submission(path: str | Path, rows: list[dict], submission: list[list[s
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measures over pairs of texts, both normalised as the host does."""
+@functools.lru_cache(maxsize=1)
+def _scorer():
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures over pairs of texts, both normalised as the host does."""
+    scorer = _scorer()
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for prediction, reference in zip(predictions, references, strict=True):
         scores = scorer.score(normalise(reference), normalise(prediction))

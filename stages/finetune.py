@@ -3,7 +3,6 @@ import logging
 import shutil
 
 from dvclive import Live
-from dvclive.huggingface import DVCLiveCallback
 
 from core import io
 from core.config import as_dict, load_params
@@ -23,6 +22,10 @@ def main() -> None:
     # One checkpoint directory per (settings, data): a resumed run never picks up another run's state.
     run_dir = f"{CHECKPOINTS}/{io.fingerprint(as_dict(params), train, val)}"
     model = model_for(params.profile, params.prompt.system)
+    # Imported only now: building the model has chosen its backend, and Unsloth must be
+    # imported before anything imports transformers.
+    from transformers.integrations import DVCLiveCallback
+
     with Live(LIVE, save_dvc_exp=False, dvcyaml=None) as live:
         metrics = model.fine_tune(
             train, val, params.profile.training, run_dir, callbacks=[DVCLiveCallback(live=live)]

@@ -1,0 +1,63 @@
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import parse_params
+from tests.checkpoints import REPO, build_checkpoint
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA (and unsloth); skipped on a machine without a GPU")
+    config.addinivalue_line("markers", "slow: runs the DVC pipeline or a real model")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {family: build_checkpoint(family, root / family) for family in ("qwen3", "llama32")}
+
+
+def tiny_params(raw: dict, family: str, checkpoint: Path, **training):
+    """The repo's params with `family`'s profile pointed at a local tiny checkpoint."""
+    raw = copy.deepcopy(raw)
+    raw["model"] = family
+    profile = raw["models"][family]
+    profile.update(name=str(checkpoint), load_in_4bit=False, backend="hf", max_seq_length=512)
+    profile["lora"]["r"] = 8
+    profile["training"] = {"epochs": 1, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": False, **training}
+    profile["generation"] = {"max_new_tokens": 12, "batch_size": 4}
+    return parse_params(raw)
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """A git+DVC copy of the repo's tracked files, to run stages and `dvc` in."""
+    dest = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file() and not name.startswith(("data/prepared", "models/", "submissions/", "metrics/", "plots/", "dvclive/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest

@@ -1,0 +1,141 @@
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core.data import DataError, normalise, prompt_echo, read_vignettes, split_train_val, strip_nurse_intro
+from tests.checkpoints import REPO
+
+TRAIN = REPO / "data" / "sample" / "train.csv"
+TEST = REPO / "data" / "sample" / "test.csv"
+
+
+def rows_of(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path, rows, fieldnames=None, delimiter=","):
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames or list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_sample_files_meet_the_contract():
+    train = read_vignettes(TRAIN, labelled=True)
+    test = read_vignettes(TEST, labelled=False)
+    assert len(train) >= 48 and len(test) >= 16
+    assert not {r["Master_Index"] for r in train} & {r["Master_Index"] for r in test}
+    assert sum(1 for r in test if not r["Years of Experience"]) >= 2  # optional fields really are optional
+
+
+# Each case: how to damage the sample train file, and what the error must say.
+def _drop_column(rows, path):
+    write_csv(path, [{k: v for k, v in r.items() if k != "Prompt"} for r in rows])
+
+
+def _duplicate_id(rows, path):
+    rows[5]["Master_Index"] = rows[2]["Master_Index"]
+    write_csv(path, rows)
+
+
+def _empty_prompt(rows, path):
+    rows[3]["Prompt"] = "   "
+    write_csv(path, rows)
+
+
+def _bad_encoding(rows, path):
+    write_csv(path, rows)
+    data = path.read_bytes()
+    cut = data.index(b"\n", 2000)
+    path.write_bytes(data[:cut] + "\nCaf\xe9".encode("latin-1") + data[cut:])
+
+
+def _semicolons(rows, path):
+    write_csv(path, rows, delimiter=";")
+
+
+def _empty_file(rows, path):
+    path.write_bytes(b"")
+
+
+def _empty_target(rows, path):
+    rows[7]["Clinician"] = ""
+    write_csv(path, rows)
+
+
+def _bad_years(rows, path):
+    rows[1]["Years of Experience"] = "ten"
+    write_csv(path, rows)
+
+
+BAD_INPUTS = {
+    "missing column": (_drop_column, r"column 'Prompt' is missing"),
+    "duplicate id": (_duplicate_id, r"row 6, column 'Master_Index': duplicate id '.*' \(first seen in row 3\)"),
+    "empty prompt": (_empty_prompt, r"row 4, column 'Prompt': empty prompt"),
+    "unreadable encoding": (_bad_encoding, r"line \d+: not valid UTF-8"),
+    "wrong delimiter": (_semicolons, r"separated by ';', not commas"),
+    "empty file": (_empty_file, r"the file is empty"),
+    "empty target": (_empty_target, r"row 8, column 'Clinician': empty clinician response"),
+    "bad years": (_bad_years, r"row 2, column 'Years of Experience': expected a number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_csv_gets_a_clear_error(tmp_path, case):
+    damage, message = BAD_INPUTS[case]
+    path = tmp_path / "train.csv"
+    damage(rows_of(TRAIN), path)
+    with pytest.raises(DataError, match=message) as err:
+        read_vignettes(path, labelled=True)
+    assert str(err.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("case", ["duplicate id", "wrong delimiter", "empty file"])
+def test_prepare_stage_refuses_bad_input_and_keeps_earlier_output(workspace, case):
+    env = {**os.environ, "PYTHONPATH": str(workspace)}
+    run = lambda: subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=workspace, env=env, capture_output=True, text=True)  # noqa: E731
+    first = run()
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (workspace / "data" / "prepared").iterdir()}
+
+    damage, message = BAD_INPUTS[case]
+    damage(rows_of(TRAIN), workspace / "data" / "sample" / "train.csv")
+    second = run()
+    assert second.returncode == 1
+    assert "Traceback" not in second.stderr
+    assert "data/sample/train.csv" in second.stderr
+    after = {p.name: p.read_bytes() for p in (workspace / "data" / "prepared").iterdir()}
+    assert after == before  # nothing lost, nothing half-written, no temporary left behind
+
+
+def test_split_is_seeded_stratified_and_disjoint():
+    rows = read_vignettes(TRAIN, labelled=True)
+    train, val = split_train_val(rows, 0.2, seed=42)
+    again_train, again_val = split_train_val(rows, 0.2, seed=42)
+    other_train, other_val = split_train_val(rows, 0.2, seed=7)
+    ids = lambda part: [r["Master_Index"] for r in part]  # noqa: E731
+    assert ids(train) == ids(again_train) and ids(val) == ids(again_val)
+    assert set(ids(val)) != set(ids(other_val))
+    assert not set(ids(train)) & set(ids(val)) and len(train) + len(val) == len(rows)
+    panels = lambda part: {" ".join(r["Clinical Panel"].upper().split()) for r in part}  # noqa: E731
+    assert panels(val) == panels(rows)  # every panel (all have 2+ rows) is in validation
+    assert 0.15 < len(val) / len(rows) < 0.3
+
+
+def test_normalise_matches_the_host():
+    text = "Summary: 24yr G2P1,\n\nBP 168/112 mmHg!  Mgmt — “urgent”.\r\nDx: PET"
+    assert normalise(text) == "summary 24yr g2p1 bp 168112 mmhg mgmt urgent dx pet"
+
+
+def test_prompt_echo_drops_the_nurse_introduction():
+    long = "I am a nurse with 12 years of experience in General nursing working in a Health Centres in Kiambu county in Kenya. A 2 year old with fever."
+    short = "i am a nurse working in a Dispensaries and Private Clinics in Nairobi county in kenya\nChild, 3, cough?"
+    assert strip_nurse_intro(long) == "A 2 year old with fever."
+    assert strip_nurse_intro(short) == "Child, 3, cough?"
+    assert strip_nurse_intro("A woman, 30, bleeding.") == "A woman, 30, bleeding."
+    assert prompt_echo({"Prompt": long}) == "a 2 year old with fever"

@@ -1,0 +1,145 @@
+"""BaseUnslothModel on the CPU backend, with tiny random-init Qwen3 and Llama checkpoints."""
+import copy
+
+import pytest
+import torch
+
+from core.config import parse_params
+from core.families import FAMILIES, model_for
+from core.model import IGNORE_INDEX, BackendError, BaseUnslothModel
+from tests.checkpoints import REPO
+from tests.conftest import tiny_params
+from core.data import read_vignettes
+
+ROWS = read_vignettes(REPO / "data" / "sample" / "train.csv", labelled=True)
+FAMILY_NAMES = ["qwen3", "llama32"]
+
+
+@pytest.fixture(params=FAMILY_NAMES)
+def tiny(request, repo_params, tiny_checkpoints):
+    family = request.param
+    params = tiny_params(repo_params, family, tiny_checkpoints[family])
+    model = model_for(params.profile, params.prompt.system)
+    model.load()
+    yield model, params
+    model.cleanup_model()
+    BaseUnslothModel.clear_cache()
+
+
+def test_prompt_at_prediction_is_the_training_prompt(tiny):
+    model, _ = tiny
+    row = ROWS[0]
+    prompt = model.prompt_for(row)
+    full = model.tokenizer.apply_chat_template(model.messages_for(row, row["Clinician"].strip()), tokenize=False)
+    # The whole rendered conversation starts with the prediction prompt, byte for byte, then the answer and end of turn.
+    assert full.startswith(prompt + row["Clinician"].strip() + model.end_of_turn)
+    assert row["Prompt"].strip() in prompt
+    if model.profile.family == "qwen3":  # thinking is off, in training and prediction alike
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        assert "<think>\n\n</think>\n\n" + row["Clinician"].strip() in full
+    else:
+        assert prompt.startswith("<|begin_of_text|>") and prompt.count("<|begin_of_text|>") == 1
+
+
+def test_labels_mask_the_prompt_and_keep_the_end_of_turn(tiny):
+    model, _ = tiny
+    examples = model.training_examples(ROWS[:3])
+    eot = model.tokenizer.convert_tokens_to_ids(model.end_of_turn)
+    assert model.tokenizer.pad_token_id != eot  # padding can never mask the stop token out
+    for row, ids, labels in zip(ROWS, examples.input_ids, examples.labels):
+        n_prompt = len(model._encode(model.prompt_for(row)))
+        assert ids[:n_prompt] == model._encode(model.prompt_for(row))  # token-identical to prediction's prompt
+        assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+        assert labels[n_prompt:] == ids[n_prompt:] and len(labels) > n_prompt
+        assert labels[-1] == eot and ids[-1] == eot
+        answer = model.tokenizer.decode(labels[n_prompt:-1])
+        assert answer == row["Clinician"].strip()
+
+    # and the trainer's own collator keeps them: right padding, padded labels ignored
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    batch = DataCollatorForLanguageModeling(pad_token_id=model.tokenizer.pad_token_id)(
+        [{"input_ids": i, "labels": l} for i, l in zip(examples.input_ids, examples.labels)]
+    )
+    shortest = min(range(3), key=lambda i: len(examples.input_ids[i]))
+    n = len(examples.input_ids[shortest])
+    assert batch["labels"][shortest, n - 1] == eot
+    assert (batch["labels"][shortest, n:] == IGNORE_INDEX).all()
+    assert (batch["attention_mask"][shortest, n:] == 0).all()
+
+
+def _loss_on(model, rows):
+    examples = model.training_examples(rows)
+    width = max(map(len, examples.input_ids))
+    pad = model.tokenizer.pad_token_id
+    ids = torch.tensor([i + [pad] * (width - len(i)) for i in examples.input_ids])
+    labels = torch.tensor([l + [IGNORE_INDEX] * (width - len(l)) for l in examples.labels])
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in examples.input_ids])
+    model.model.eval()
+    with torch.no_grad():
+        return model.model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+
+
+def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(tiny, tmp_path, repo_params, tiny_checkpoints):
+    model, params = tiny
+    batch = ROWS[:8]
+    training = tiny_params(repo_params, params.profile.family, params.profile.name, max_steps=12, learning_rate=1e-2).profile.training
+    model.attach_lora(seed=0)
+    before = _loss_on(model, batch)
+    metrics = model.fine_tune(batch, ROWS[8:10], training, tmp_path / "run")
+    after = _loss_on(model, batch)
+    assert after < before - 0.5, (before, after)
+    assert metrics["steps"] == 12 and metrics["trainable_params"] < metrics["total_params"] / 5
+    assert metrics["val_loss"] > 0 and metrics["train_tokens_per_s"] > 0
+
+    generation = params.profile.generation
+    expected = model.generate_responses(ROWS[20:26], generation)
+    model.save_adapter(tmp_path / "adapter")
+    model.cleanup_model()
+
+    reloaded = model_for(params.profile, params.prompt.system)
+    reloaded.load_adapter(tmp_path / "adapter")
+    again = reloaded.generate_responses(ROWS[20:26], generation)
+    assert again.texts == expected.texts
+    assert again.new_tokens == expected.new_tokens
+    assert any(expected.texts)  # the comparison is not between empty strings
+    reloaded.cleanup_model()
+
+
+def test_generation_is_batched_greedy_and_order_preserving(tiny):
+    model, params = tiny
+    rows = ROWS[:5]
+    batched = model.generate_responses(rows, params.profile.generation)
+    one_by_one = [model.generate_responses([r], params.profile.generation).texts[0] for r in rows]
+    assert batched.texts == one_by_one  # left padding does not change what a row gets
+    assert all(0 < n <= params.profile.generation.max_new_tokens for n in batched.new_tokens)
+    assert model.tokenizer.padding_side == "left"
+
+
+def test_a_saved_adapter_refuses_another_model(tiny, tmp_path, repo_params, tiny_checkpoints):
+    model, params = tiny
+    model.attach_lora(seed=0)
+    model.save_adapter(tmp_path / "adapter")
+    other_family = "llama32" if params.profile.family == "qwen3" else "qwen3"
+    other = tiny_params(repo_params, other_family, tiny_checkpoints[other_family])
+    with pytest.raises(ValueError, match="rerun the finetune stage"):
+        model_for(other.profile, other.prompt.system).load_adapter(tmp_path / "adapter")
+    with pytest.raises(FileNotFoundError, match="run the finetune stage first"):
+        model_for(params.profile, params.prompt.system).load_adapter(tmp_path / "nothing")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_unsloth_without_cuda_fails_in_one_sentence(repo_params):
+    raw = copy.deepcopy(repo_params)
+    raw["models"]["smollm2"]["backend"] = "unsloth"
+    params = parse_params(raw)
+    with pytest.raises(BackendError) as err:
+        model_for(params.profile, params.prompt.system)
+    message = str(err.value)
+    assert "needs an NVIDIA GPU with CUDA" in message and "backend: hf" in message
+    assert message.count(". ") == 0 and "\n" not in message
+
+
+def test_every_family_defines_its_template_tokens():
+    for name, family in FAMILIES.items():
+        assert family.chat_template and family.end_of_turn and family.pad_token != family.end_of_turn, name
