@@ -10,11 +10,6 @@ from core.config import parse_params
 from tests.checkpoints import REPO, build_checkpoint
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs CUDA (and unsloth); skipped on a machine without a GPU")
-    config.addinivalue_line("markers", "slow: runs the DVC pipeline or a real model")
-
-
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -1,0 +1,53 @@
+"""`dvc repro` of the default profile (the real SmolLM2 weights) on the sample data, shortened."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(workspace: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def shorten(workspace: Path) -> None:
+    """Two optimiser steps and 24 new tokens: the whole path, in CI time."""
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["models"]["smollm2"]["training"].update(max_steps=2)
+    params["models"]["smollm2"]["generation"].update(max_new_tokens=24)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
+    shorten(workspace)
+    out = dvc(workspace, "repro")
+    for stage in ("prepare", "finetune", "predict", "evaluate", "submit"):
+        assert f"Running stage '{stage}'" in out
+
+    submission = (workspace / "submissions" / "submission.csv").read_text(encoding="utf-8").splitlines()
+    test_ids = [line.split(",")[0] for line in (workspace / "data/sample/test.csv").read_text().splitlines()[1:] if line.startswith("ID_")]
+    assert submission[0] == "Master_Index,Clinician"
+    assert sorted(line.split(",", 1)[0] for line in submission[1:]) == sorted(test_ids)
+    assert all(line.split(",", 1)[1].strip() for line in submission[1:])
+    assert (workspace / "models/adapter/adapter_model.safetensors").exists()
+
+    metrics = yaml.safe_load(dvc(workspace, "metrics", "show", "--json"))
+    values = next(iter(metrics.values()))["data"]
+    assert values["metrics/finetune.json"]["data"]["steps"] == 2
+    assert "prompt_echo" in values["metrics/eval.json"]["data"]
+
+    assert "Data and pipelines are up to date" in dvc(workspace, "repro")
+
+    first = (workspace / "submissions" / "submission.csv").read_bytes()
+    adapter = (workspace / "models/adapter/adapter_model.safetensors").read_bytes()
+    dvc(workspace, "repro", "--force")
+    assert (workspace / "submissions" / "submission.csv").read_bytes() == first  # byte-identical rerun
+    assert (workspace / "models/adapter/adapter_model.safetensors").read_bytes() == adapter
