@@ -82,7 +82,9 @@ def worker(args) -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         train = model.fine_tune(rows, [], params.profile.training, run_dir)
     result = {"backend": model.backend.name, "train": train}
-    torch.cuda.reset_peak_memory_stats()
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     generation = params.profile.generation
     prompts = scaled_rows(args.gen_rows, labelled=False)
     one = model.generate_responses(prompts[: args.batch1_rows], dataclasses.replace(generation, batch_size=1))
@@ -91,7 +93,7 @@ def worker(args) -> None:
         "batch1": {"rows": len(one.texts), "seconds": one.seconds, "tokens_per_s": one.tokens_per_second},
         f"batch{generation.batch_size}": {"rows": len(many.texts), "seconds": many.seconds, "tokens_per_s": many.tokens_per_second,
                                           "mean_new_tokens": sum(many.new_tokens) / len(many.new_tokens)},
-        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0,
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
 
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--batch1-rows", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--out", default="benchmark.json")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model instead of the real shape (smoke test, CPU)")
     parser.add_argument("--write-csv", metavar="DIR", help="only write the scaled train/test CSVs to DIR")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
@@ -131,13 +134,16 @@ def main() -> None:
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = build_checkpoint(args.shape, Path(tmp) / args.shape, shape=REAL_SHAPES[args.shape])
+        shape = None if args.tiny else REAL_SHAPES[args.shape]
+        checkpoint = build_checkpoint(args.shape, Path(tmp) / args.shape, shape=shape)
         for backend in args.backends.split(","):
             out = Path(tmp) / f"{backend}.json"
             command = [sys.executable, "-m", "benchmarks.backends", "--worker", "--backend", backend,
                        "--checkpoint", str(checkpoint), "--family", args.shape, "--out", str(out)]
-            command += [a for a in sys.argv[1:] if a != "--worker"]
-            subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+            # the workload flags as given, less --out: each worker writes its own file
+            passed = sys.argv[1:]
+            command += [a for i, a in enumerate(passed) if a != "--out" and (i == 0 or passed[i - 1] != "--out")]
+            subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
             results[backend] = json.loads(out.read_text())
     Path(args.out).write_text(json.dumps({"shape": args.shape, "args": vars(args), "results": results}, indent=2))
     print_table(args, results)
@@ -147,7 +153,7 @@ def print_table(args, results: dict) -> None:
     gen_key = f"batch{args.gen_batch_size}"
     rows = [
         ("train tokens/s", lambda r: r["train"]["train_tokens_per_s"], "{:,.0f}"),
-        ("train peak GPU memory (GiB)", lambda r: r["train"]["peak_gpu_memory_gb"], "{:.2f}"),
+        ("train peak GPU memory (GiB)", lambda r: r["train"].get("peak_gpu_memory_gb", 0.0), "{:.2f}"),
         ("train seconds", lambda r: r["train"]["train_runtime_s"], "{:.1f}"),
         ("generate tokens/s, batch 1", lambda r: r["generate"]["batch1"]["tokens_per_s"], "{:,.0f}"),
         (f"generate tokens/s, batch {args.gen_batch_size}", lambda r: r["generate"][gen_key]["tokens_per_s"], "{:,.0f}"),

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from core import io
+from core import distributed, io
 from core.config import GenerationConfig, ModelProfile, TrainingConfig, as_dict
 from core.data import PROMPT, TARGET
 from core.weights import resolve_checkpoint
@@ -66,7 +66,7 @@ class HFBackend:
             else:
                 log.warning("load_in_4bit needs CUDA (bitsandbytes); loading %s unquantised on the CPU", checkpoint)
         if cuda_available():
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": distributed.local_rank()}  # one GPU per process
         model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         return model, tokenizer
@@ -119,6 +119,7 @@ class UnslothBackend(HFBackend):
             max_seq_length=profile.max_seq_length,
             dtype=dtype,
             load_in_4bit=profile.load_in_4bit,
+            device_map={"": distributed.local_rank()},  # one GPU per process
         )
         return model, tokenizer
 
@@ -362,13 +363,18 @@ class BaseUnslothModel:
         train = self.training_examples(train_rows)
         val = self.training_examples(val_rows) if val_rows else None
         on_gpu = cuda_available()
+        grad_accum = distributed.per_process_grad_accum(training.batch_size, training.grad_accum)
+        processes = distributed.world_size()
+        if processes > 1:
+            log.info("%d processes: batch %d x grad_accum %d per process, effective batch %d",
+                     processes, training.batch_size, grad_accum, training.batch_size * grad_accum * processes)
         args = SFTConfig(
             output_dir=str(output_dir),
             num_train_epochs=training.epochs,
             max_steps=training.max_steps,
             per_device_train_batch_size=training.batch_size,
             per_device_eval_batch_size=training.batch_size,
-            gradient_accumulation_steps=training.grad_accum,
+            gradient_accumulation_steps=grad_accum,
             learning_rate=training.learning_rate,
             lr_scheduler_type=training.lr_scheduler,
             warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of all steps
@@ -390,6 +396,7 @@ class BaseUnslothModel:
             packing=False,
             gradient_checkpointing=False,  # done by the backend when LoRA is attached
             dataloader_num_workers=0,
+            ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient on every step
             disable_tqdm=False,
         )
         self.backend.for_training(self.model)
@@ -420,6 +427,8 @@ class BaseUnslothModel:
             "train_examples": len(train.input_ids),
             "truncated_examples": train.truncated,
             "backend": self.backend.name,
+            "processes": processes,
+            "effective_batch_size": training.batch_size * grad_accum * processes,
         }
         metrics["trainable_params"], metrics["total_params"] = self.parameter_counts()
         if val:

@@ -64,9 +64,14 @@ def convert_gguf(gguf: Path) -> Path:
     config.pop("quantization_config", None)
     plain = type(loaded)(type(loaded.config).from_dict(config))
     plain.load_state_dict(loaded.state_dict(), strict=True)
-    with io.atomic_path(target) as tmp:
-        plain.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+    try:
+        with io.atomic_path(target) as tmp:
+            plain.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+    except OSError:
+        # Several processes of a data-parallel run may convert at once; the first rename wins.
+        if not (target / "config.json").exists():
+            raise
     return target
 
 

@@ -3,6 +3,7 @@ import logging
 import sys
 from typing import Callable
 
+from core import distributed
 from core.config import ConfigError
 from core.data import DataError
 from core.model import BackendError
@@ -10,9 +11,13 @@ from core.model import BackendError
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage; a problem with the user's input ends it with one clear line, not a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # In a data-parallel run only rank 0 reports progress; the others speak up only on trouble.
+    level = logging.INFO if distributed.is_main_process() else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
     except (ConfigError, DataError, BackendError, FileNotFoundError) as err:
         logging.getLogger("stages").error("%s", err)
         sys.exit(1)
+    finally:
+        distributed.shut_down()

@@ -4,7 +4,7 @@ import shutil
 
 from dvclive import Live
 
-from core import io
+from core import distributed, io
 from core.config import as_dict, load_params
 from core.families import model_for
 from stages import run
@@ -26,15 +26,21 @@ def main() -> None:
     # imported before anything imports transformers.
     from transformers.integrations import DVCLiveCallback
 
-    with Live(LIVE, save_dvc_exp=False, dvcyaml=None) as live:
-        metrics = model.fine_tune(
-            train, val, params.profile.training, run_dir, callbacks=[DVCLiveCallback(live=live)]
-        )
-    model.save_adapter(ADAPTER)
-    io.write_json(METRICS, metrics)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # Under torchrun / accelerate launch every process trains; only rank 0 writes outputs.
+    if distributed.is_main_process():
+        with Live(LIVE, save_dvc_exp=False, dvcyaml=None) as live:
+            metrics = model.fine_tune(
+                train, val, params.profile.training, run_dir, callbacks=[DVCLiveCallback(live=live)]
+            )
+        model.save_adapter(ADAPTER)
+        io.write_json(METRICS, metrics)
+        logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
+    else:
+        model.fine_tune(train, val, params.profile.training, run_dir)
+    distributed.barrier()  # every rank is done with the checkpoints, rank 0 with its outputs
+    if distributed.is_main_process():
+        shutil.rmtree(run_dir, ignore_errors=True)
     model.cleanup_model()
-    logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
 
 
 if __name__ == "__main__":

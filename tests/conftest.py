@@ -34,6 +34,11 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 def tiny_params(raw: dict, family: str, checkpoint: Path, **training):
     """The repo's params with `family`'s profile pointed at a local tiny checkpoint."""
+    return parse_params(tiny_raw_params(raw, family, checkpoint, **training))
+
+
+def tiny_raw_params(raw: dict, family: str, checkpoint: Path, **training) -> dict:
+    """tiny_params as the params.yaml dict."""
     raw = copy.deepcopy(raw)
     raw["model"] = family
     profile = raw["models"][family]
@@ -41,7 +46,7 @@ def tiny_params(raw: dict, family: str, checkpoint: Path, **training):
     profile["lora"]["r"] = 8
     profile["training"] = {"epochs": 1, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": False, **training}
     profile["generation"] = {"max_new_tokens": 12, "batch_size": 4}
-    return parse_params(raw)
+    return raw
 
 
 @pytest.fixture

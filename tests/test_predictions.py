@@ -118,3 +118,13 @@ def test_write_submission_checks_ids_and_text(tmp_path):
         with pytest.raises(DataError, match=message):
             write_submission(out, ROWS, bad)
     assert out.read_text().count("\n") == 4  # the good file is still there, whole
+
+
+def test_texts_with_any_line_ends_and_control_characters_round_trip(tmp_path):
+    # Found on the GPU: a response with a bare "\r" (which csv.writer leaves unquoted) split its row.
+    texts = ["first line\rsecond, quoted \"x\"", "a\r\nb\nc", "escape \x1b and \x14 kept"]
+    path = tmp_path / "val.csv"
+    write_predictions(path, ROWS, [Prediction(t, 5, True) for t in texts])
+    read = read_predictions(path, ROWS)
+    assert [read[r["Master_Index"]].text for r in ROWS] == [
+        "first line\nsecond, quoted \"x\"", "a\nb\nc", "escape \x1b and \x14 kept"]

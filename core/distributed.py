@@ -1,0 +1,56 @@
+"""Data-parallel runs under `torchrun` or `accelerate launch`.
+
+The launcher starts one process per GPU (or per CPU worker, with gloo) and sets RANK, WORLD_SIZE
+and LOCAL_RANK; transformers' Trainer reads them and wraps the model in DDP. What is left to us:
+put each process's model on its own device, keep the effective batch size independent of the
+number of processes, and let only rank 0 write outputs.
+"""
+from __future__ import annotations
+
+import os
+
+from core.config import ConfigError
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def per_process_grad_accum(batch_size: int, grad_accum: int) -> int:
+    """`batch_size` x `grad_accum` is the effective batch of a one-process run; with N processes
+    each accumulates grad_accum / N steps, so the optimiser sees the same batch and the run
+    follows the same schedule (same number of steps) on any number of GPUs."""
+    n = world_size()
+    if grad_accum % n:
+        raise ConfigError(
+            f"training.grad_accum={grad_accum} cannot be split over {n} processes: set it to a multiple of {n} "
+            f"(the effective batch is batch_size x grad_accum = {batch_size * grad_accum} on any number of processes)"
+        )
+    return grad_accum // n
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shut_down() -> None:
+    """Leave the process group cleanly (torch warns at exit otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,27 @@
+"""The benchmark scripts still run (on the CPU, tiny model): a broken one is found here, not on the GPU."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.checkpoints import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_backends_benchmark_runs_each_backend_in_its_own_process_and_prints_the_table(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.backends", "--tiny", "--backends", "hf", "--rows", "16", "--steps", "2",
+         "--batch-size", "2", "--gen-rows", "4", "--gen-batch-size", "4", "--batch1-rows", "1", "--max-new-tokens", "4",
+         "--no-load-in-4bit", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())["results"]["hf"]
+    assert result["train"]["steps"] == 2 and result["train"]["train_tokens_per_s"] > 0
+    assert result["generate"]["batch4"]["rows"] == 4 and result["generate"]["batch1"]["rows"] == 1
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert table[0] == "| measure | hf |" and any(line.startswith("| train tokens/s | ") for line in table)
+    assert any(line.startswith("| generate tokens/s, batch 4 | ") for line in table)
