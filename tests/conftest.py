@@ -55,7 +55,7 @@ def workspace(tmp_path) -> Path:
     dest = tmp_path / "repo"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
-        if (REPO / name).is_file() and not name.startswith(("data/prepared", "models/", "submissions/", "metrics/", "plots/", "dvclive/")):
+        if (REPO / name).is_file() and not name.startswith(("data/prepared", "models/", "submissions/", "metrics/", "plots/", "dvclive/", "dvc.lock")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
