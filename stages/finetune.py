@@ -13,6 +13,10 @@ ADAPTER = "models/adapter"
 CHECKPOINTS = "models/checkpoints"  # not a DVC out: it must survive an interrupted run to resume from
 LIVE = "dvclive/finetune"
 METRICS = "metrics/finetune.json"
+# What `dvc exp show` compares across runs; the full record (example and parameter counts,
+# backend, ...) is kept with the adapter, in profile.json.
+COMPARED = ("train_loss", "val_loss", "train_runtime_s", "train_tokens_per_s", "steps", "effective_batch_size",
+            "processes", "peak_gpu_memory_gb")
 
 
 def main() -> None:
@@ -32,8 +36,8 @@ def main() -> None:
             metrics = model.fine_tune(
                 train, val, params.profile.training, run_dir, callbacks=[DVCLiveCallback(live=live)]
             )
-        model.save_adapter(ADAPTER)
-        io.write_json(METRICS, metrics)
+        model.save_adapter(ADAPTER, extra={"training_run": metrics})
+        io.write_json(METRICS, {key: metrics[key] for key in COMPARED if key in metrics})
         logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
     else:
         model.fine_tune(train, val, params.profile.training, run_dir)

@@ -22,7 +22,6 @@ def main() -> None:
         predictions = [Prediction(*fields) for fields in zip(out.texts, out.new_tokens, out.stopped)]
         write_predictions(f"data/predictions/{split}.csv", rows, predictions)
         report[split] = {
-            "rows": len(rows),
             "seconds": out.seconds,
             "tokens_per_s": out.tokens_per_second,
             "mean_new_tokens": sum(out.new_tokens) / max(len(rows), 1),

@@ -1,4 +1,5 @@
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,10 +50,8 @@ def tiny_raw_params(raw: dict, family: str, checkpoint: Path, **training) -> dic
     return raw
 
 
-@pytest.fixture
-def workspace(tmp_path) -> Path:
-    """A git+DVC copy of the repo's tracked files, to run stages and `dvc` in."""
-    dest = tmp_path / "repo"
+def make_workspace(dest: Path) -> Path:
+    """A git+DVC repository at `dest` holding the repo's files, without any run outputs."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if (REPO / name).is_file() and not name.startswith(("data/prepared", "models/", "submissions/", "metrics/", "plots/", "dvclive/", "dvc.lock")):
@@ -61,3 +60,25 @@ def workspace(tmp_path) -> Path:
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """A git+DVC copy of the repo's tracked files, to run stages and `dvc` in."""
+    return make_workspace(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 (tests/sshd.py); required in CI, skipped elsewhere without sshd."""
+    from tests.sshd import start_sshd
+
+    try:
+        process, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    except FileNotFoundError as err:
+        if os.environ.get("CI"):
+            pytest.fail(str(err))
+        pytest.skip(str(err))
+    yield server
+    process.terminate()
+    process.wait(timeout=10)

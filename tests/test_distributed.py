@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import tiny_raw_params
+from tests.dvc_helpers import use_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +20,7 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def prepared_workspace(workspace: Path, repo_params: dict, checkpoint: Path, **training) -> None:
-    raw = tiny_raw_params(repo_params, "llama32", checkpoint, **training)
-    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    use_tiny_model(workspace, repo_params, "llama32", checkpoint, **training)
     done = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=workspace, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
@@ -51,6 +49,8 @@ def test_two_processes_train_one_model_and_only_rank0_writes(workspace, repo_par
     metrics = json.loads((main / "metrics/finetune.json").read_text())
     # grad_accum 2 over 2 processes: 1 micro-batch of 2 each, the one-process effective batch of 4
     assert (metrics["processes"], metrics["effective_batch_size"], metrics["steps"]) == (2, 4, 3)
+    record = json.loads((main / "models/adapter/profile.json").read_text())["training_run"]
+    assert record["steps"] == 3 and record["backend"] == "hf"
 
 
 def test_grad_accum_that_cannot_be_split_is_refused(workspace, repo_params, tiny_checkpoints):

@@ -1,20 +1,16 @@
 """`dvc repro` of the default profile (the real SmolLM2 weights) on the sample data, shortened."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.dvc_helpers import run_dvc
+
 pytestmark = pytest.mark.slow
 
 
 def dvc(workspace: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return run_dvc(workspace, *args).stdout
 
 
 def shorten(workspace: Path) -> None:

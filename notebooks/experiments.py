@@ -1,0 +1,66 @@
+"""The experiments table, from `dvc exp show --json`: one row per commit and experiment, with the
+columns worth comparing (the selected model's settings resolved, not every profile's).
+Used by the notebook and by the tests; it reads DVC's output and runs nothing."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pandas as pd
+
+from core.config import ConfigError, parse_params
+
+COLUMNS = ["experiment", "rev", "model", "checkpoint", "backend", "lora_r", "learning_rate", "epochs", "max_steps",
+           "effective_batch", "train_loss", "val_loss", "val_rougeL", "prompt_echo_rougeL", "train_runtime_s",
+           "train_tokens_per_s", "predict_test_s"]
+
+
+def exp_show(cwd: str = ".") -> list[dict]:
+    done = subprocess.run(["dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def _records(exp_show_json: list[dict]):
+    """(name, rev, data) for every commit row and every experiment under it."""
+    for commit in exp_show_json:
+        yield commit.get("name") or _short(commit["rev"]), commit["rev"], commit.get("data") or {}
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                yield rev.get("name") or _short(rev["rev"]), rev["rev"], rev.get("data") or {}
+
+
+def _short(rev: str) -> str:
+    return rev if rev == "workspace" else rev[:7]
+
+
+def _file(data: dict, kind: str, path: str) -> dict:
+    return ((data.get(kind) or {}).get(path) or {}).get("data") or {}
+
+
+def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
+    rows = []
+    for name, rev, data in _records(exp_show_json):
+        row = {"experiment": name, "rev": _short(rev)}
+        try:
+            params = parse_params(_file(data, "params", "params.yaml"))
+        except ConfigError:
+            params = None  # a commit from before params.yaml had its present form
+        if params is not None:
+            p, t = params.profile, params.profile.training
+            row.update(model=params.model, checkpoint=p.name, backend=p.backend, lora_r=p.lora.r,
+                       learning_rate=t.learning_rate, epochs=t.epochs, max_steps=t.max_steps)
+        finetune = _file(data, "metrics", "metrics/finetune.json")
+        evaluation = _file(data, "metrics", "metrics/eval.json")
+        predict = _file(data, "metrics", "metrics/predict.json")
+        row.update(
+            effective_batch=finetune.get("effective_batch_size"),
+            train_loss=finetune.get("train_loss"),
+            val_loss=finetune.get("val_loss"),
+            val_rougeL=(evaluation.get("model") or {}).get("rougeL"),
+            prompt_echo_rougeL=(evaluation.get("prompt_echo") or {}).get("rougeL"),
+            train_runtime_s=finetune.get("train_runtime_s"),
+            train_tokens_per_s=finetune.get("train_tokens_per_s"),
+            predict_test_s=(predict.get("test") or {}).get("seconds"),
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,29 @@
+"""Running `dvc` (and the stages it starts) from the tests, with this interpreter's tools on PATH."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import tiny_raw_params
+
+
+def run_dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def use_tiny_model(workspace: Path, repo_params: dict, family: str, checkpoint: Path, **training) -> None:
+    """params.yaml of `workspace` with `family` selected and pointed at a tiny local checkpoint."""
+    raw = tiny_raw_params(repo_params, family, checkpoint, **training)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

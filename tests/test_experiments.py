@@ -1,0 +1,51 @@
+"""`dvc exp run` across model profiles (tiny local Qwen3 and Llama checkpoints), read back from
+`dvc exp show --json`, and a parameter sweep through the experiment queue."""
+import json
+import time
+
+import pytest
+
+from notebooks.experiments import experiments_table
+from tests.dvc_helpers import run_dvc
+
+pytestmark = pytest.mark.slow
+SHORT = ["-S", "training.max_steps=2", "-S", "generation.max_new_tokens=8"]
+
+
+def table(workspace):
+    return experiments_table(json.loads(run_dvc(workspace, "exp", "show", "--json").stdout))
+
+
+def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(workspace, tiny_checkpoints):
+    for family in ("qwen3", "llama32"):
+        run_dvc(workspace, "exp", "run", "-n", f"tiny-{family}", "-S", f"model={family}",
+                "-S", f"models.{family}.name={tiny_checkpoints[family]}", *SHORT)
+
+    rows = table(workspace).set_index("experiment")
+    for family in ("qwen3", "llama32"):
+        row = rows.loc[f"tiny-{family}"]
+        assert row["model"] == family and row["checkpoint"] == str(tiny_checkpoints[family])
+        assert row["train_loss"] > 0 and row["val_loss"] > 0 and row["train_runtime_s"] > 0 and row["predict_test_s"] > 0
+        assert 0 <= row["val_rougeL"] <= 1 and 0 < row["prompt_echo_rougeL"] <= 1
+    # different architectures, different weights: the two runs really are two runs
+    assert rows.loc["tiny-qwen3", "val_loss"] != rows.loc["tiny-llama32", "val_loss"]
+    # the prompt-echo baseline depends on the data alone
+    assert rows.loc["tiny-qwen3", "prompt_echo_rougeL"] == rows.loc["tiny-llama32", "prompt_echo_rougeL"]
+
+
+def test_queued_sweep_runs_every_value(workspace, tiny_checkpoints):
+    # the queue runs from a commit: the tiny profile must be in it
+    run_dvc(workspace, "exp", "run", "--queue", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
+            *SHORT, "-S", "models.llama32.lora.r=4,8")
+    run_dvc(workspace, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run_dvc(workspace, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+    rows = table(workspace)
+    swept = rows[rows["model"] == "llama32"]
+    assert sorted(swept["lora_r"]) == [4, 8]
+    assert swept["val_loss"].notna().all()

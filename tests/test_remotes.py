@@ -1,0 +1,116 @@
+"""Data, adapters, predictions and submissions travel through DVC remotes: the shipped default
+(a local directory outside the work tree) and a real ssh:// remote on a throw-away sshd."""
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_workspace
+from tests.dvc_helpers import git, run_dvc, use_tiny_model
+
+pytestmark = pytest.mark.slow
+OUTPUTS = ["data/raw/train.csv", "data/raw/test.csv", "data/prepared/train.jsonl", "data/prepared/test.jsonl",
+           "models/adapter/adapter_model.safetensors", "models/adapter/profile.json", "data/predictions/test.csv",
+           "submissions/submission.csv"]
+
+
+def snapshot(tree: Path) -> dict[str, str]:
+    """Every file of the work tree and its DVC cache, by content (DVC's scratch space left out)."""
+    return {
+        str(p.relative_to(tree)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(tree.rglob("*"))
+        if p.is_file() and not p.relative_to(tree).parts[0] == ".git" and ".dvc/tmp" not in str(p.relative_to(tree))
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, repo_params, tiny_checkpoints):
+    """A repository with the whole pipeline run on a tiny model, raw data added with `dvc add`,
+    everything committed; its default remote is <root>/kenya-clinical-dvc-store."""
+    root = tmp_path_factory.mktemp("remotes")
+    repo = make_workspace(root / "repo")
+    (repo / "data/raw").mkdir(parents=True)
+    for name in ("train.csv", "test.csv"):
+        shutil.copy(repo / "data/sample" / name, repo / "data/raw" / name)
+    run_dvc(repo, "add", "data/raw/train.csv", "data/raw/test.csv")
+    use_tiny_model(repo, repo_params, "llama32", tiny_checkpoints["llama32"], max_steps=2)
+    params = (repo / "params.yaml").read_text().replace("data/sample/train.csv", "data/raw/train.csv")
+    (repo / "params.yaml").write_text(params.replace("data/sample/test.csv", "data/raw/test.csv"))
+    run_dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "pipeline run")
+    return root, repo
+
+
+def assert_same_outputs_without_rerun(clone: Path, repo: Path) -> None:
+    assert "Data and pipelines are up to date" in run_dvc(clone, "status").stdout
+    for name in OUTPUTS:
+        assert (clone / name).read_bytes() == (repo / name).read_bytes(), name
+    assert "Running stage" not in run_dvc(clone, "repro").stdout  # nothing is retrained
+
+
+def test_default_remote_is_a_local_directory_outside_the_work_tree(finished):
+    root, repo = finished
+    run_dvc(repo, "push")
+    store = root / "kenya-clinical-dvc-store"
+    assert store.is_dir() and any(store.rglob("*")) and not store.is_relative_to(repo)
+    clone = root / "clone-default"
+    git(root, "clone", "-q", str(repo), str(clone))
+    run_dvc(clone, "pull")
+    assert_same_outputs_without_rerun(clone, repo)
+
+
+def test_ssh_remote_round_trip_and_experiments_travel(finished, ssh_server, tmp_path):
+    root, repo = finished
+    origin = tmp_path / "origin.git"  # the team's git server
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    run_dvc(repo, "push")
+    work = root / "work-ssh"  # beside the repo, so the default store is the same directory
+    git(root, "clone", "-q", str(repo), str(work))
+    run_dvc(work, "pull")  # from the default store, as a team member would start
+    run_dvc(work, "remote", "add", "-d", "ssh", ssh_server.url(tmp_path / "ssh-store"))
+    run_dvc(work, "remote", "modify", "--local", "ssh", "keyfile", str(ssh_server.keyfile))  # credentials stay out of git
+    assert str(ssh_server.keyfile) not in (work / ".dvc/config").read_text()
+    git(work, "commit", "-qam", "ssh remote")
+    git(work, "remote", "set-url", "origin", str(origin))
+    git(work, "push", "-q", "origin", "HEAD:main")
+    run_dvc(work, "push")
+    run_dvc(work, "exp", "run", "-n", "lora-r4", "-S", "models.llama32.lora.r=4")
+    run_dvc(work, "exp", "push", "origin", "lora-r4")
+    experiment_adapter = (work / "models/adapter/adapter_model.safetensors").read_bytes()
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "-b", "main", str(origin), str(clone))
+    run_dvc(clone, "remote", "modify", "--local", "ssh", "keyfile", str(ssh_server.keyfile))
+    run_dvc(clone, "pull")
+    assert_same_outputs_without_rerun(clone, repo)
+
+    run_dvc(clone, "exp", "pull", "origin", "lora-r4")
+    run_dvc(clone, "exp", "apply", "lora-r4")
+    run_dvc(clone, "checkout")
+    assert (clone / "models/adapter/adapter_model.safetensors").read_bytes() == experiment_adapter
+    assert "Data and pipelines are up to date" in run_dvc(clone, "status").stdout
+
+
+def test_push_to_an_unreachable_remote_fails_clearly_and_changes_nothing(finished, tmp_path):
+    root, repo = finished
+    run_dvc(repo, "remote", "add", "--local", "gone", "ssh://nobody@127.0.0.1:9/store")  # port 9: nothing listens
+    before = snapshot(repo)
+    done = run_dvc(repo, "push", "-r", "gone", check=False)
+    assert done.returncode != 0
+    assert "ERROR:" in done.stderr and "Connect call failed ('127.0.0.1', 9)" in done.stderr, done.stderr
+    assert snapshot(repo) == before
+
+
+def test_pull_of_missing_objects_fails_clearly_and_changes_nothing(finished, tmp_path):
+    root, repo = finished
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    (tmp_path / "empty-store").mkdir()
+    run_dvc(clone, "remote", "add", "--local", "empty", str(tmp_path / "empty-store"))
+    before = snapshot(clone)
+    done = run_dvc(clone, "pull", "-r", "empty", check=False)
+    assert done.returncode != 0
+    assert "missing" in done.stderr.lower(), done.stderr
+    assert snapshot(clone) == before
