@@ -5,19 +5,30 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 
 from core.config import ConfigError, parse_params
 
-COLUMNS = ["experiment", "rev", "model", "checkpoint", "backend", "lora_r", "learning_rate", "epochs", "max_steps",
+COLUMNS = ["experiment", "rev", "commit", "model", "checkpoint", "backend", "lora_r", "learning_rate", "epochs", "max_steps",
            "effective_batch", "train_loss", "val_loss", "val_rougeL", "prompt_echo_rougeL", "train_runtime_s",
            "train_tokens_per_s", "predict_test_s"]
 
 
-def exp_show(cwd: str = ".") -> list[dict]:
-    done = subprocess.run(["dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True, check=True)
+def exp_show(cwd: str | Path = ".") -> list[dict]:
+    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
+
+
+def file_at(rev: str, path: str, cwd: str | Path = ".") -> str | None:
+    """`path` as the commit or experiment `rev` recorded it ("workspace": as it is now); None if absent."""
+    if rev == "workspace":
+        file = Path(cwd) / path
+        return file.read_text(encoding="utf-8") if file.exists() else None
+    done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=cwd, capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
 
 
 def _records(exp_show_json: list[dict]):
@@ -40,7 +51,7 @@ def _file(data: dict, kind: str, path: str) -> dict:
 def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
     rows = []
     for name, rev, data in _records(exp_show_json):
-        row = {"experiment": name, "rev": _short(rev)}
+        row = {"experiment": name, "rev": _short(rev), "commit": rev}
         try:
             params = parse_params(_file(data, "params", "params.yaml"))
         except ConfigError:

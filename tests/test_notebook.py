@@ -1,0 +1,57 @@
+"""The notebook runs headless top to bottom after `dvc repro` and an experiment, saving its charts;
+`dvc plots show` / `dvc plots diff` render the plots declared in dvc.yaml."""
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.checkpoints import REPO
+from tests.dvc_helpers import run_dvc, use_tiny_model
+
+pytestmark = pytest.mark.slow
+NOTEBOOK = "notebooks/kenya_clinical.ipynb"
+FIGURES = ["eda_counts.png", "lengths.png", "rouge_by_run.png", "rouge_by_panel.png", "loss.png"]
+
+
+def test_notebook_is_stored_without_outputs():
+    notebook = nbformat.read(REPO / NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, repo_params, tiny_checkpoints):
+    from tests.conftest import make_workspace
+
+    repo = make_workspace(tmp_path_factory.mktemp("notebook") / "repo")
+    use_tiny_model(repo, repo_params, "llama32", tiny_checkpoints["llama32"], max_steps=3)
+    run_dvc(repo, "exp", "run", "-n", "tiny-llama")
+    run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", "model=qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}",
+            "-S", "models.qwen3.training.epochs=1", "-S", "+models.qwen3.training.max_steps=3")
+    return repo
+
+
+def test_notebook_runs_headless_and_saves_its_charts(two_runs, monkeypatch):
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    notebook = nbformat.read(two_runs / NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(two_runs / "notebooks")}}).execute()
+
+    for name in FIGURES:
+        figure = two_runs / "notebooks" / "figures" / name
+        assert figure.stat().st_size > 5000, name  # a real chart, not an empty canvas
+    outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                      for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "tiny-llama" in outputs and "tiny-qwen3" in outputs  # both experiments in the table
+
+
+def test_dvc_plots_render_loss_and_per_panel_charts(two_runs, tmp_path):
+    run_dvc(two_runs, "plots", "show", "-o", str(tmp_path / "show"))
+    run_dvc(two_runs, "plots", "diff", "tiny-llama", "tiny-qwen3", "-o", str(tmp_path / "diff"))
+    for page in (tmp_path / "show" / "index.html", tmp_path / "diff" / "index.html"):
+        html = page.read_text()
+        assert "Training loss" in html and "Validation ROUGE-L by clinical panel (model)" in html
+        assert "PAEDIATRICS" in html  # the per-panel data is in the page, not just the titles
+    assert "tiny-qwen3" in (tmp_path / "diff" / "index.html").read_text()
