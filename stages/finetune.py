@@ -19,6 +19,14 @@ COMPARED = ("train_loss", "val_loss", "train_runtime_s", "train_tokens_per_s", "
             "processes", "peak_gpu_memory_gb")
 
 
+def run_card(params) -> dict:
+    """The selected profile's key settings, resolved: each profile keeps its own keys in
+    params.yaml, so without these one table of runs across profiles would need every profile's columns."""
+    profile, training = params.profile, params.profile.training
+    return {"lora_r": profile.lora.r, "learning_rate": training.learning_rate,
+            "epochs": training.epochs, "max_steps": training.max_steps, "load_in_4bit": profile.load_in_4bit}
+
+
 def main() -> None:
     params = load_params()
     train = io.read_jsonl("data/prepared/train.jsonl")
@@ -37,7 +45,7 @@ def main() -> None:
                 train, val, params.profile.training, run_dir, callbacks=[DVCLiveCallback(live=live)]
             )
         model.save_adapter(ADAPTER, extra={"training_run": metrics})
-        io.write_json(METRICS, {key: metrics[key] for key in COMPARED if key in metrics})
+        io.write_json(METRICS, {**run_card(params), **{key: metrics[key] for key in COMPARED if key in metrics}})
         logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
     else:
         model.fine_tune(train, val, params.profile.training, run_dir)

@@ -1,11 +1,15 @@
 """`dvc exp run` across model profiles (tiny local Qwen3 and Llama checkpoints), read back from
 `dvc exp show --json`, and a parameter sweep through the experiment queue."""
+import csv
+import io
 import json
+import re
 import time
 
 import pytest
 
 from notebooks.experiments import experiments_table
+from tests.checkpoints import REPO
 from tests.dvc_helpers import run_dvc
 
 pytestmark = pytest.mark.slow
@@ -31,6 +35,16 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
     assert rows.loc["tiny-qwen3", "val_loss"] != rows.loc["tiny-llama32", "val_loss"]
     # the prompt-echo baseline depends on the data alone
     assert rows.loc["tiny-qwen3", "prompt_echo_rougeL"] == rows.loc["tiny-llama32", "prompt_echo_rougeL"]
+
+    # the README's compact `dvc exp show`: the compared columns, none of every profile's keys
+    noise = re.search(r"export KCR_NOISE='(.+)'", (REPO / "README.md").read_text()).group(1)
+    shown = list(csv.DictReader(io.StringIO(run_dvc(workspace, "exp", "show", "--drop", noise, "--csv").stdout)))
+    columns = set(shown[0])
+    model = "model" if "model" in columns else "params.yaml:model"  # DVC qualifies a name it sees twice
+    assert {model, "lora_r", "learning_rate", "epochs", "effective_batch_size", "train_loss", "val_loss",
+            "model.rougeL", "prompt_echo.rougeL", "train_runtime_s", "test.seconds"} <= columns, columns
+    assert not [c for c in columns if c.startswith(("models.", "training.", "generation.")) or "/" in c], columns
+    assert {row[model] for row in shown if row["Experiment"]} == {"qwen3", "llama32"}
 
 
 def test_queued_sweep_runs_every_value(workspace, tiny_checkpoints):
