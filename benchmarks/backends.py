@@ -95,7 +95,7 @@ def worker(args) -> None:
                                           "mean_new_tokens": sum(many.new_tokens) / len(many.new_tokens)},
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0,
     }
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.worker_out).write_text(json.dumps(result, indent=2))
 
 
 def main() -> None:
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -138,11 +139,9 @@ def main() -> None:
         checkpoint = build_checkpoint(args.shape, Path(tmp) / args.shape, shape=shape)
         for backend in args.backends.split(","):
             out = Path(tmp) / f"{backend}.json"
-            command = [sys.executable, "-m", "benchmarks.backends", "--worker", "--backend", backend,
-                       "--checkpoint", str(checkpoint), "--family", args.shape, "--out", str(out)]
-            # the workload flags as given, less --out: each worker writes its own file
-            passed = sys.argv[1:]
-            command += [a for i, a in enumerate(passed) if a != "--out" and (i == 0 or passed[i - 1] != "--out")]
+            # the workload flags as given; each worker writes its own result file
+            command = [sys.executable, "-m", "benchmarks.backends", *sys.argv[1:], "--worker", "--backend", backend,
+                       "--checkpoint", str(checkpoint), "--family", args.shape, "--worker-out", str(out)]
             subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
             results[backend] = json.loads(out.read_text())
     Path(args.out).write_text(json.dumps({"shape": args.shape, "args": vars(args), "results": results}, indent=2))

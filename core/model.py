@@ -365,9 +365,10 @@ class BaseUnslothModel:
         on_gpu = cuda_available()
         grad_accum = distributed.per_process_grad_accum(training.batch_size, training.grad_accum)
         processes = distributed.world_size()
+        effective_batch = training.batch_size * training.grad_accum  # the same on any number of processes
         if processes > 1:
             log.info("%d processes: batch %d x grad_accum %d per process, effective batch %d",
-                     processes, training.batch_size, grad_accum, training.batch_size * grad_accum * processes)
+                     processes, training.batch_size, grad_accum, effective_batch)
         args = SFTConfig(
             output_dir=str(output_dir),
             num_train_epochs=training.epochs,
@@ -428,7 +429,7 @@ class BaseUnslothModel:
             "truncated_examples": train.truncated,
             "backend": self.backend.name,
             "processes": processes,
-            "effective_batch_size": training.batch_size * grad_accum * processes,
+            "effective_batch_size": effective_batch,
         }
         metrics["trainable_params"], metrics["total_params"] = self.parameter_counts()
         if val:

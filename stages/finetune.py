@@ -1,4 +1,5 @@
 """finetune: LoRA fine-tuning of the selected profile on the prepared train split."""
+import contextlib
 import logging
 import shutil
 
@@ -39,19 +40,16 @@ def main() -> None:
     from transformers.integrations import DVCLiveCallback
 
     # Under torchrun / accelerate launch every process trains; only rank 0 writes outputs.
-    if distributed.is_main_process():
-        with Live(LIVE, save_dvc_exp=False, dvcyaml=None) as live:
-            metrics = model.fine_tune(
-                train, val, params.profile.training, run_dir, callbacks=[DVCLiveCallback(live=live)]
-            )
+    main_process = distributed.is_main_process()
+    with Live(LIVE, save_dvc_exp=False, dvcyaml=None) if main_process else contextlib.nullcontext() as live:
+        callbacks = [DVCLiveCallback(live=live)] if main_process else []
+        metrics = model.fine_tune(train, val, params.profile.training, run_dir, callbacks=callbacks)
+    distributed.barrier()  # every rank is done with the checkpoints
+    if main_process:
         model.save_adapter(ADAPTER, extra={"training_run": metrics})
         io.write_json(METRICS, {**run_card(params), **{key: metrics[key] for key in COMPARED if key in metrics}})
-        logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
-    else:
-        model.fine_tune(train, val, params.profile.training, run_dir)
-    distributed.barrier()  # every rank is done with the checkpoints, rank 0 with its outputs
-    if distributed.is_main_process():
         shutil.rmtree(run_dir, ignore_errors=True)
+        logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
     model.cleanup_model()
 
 
