@@ -21,6 +21,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,38 +64,58 @@ def params_for(backend: str, checkpoint: str, family: str, args) -> "object":
     profile = raw["models"][family]
     profile.update(name=checkpoint, backend=backend, load_in_4bit=args.load_in_4bit, max_seq_length=1024)
     profile.setdefault("training", {}).update(max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
-                                              gradient_checkpointing=True, logging_steps=5, save_steps=10_000)
-    profile.setdefault("generation", {}).update(max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size)
+                                              gradient_checkpointing=args.gradient_checkpointing, logging_steps=5, save_steps=10_000)
+    profile.setdefault("generation", {}).update(max_new_tokens=args.max_new_tokens)
     return parse_params(copy.deepcopy(raw))
 
 
-def worker(args) -> None:
-    """One backend, in this process: fine-tune, then generate at batch 1 and at the predict batch size."""
-    import dataclasses
+def batch_sizes(text: str) -> list:
+    """"1,64,auto" -> [1, 64, "auto"]; "" -> [] (train only)"""
+    return [size if size == "auto" else int(size) for size in text.split(",") if size]
 
-    import torch
+
+def worker(args) -> None:
+    """One backend, in this process: fine-tune, then generate at each batch size asked for."""
+    import dataclasses
 
     from core.families import model_for
 
     params = params_for(args.backend, args.checkpoint, args.family, args)
     rows = scaled_rows(args.rows, labelled=True)
-    model = model_for(params.profile, params.prompt.system)
+    model = model_for(params.profile, params.prompt.system)  # imports the backend (Unsloth first)
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        """When each optimiser step ended: the steps after the warm-up give the steady rate,
+        free of one-off costs (Unsloth compiles its Triton kernels in the first steps)."""
+
+        def __init__(self):
+            self.ends = {}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends[state.global_step] = time.perf_counter()
+
+    clock = StepClock()
     with tempfile.TemporaryDirectory() as run_dir:
-        train = model.fine_tune(rows, [], params.profile.training, run_dir)
+        train = model.fine_tune(rows, [], params.profile.training, run_dir, callbacks=[clock])
+    steps, warm = train["steps"], min(args.warmup_steps, train["steps"] - 1)
+    if warm > 0:
+        # the rows are copies of one sample with varied introductions, so steps carry about equal tokens
+        tokens_per_step = train["train_tokens_per_s"] * train["train_runtime_s"] / steps
+        train["steady_tokens_per_s"] = tokens_per_step * (steps - warm) / (clock.ends[steps] - clock.ends[warm])
     result = {"backend": model.backend.name, "train": train}
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
     generation = params.profile.generation
     prompts = scaled_rows(args.gen_rows, labelled=False)
-    one = model.generate_responses(prompts[: args.batch1_rows], dataclasses.replace(generation, batch_size=1))
-    many = model.generate_responses(prompts, generation)
-    result["generate"] = {
-        "batch1": {"rows": len(one.texts), "seconds": one.seconds, "tokens_per_s": one.tokens_per_second},
-        f"batch{generation.batch_size}": {"rows": len(many.texts), "seconds": many.seconds, "tokens_per_s": many.tokens_per_second,
-                                          "mean_new_tokens": sum(many.new_tokens) / len(many.new_tokens)},
-        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0,
-    }
+    result["generate"] = {}
+    for size in batch_sizes(args.gen_batch_sizes):
+        # batch 1 is slow (one token per step for one row): time it on a few rows only
+        out = model.generate_responses(prompts[: args.batch1_rows] if size == 1 else prompts,
+                                       dataclasses.replace(generation, batch_size=size))
+        result["generate"][f"batch_{size}"] = {
+            "rows": len(out.texts), "rows_a_batch": out.batch_size, "seconds": out.seconds,
+            "tokens_per_s": out.tokens_per_second, "mean_new_tokens": sum(out.new_tokens) / len(out.new_tokens),
+            "peak_gpu_memory_gb": out.peak_gpu_memory_gb,
+        }
     Path(args.worker_out).write_text(json.dumps(result, indent=2))
 
 
@@ -105,9 +126,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400, help="training rows")
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps timed")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the steady train tokens/s")
     parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                        help="as the GPU profiles train (Unsloth's own variant offloads activations to the CPU)")
     parser.add_argument("--gen-rows", type=int, default=200)
-    parser.add_argument("--gen-batch-size", type=int, default=64)
+    parser.add_argument("--gen-batch-sizes", default="1,auto",
+                        help="comma-separated numbers or auto (what the GPU profiles use); batch 1 runs on --batch1-rows rows")
     parser.add_argument("--batch1-rows", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--out", default="benchmark.json")
@@ -149,22 +174,30 @@ def main() -> None:
 
 
 def print_table(args, results: dict) -> None:
-    gen_key = f"batch{args.gen_batch_size}"
     rows = [
-        ("train tokens/s", lambda r: r["train"]["train_tokens_per_s"], "{:,.0f}"),
+        ("train tokens/s, whole run", lambda r: r["train"]["train_tokens_per_s"], "{:,.0f}"),
+        (f"train tokens/s, after {args.warmup_steps} warm-up steps", lambda r: r["train"].get("steady_tokens_per_s", 0.0), "{:,.0f}"),
         ("train peak GPU memory (GiB)", lambda r: r["train"].get("peak_gpu_memory_gb", 0.0), "{:.2f}"),
         ("train seconds", lambda r: r["train"]["train_runtime_s"], "{:.1f}"),
-        ("generate tokens/s, batch 1", lambda r: r["generate"]["batch1"]["tokens_per_s"], "{:,.0f}"),
-        (f"generate tokens/s, batch {args.gen_batch_size}", lambda r: r["generate"][gen_key]["tokens_per_s"], "{:,.0f}"),
-        (f"{args.gen_rows} responses x {args.max_new_tokens} tokens (s)", lambda r: r["generate"][gen_key]["seconds"], "{:.1f}"),
     ]
+    for size in batch_sizes(args.gen_batch_sizes):
+        key, label = f"batch_{size}", f"batch {size}"
+        rows.append((f"generate tokens/s, {label}", lambda r, k=key: r["generate"][k]["tokens_per_s"], "{:,.0f}"))
+        if size == "auto":
+            rows.append(("auto: rows a batch", lambda r, k=key: r["generate"][k]["rows_a_batch"], "{:d}"))
+        if size != 1:
+            rows.append((f"{args.gen_rows} responses x up to {args.max_new_tokens} tokens, {label} (s)",
+                         lambda r, k=key: r["generate"][k]["seconds"], "{:.1f}"))
+            rows.append((f"generate peak GPU memory, {label} (GiB)", lambda r, k=key: r["generate"][k]["peak_gpu_memory_gb"], "{:.2f}"))
     names = list(results)
-    print(f"\n{args.shape} shape, {args.rows} rows, {args.steps} steps, batch {args.batch_size}, 4-bit={args.load_in_4bit}")
-    print("| measure | " + " | ".join(names) + (" | unsloth / hf |" if set(names) >= {"hf", "unsloth"} else " |"))
-    print("|---" * (len(names) + 1 + (set(names) >= {"hf", "unsloth"})) + "|")
+    both = set(names) >= {"hf", "unsloth"}
+    print(f"\n{args.shape} shape, {args.rows} rows, {args.steps} steps, batch {args.batch_size}, "
+          f"4-bit={args.load_in_4bit}, gradient checkpointing={args.gradient_checkpointing}")
+    print("| measure | " + " | ".join(names) + (" | unsloth / hf |" if both else " |"))
+    print("|---" * (len(names) + 1 + both) + "|")
     for label, get, fmt in rows:
         cells = [fmt.format(get(results[n])) for n in names]
-        ratio = f" | {get(results['unsloth']) / get(results['hf']):.2f}x" if set(names) >= {"hf", "unsloth"} else ""
+        ratio = f" | {get(results['unsloth']) / get(results['hf']):.2f}x" if both and get(results["hf"]) else (" | " if both else "")
         print(f"| {label} | " + " | ".join(cells) + ratio + " |")
 
 

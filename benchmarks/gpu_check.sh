@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh bench    # benchmarks/backends.py, hf vs unsloth, Qwen3-0.6B shape
 #   bash benchmarks/gpu_check.sh ddp      # finetune stage on 1 and 2 GPUs under torchrun
 #
-# Knobs: FAMILIES, STAGE_SETTINGS, DDP_BACKENDS, DDP_GPUS; for a dry run on a CPU:
+# Knobs: FAMILIES, STAGE_SETTINGS, BENCH_ARGS, TAG, DDP_BACKENDS, DDP_GPUS; for a dry run on a CPU:
 # BACKEND=hf SHAPE=tiny ROWS=40 GEN_ROWS=8 OUT=/tmp/out
 set -uo pipefail
 step=${1:?step: stages, tests, bench or ddp}
@@ -39,7 +39,7 @@ p["data"].update(train_csv="data/scaled/train.csv", test_csv="data/scaled/test.c
 profile = p["models"][family]
 profile.update(name=checkpoint, backend=backend, load_in_4bit=backend == "unsloth")
 profile["training"].update(epochs=1)
-profile["generation"] = {"max_new_tokens": 256, "batch_size": 64}
+profile.setdefault("generation", {}).update(max_new_tokens=256)  # the profile's batch size: auto
 for setting in settings:
     key, value = setting.split("=", 1)
     *path, last = key.split(".")
@@ -78,7 +78,10 @@ tests)
   python3 -m pytest -m gpu -p no:cacheprovider -q tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
   ;;
 bench)
-  python3 -m benchmarks.backends --shape qwen3 --out "$OUT/bench-qwen3.json" 2>"$OUT/bench-qwen3.err" | tee "$OUT/bench-qwen3.md"
+  tag=${TAG:-qwen3}
+  versions > "$OUT/bench-device.txt" 2>&1
+  # shellcheck disable=SC2086  # BENCH_ARGS: more benchmarks/backends.py flags, space-separated
+  python3 -m benchmarks.backends --shape qwen3 ${BENCH_ARGS:-} --out "$OUT/bench-$tag.json" 2>"$OUT/bench-$tag.err" | tee "$OUT/bench-$tag.md"
   ;;
 ddp)
   # Same workload, same effective batch (8 x grad_accum 2), on 1 and then 2 GPUs.

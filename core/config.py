@@ -53,7 +53,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int
-    batch_size: int
+    batch_size: int | str  # rows per batch, or "auto": as many as the GPU's free memory holds
     do_sample: bool
     temperature: float
     top_p: float
@@ -97,6 +97,7 @@ class Params:
 _CHOICES = {
     "backend": ("auto", "unsloth", "hf"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "batch_size": ("auto",),  # where a string is allowed (generation); numbers are checked below
 }
 
 
@@ -113,7 +114,14 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _check_value(value, args[0], where)
+        if value is None:
+            return None
+        for arg in args:
+            try:
+                return _check_value(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {' or '.join(map(_type_name, args))}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -152,8 +160,10 @@ def _build(cls: type, raw: Any, where: str, **filled: Any) -> Any:
             values[name] = _build(tp, raw[name], f"{where}.{name}")
         else:
             values[name] = _check_value(raw[name], tp, f"{where}.{name}")
-        if name in _CHOICES and values[name] not in _CHOICES[name]:
+        if name in _CHOICES and isinstance(values[name], str) and values[name] not in _CHOICES[name]:
             raise ConfigError(f"{where}.{name}: expected one of {', '.join(_CHOICES[name])}, got {values[name]!r}")
+        if name == "batch_size" and isinstance(values[name], int) and values[name] < 1:
+            raise ConfigError(f"{where}.{name}: expected at least 1, got {values[name]}")
     return cls(**values)
 
 

@@ -173,6 +173,39 @@ def resolve_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
+AUTO_BATCH_ON_CPU = 16  # a CPU has no memory budget to size against; 16 rows keep its cores busy
+AUTO_BATCH_MAX = 256
+AUTO_MEMORY_SHARE = 0.85  # of the GPU's free memory; the rest for the allocator's fragments
+
+
+def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of keys and values the cache holds for one token, over all layers."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+
+
+def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_new_tokens: int,
+                   config, dtype: torch.dtype, free_bytes: int | None) -> int:
+    """Rows to generate at once: `batch_size` if it is a number; for "auto", as many as
+    `free_bytes` of GPU memory hold (AUTO_BATCH_ON_CPU without a GPU), spread evenly over the
+    batches so that the last is not a small remainder."""
+    if batch_size != "auto":
+        return batch_size
+    if free_bytes is None:
+        fit = AUTO_BATCH_ON_CPU
+    else:
+        # A row's KV cache at full length, counted twice: the cache grows by concatenation,
+        # so old and new copies coexist and the allocator cannot reuse the outgrown blocks.
+        # Plus the last position's logits in float32, about three copies while sampling.
+        per_row = 2 * (longest_prompt + max_new_tokens) * kv_cache_bytes_per_token(config, dtype)
+        per_row += 3 * 4 * config.vocab_size
+        fit = int(free_bytes * AUTO_MEMORY_SHARE) // per_row
+    fit = max(1, min(fit, AUTO_BATCH_MAX, n_rows))
+    return math.ceil(n_rows / math.ceil(n_rows / fit)) if n_rows else fit
+
+
 @dataclass
 class Generations:
     """Responses in the order of the rows asked for, with what it took to make them."""
@@ -181,6 +214,8 @@ class Generations:
     new_tokens: list[int]  # tokens generated per response, end-of-turn token included
     stopped: list[bool]  # True where the model ended its turn; False where max_new_tokens cut it
     seconds: float
+    batch_size: int = 0  # the most rows generated at once
+    peak_gpu_memory_gb: float = 0.0  # while generating; 0 on a CPU
 
     @property
     def tokens_per_second(self) -> float:
@@ -441,7 +476,10 @@ class BaseUnslothModel:
     # --- generation -------------------------------------------------------------------------
     @torch.inference_mode()
     def generate_responses(self, rows: list[dict], generation: GenerationConfig) -> Generations:
-        """Batched generation (left padding, KV cache), greedy unless do_sample is set."""
+        """Batched generation (left padding, KV cache), greedy unless do_sample is set.
+
+        With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
+        still runs out of memory is halved and retried."""
         self._require_loaded()
         self.backend.for_inference(self.model)
         self.tokenizer.padding_side = "left"
@@ -459,31 +497,58 @@ class BaseUnslothModel:
             sampling.update(temperature=generation.temperature, top_p=generation.top_p)
         else:  # unset sampling knobs a checkpoint's generation_config may carry, so greedy stays greedy
             sampling.update(temperature=None, top_p=None, top_k=None)
+        auto = generation.batch_size == "auto"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # memory the allocator keeps but nothing uses counts as free
+            torch.cuda.reset_peak_memory_stats(device)
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+        longest = max((len(ids) for ids in encoded), default=0)
+        size = rows_per_batch(generation.batch_size, len(rows), longest, generation.max_new_tokens,
+                              self.model.config, self.dtype, free)
+        if auto:
+            log.info("batch_size auto: %d rows a batch (%s)", size,
+                     f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU")
         texts, counts, stopped = [""] * len(rows), [0] * len(rows), [False] * len(rows)
+        largest = 0
         torch.manual_seed(generation.seed)
         start = time.perf_counter()
-        batches = range(0, len(order), generation.batch_size)
-        for first in tqdm(batches, desc="generating", unit="batch", total=math.ceil(len(order) / generation.batch_size)):
-            index = order[first : first + generation.batch_size]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in index]}, padding=True, return_tensors="pt")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            output = self.model.generate(
-                **batch,
-                max_new_tokens=generation.max_new_tokens,
-                eos_token_id=stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
-                use_cache=True,
-                **sampling,
-            )
-            new = output[:, batch["input_ids"].shape[1] :].tolist()
-            for i, ids in zip(index, new):
-                ended = stop_ids[0] in ids
-                ids = ids[: ids.index(stop_ids[0]) + 1] if ended else ids
-                counts[i], stopped[i] = len(ids), ended
-                texts[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        done = 0
+        with tqdm(total=len(order), desc="generating", unit="row") as bar:
+            while done < len(order):
+                index = order[done : done + size]
+                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in index]}, padding=True, return_tensors="pt")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                try:
+                    output = self.model.generate(
+                        **batch,
+                        max_new_tokens=generation.max_new_tokens,
+                        eos_token_id=stop_ids,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        use_cache=True,
+                        **sampling,
+                    )
+                except torch.cuda.OutOfMemoryError:
+                    if not auto or size == 1:
+                        raise
+                    del batch
+                    torch.cuda.empty_cache()
+                    size = max(1, size // 2)
+                    log.warning("out of GPU memory; trying again with %d rows a batch", size)
+                    continue
+                new = output[:, batch["input_ids"].shape[1] :].tolist()
+                for i, ids in zip(index, new):
+                    ended = stop_ids[0] in ids
+                    ids = ids[: ids.index(stop_ids[0]) + 1] if ended else ids
+                    counts[i], stopped[i] = len(ids), ended
+                    texts[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                largest = max(largest, len(index))
+                done += len(index)
+                bar.update(len(index))
+        peak = 0.0
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return Generations(texts, counts, stopped, time.perf_counter() - start)
+            peak = torch.cuda.max_memory_allocated(device) / 2**30
+        return Generations(texts, counts, stopped, time.perf_counter() - start, largest, peak)
 
     # --- adapters ---------------------------------------------------------------------------
     def save_adapter(self, path: str | Path, extra: dict | None = None) -> None:

@@ -25,6 +25,8 @@ def main() -> None:
             "seconds": out.seconds,
             "tokens_per_s": out.tokens_per_second,
             "mean_new_tokens": sum(out.new_tokens) / max(len(rows), 1),
+            "batch_size": out.batch_size,
+            "peak_gpu_memory_gb": out.peak_gpu_memory_gb,
         }
         logging.info("%s: %d responses, %.1f tokens/s", split, len(rows), out.tokens_per_second)
     io.write_json(METRICS, report)

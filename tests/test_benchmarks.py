@@ -13,15 +13,20 @@ pytestmark = pytest.mark.slow
 def test_backends_benchmark_runs_each_backend_in_its_own_process_and_prints_the_table(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.backends", "--tiny", "--backends", "hf", "--rows", "16", "--steps", "2",
-         "--batch-size", "2", "--gen-rows", "4", "--gen-batch-size", "4", "--batch1-rows", "1", "--max-new-tokens", "4",
+        [sys.executable, "-m", "benchmarks.backends", "--tiny", "--backends", "hf", "--rows", "16", "--steps", "3", "--warmup-steps", "1",
+         "--batch-size", "2", "--gen-rows", "4", "--gen-batch-sizes", "1,4,auto", "--batch1-rows", "1", "--max-new-tokens", "4",
          "--no-load-in-4bit", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())["results"]["hf"]
-    assert result["train"]["steps"] == 2 and result["train"]["train_tokens_per_s"] > 0
-    assert result["generate"]["batch4"]["rows"] == 4 and result["generate"]["batch1"]["rows"] == 1
+    assert result["train"]["steps"] == 3 and result["train"]["train_tokens_per_s"] > 0
+    assert result["train"]["steady_tokens_per_s"] > 0
+    generate = result["generate"]
+    assert generate["batch_4"]["rows"] == 4 and generate["batch_1"]["rows"] == 1
+    assert generate["batch_4"]["rows_a_batch"] == 4 and generate["batch_auto"]["rows_a_batch"] == 4  # 4 rows fit
+    assert all(g["tokens_per_s"] > 0 for g in generate.values())
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert table[0] == "| measure | hf |" and any(line.startswith("| train tokens/s | ") for line in table)
+    assert table[0] == "| measure | hf |" and any(line.startswith("| train tokens/s, whole run | ") for line in table)
     assert any(line.startswith("| generate tokens/s, batch 4 | ") for line in table)
+    assert any(line.startswith("| auto: rows a batch | 4 |") for line in table)

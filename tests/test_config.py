@@ -38,6 +38,10 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
         (lambda r: r["data"].update(val_fraction=1.5), "data.val_fraction: expected a number between 0 and 1"),
         (lambda r: r.pop("generation"), "generation: missing key"),
         (lambda r: r["training"].update(weight_decay=True), "training (with models.smollm2.training).weight_decay: expected a number, got True"),
+        (lambda r: r["generation"].update(batch_size="max"), "generation (with models.smollm2.generation).batch_size: expected one of auto, got 'max'"),
+        (lambda r: r["generation"].update(batch_size=0), "generation (with models.smollm2.generation).batch_size: expected at least 1, got 0"),
+        (lambda r: r["generation"].update(batch_size=2.5), "batch_size: expected an integer or a string, got 2.5"),
+        (lambda r: r["training"].update(batch_size="auto"), "training (with models.smollm2.training).batch_size: expected an integer, got 'auto'"),
     ],
 )
 def test_bad_params_name_the_key(repo_params, edit, message):
@@ -47,6 +51,14 @@ def test_bad_params_name_the_key(repo_params, edit, message):
         parse_params(raw)
     assert message in str(err.value)
     assert str(err.value).startswith("params.yaml: ")
+
+
+def test_generation_batch_size_takes_a_number_or_auto(repo_params):
+    raw = copy.deepcopy(repo_params)
+    raw["models"]["smollm2"]["generation"]["batch_size"] = "auto"
+    assert parse_params(raw).profile.generation.batch_size == "auto"
+    raw["models"]["smollm2"]["generation"]["batch_size"] = 3
+    assert parse_params(raw).profile.generation.batch_size == 3
 
 
 def test_missing_and_broken_files(tmp_path):

@@ -1,12 +1,14 @@
 """BaseUnslothModel on the CPU backend, with tiny random-init Qwen3 and Llama checkpoints."""
 import copy
+import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from core.config import parse_params
 from core.families import FAMILIES, model_for
-from core.model import IGNORE_INDEX, BackendError, BaseUnslothModel
+from core.model import AUTO_MEMORY_SHARE, IGNORE_INDEX, BackendError, BaseUnslothModel, rows_per_batch
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 from core.data import read_vignettes
@@ -114,6 +116,41 @@ def test_generation_is_batched_greedy_and_order_preserving(tiny):
     assert batched.texts == one_by_one  # left padding does not change what a row gets
     assert all(0 < n <= params.profile.generation.max_new_tokens for n in batched.new_tokens)
     assert model.tokenizer.padding_side == "left"
+
+
+def test_auto_batch_size_follows_free_memory_and_splits_evenly():
+    # 2 layers x (keys + values) x 2 KV heads x head_dim 4 x 4 bytes = 128 bytes a token
+    config = SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=16,
+                             vocab_size=100)
+    per_row = 2 * (10 + 6) * 128 + 3 * 4 * 100  # the cache counted twice, plus the logits buffers
+    free = int(per_row * 10 / AUTO_MEMORY_SHARE) + 1  # room for 10 rows
+    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free) == 9  # 3 batches of 9, 8, 8, not 10, 10, 5
+    assert rows_per_batch("auto", 7, 10, 6, config, torch.float32, free) == 7
+    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, 1) == 1  # never below one row
+    assert rows_per_batch("auto", 25, 10, 6, config, torch.bfloat16, free) == 13  # half the bytes: 2 batches
+    assert rows_per_batch("auto", 40, 10, 6, config, torch.float32, None) == 14  # no GPU: up to 16, evenly
+    assert rows_per_batch(5, 40, 10, 6, config, torch.float32, 1) == 5  # a number is taken as given
+
+
+def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatch):
+    model, params = tiny
+    rows = ROWS[:5]
+    pinned = model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size=2))
+    generate = model.model.generate
+    tried = []
+
+    def generate_within_two_rows(**batch):
+        tried.append(len(batch["input_ids"]))
+        if len(batch["input_ids"]) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return generate(**batch)
+
+    monkeypatch.setattr(model.model, "generate", generate_within_two_rows)
+    auto = model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size="auto"))
+    assert tried == [5, 2, 2, 1]  # 5 rows at once, then halved: the same batches as batch_size 2
+    assert auto.texts == pinned.texts and auto.batch_size == 2
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # a pinned batch size is the user's call: no retry
+        model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size=4))
 
 
 def test_a_saved_adapter_refuses_another_model(tiny, tmp_path, repo_params, tiny_checkpoints):
