@@ -40,6 +40,29 @@ class BackendError(RuntimeError):
     """The configured backend cannot run on this machine."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stopped being a finite number."""
+
+
+def divergence_guard(learning_rate: float):
+    """A trainer callback that stops training at the first logged loss or gradient norm that
+    is not finite: the LoRA weights are NaN from then on, and an adapter of NaNs would pass
+    through predict as empty answers instead of failing here."""
+    from transformers import TrainerCallback
+
+    class StopWhenNotFinite(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm", "eval_loss"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"training diverged at step {state.global_step}: {key} is {value}; nothing was saved. "
+                        f"Lower the learning rate (now {learning_rate:g}) or check the data and the dtype"
+                    )
+
+    return StopWhenNotFinite()
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 
@@ -418,6 +441,7 @@ class BaseUnslothModel:
             optim=training.optimizer,
             logging_steps=training.logging_steps,
             logging_first_step=True,
+            logging_nan_inf_filter=False,  # the filter logs a NaN loss as a number; the guard must see it
             save_strategy="steps",
             save_steps=training.save_steps,
             save_total_limit=1,
@@ -443,7 +467,7 @@ class BaseUnslothModel:
             train_dataset=train.as_dataset(),
             eval_dataset=val.as_dataset() if val else None,
             processing_class=self.tokenizer,
-            callbacks=list(callbacks),
+            callbacks=[divergence_guard(training.learning_rate), *callbacks],
         )
         resume = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
         if resume:

@@ -6,7 +6,7 @@ from typing import Callable
 from core import distributed
 from core.config import ConfigError
 from core.data import DataError
-from core.model import BackendError
+from core.model import BackendError, TrainingDiverged
 
 
 def run(main: Callable[[], None]) -> None:
@@ -16,7 +16,7 @@ def run(main: Callable[[], None]) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
-    except (ConfigError, DataError, BackendError, FileNotFoundError) as err:
+    except (ConfigError, DataError, BackendError, TrainingDiverged, FileNotFoundError) as err:
         logging.getLogger("stages").error("%s", err)
         sys.exit(1)
     finally:

@@ -8,7 +8,8 @@ import torch
 
 from core.config import parse_params
 from core.families import FAMILIES, model_for
-from core.model import AUTO_MEMORY_SHARE, IGNORE_INDEX, BackendError, BaseUnslothModel, rows_per_batch
+from core.model import (AUTO_MEMORY_SHARE, IGNORE_INDEX, BackendError, BaseUnslothModel, TrainingDiverged,
+                        rows_per_batch)
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 from core.data import read_vignettes
@@ -106,6 +107,16 @@ def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(tiny, tmp_path, repo_
     assert again.new_tokens == expected.new_tokens
     assert any(expected.texts)  # the comparison is not between empty strings
     reloaded.cleanup_model()
+
+
+def test_training_that_turns_nan_stops_at_once_with_a_clear_error(tiny, tmp_path, repo_params):
+    model, params = tiny
+    training = tiny_params(repo_params, params.profile.family, params.profile.name, max_steps=6).profile.training
+    model.attach_lora(seed=0)
+    with torch.no_grad():  # poisoned embeddings: every loss from the first step on is NaN
+        model.model.get_input_embeddings().weight[:, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 1: loss is nan; nothing was saved\. Lower the learning rate"):
+        model.fine_tune(ROWS[:8], [], training, tmp_path / "run")
 
 
 def test_generation_is_batched_greedy_and_order_preserving(tiny):
