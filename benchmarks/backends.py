@@ -87,7 +87,7 @@ def worker(args) -> None:
 
     class StepClock(TrainerCallback):
         """When each optimiser step ended: the steps after the warm-up give the steady rate,
-        free of one-off costs (Unsloth compiles its Triton kernels in the first steps)."""
+        free of one-off costs (Unsloth compiles each decoder block in the first steps)."""
 
         def __init__(self):
             self.ends = {}
@@ -100,7 +100,8 @@ def worker(args) -> None:
         train = model.fine_tune(rows, [], params.profile.training, run_dir, callbacks=[clock])
     steps, warm = train["steps"], min(args.warmup_steps, train["steps"] - 1)
     if warm > 0:
-        # the rows are copies of one sample with varied introductions, so steps carry about equal tokens
+        # tokens/s x runtime is all tokens trained on; the rows are copies of the sample rows with
+        # varied introductions, so every step carries about the same share of them
         tokens_per_step = train["train_tokens_per_s"] * train["train_runtime_s"] / steps
         train["steady_tokens_per_s"] = tokens_per_step * (steps - warm) / (clock.ends[steps] - clock.ends[warm])
     result = {"backend": model.backend.name, "train": train}

@@ -97,8 +97,9 @@ class Params:
 _CHOICES = {
     "backend": ("auto", "unsloth", "hf"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "batch_size": ("auto",),  # where a string is allowed (generation); numbers are checked below
+    "batch_size": ("auto",),  # where a string is allowed (generation); a number must meet _AT_LEAST
 }
+_AT_LEAST = {"batch_size": 1}
 
 
 def _type_name(tp: Any) -> str:
@@ -162,8 +163,8 @@ def _build(cls: type, raw: Any, where: str, **filled: Any) -> Any:
             values[name] = _check_value(raw[name], tp, f"{where}.{name}")
         if name in _CHOICES and isinstance(values[name], str) and values[name] not in _CHOICES[name]:
             raise ConfigError(f"{where}.{name}: expected one of {', '.join(_CHOICES[name])}, got {values[name]!r}")
-        if name == "batch_size" and isinstance(values[name], int) and values[name] < 1:
-            raise ConfigError(f"{where}.{name}: expected at least 1, got {values[name]}")
+        if name in _AT_LEAST and isinstance(values[name], (int, float)) and values[name] < _AT_LEAST[name]:
+            raise ConfigError(f"{where}.{name}: expected at least {_AT_LEAST[name]}, got {values[name]}")
     return cls(**values)
 
 
