@@ -60,6 +60,20 @@ class GenerationConfig:
     repetition_penalty: float
     no_repeat_ngram_size: int = 0  # > 0 forbids repeating any n-gram of this size
     seed: int = 0
+    num_beams: int = 1  # 1: greedy (or sampling); > 1: beam search, each row kept as this many beams
+    length_penalty: float = 1.0  # beam search: > 1 favours longer finished beams, < 1 shorter ones
+    early_stopping: bool = False  # beam search: stop once num_beams beams have finished
+    min_new_tokens: int = 0  # the end-of-turn token is forbidden before this many new tokens
+    # Minimum Bayes risk: generate this many candidates a row (the best beams, or samples when
+    # do_sample is true) and keep the one with the highest mean ROUGE-L against the others. 0: off.
+    mbr_candidates: int = 0
+
+    @property
+    def sequences_per_row(self) -> int:
+        """How many sequences generation carries for one row (what memory and time scale with)."""
+        if self.mbr_candidates:
+            return self.mbr_candidates if self.do_sample else max(self.num_beams, self.mbr_candidates)
+        return self.num_beams
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,11 @@ _CHOICES = {
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "batch_size": ("auto",),  # where a string is allowed (generation); a number must meet _AT_LEAST
 }
-_AT_LEAST = {"batch_size": 1}
+# Bounds checked wherever a key of that name appears (training and generation alike).
+_AT_LEAST = {"batch_size": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num_beams": 1, "min_new_tokens": 0,
+             "no_repeat_ngram_size": 0, "mbr_candidates": 0, "logging_steps": 1, "save_steps": 1}
+_ABOVE = {"learning_rate": 0, "temperature": 0, "repetition_penalty": 0, "top_p": 0, "alpha": 0, "max_seq_length": 0}
+_AT_MOST = {"top_p": 1}
 
 
 def _type_name(tp: Any) -> str:
@@ -135,7 +153,14 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         str: isinstance(value, str),
     }[tp]
     if not ok:
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        hint = ""
+        if tp is float and isinstance(value, str):
+            try:
+                float(value)
+                hint = f" (YAML 1.1 reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}{hint}")
     return float(value) if tp is float else value
 
 
@@ -163,9 +188,19 @@ def _build(cls: type, raw: Any, where: str, **filled: Any) -> Any:
             values[name] = _check_value(raw[name], tp, f"{where}.{name}")
         if name in _CHOICES and isinstance(values[name], str) and values[name] not in _CHOICES[name]:
             raise ConfigError(f"{where}.{name}: expected one of {', '.join(_CHOICES[name])}, got {values[name]!r}")
-        if name in _AT_LEAST and isinstance(values[name], (int, float)) and values[name] < _AT_LEAST[name]:
-            raise ConfigError(f"{where}.{name}: expected at least {_AT_LEAST[name]}, got {values[name]}")
+        _check_bounds(name, values[name], f"{where}.{name}")
     return cls(**values)
+
+
+def _check_bounds(name: str, value: Any, where: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if name in _AT_LEAST and value < _AT_LEAST[name]:
+        raise ConfigError(f"{where}: expected at least {_AT_LEAST[name]}, got {value}")
+    if name in _ABOVE and value <= _ABOVE[name]:
+        raise ConfigError(f"{where}: expected a number above {_ABOVE[name]}, got {value}")
+    if name in _AT_MOST and value > _AT_MOST[name]:
+        raise ConfigError(f"{where}: expected at most {_AT_MOST[name]}, got {value}")
 
 
 def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, where: str) -> Any:
@@ -179,6 +214,18 @@ def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, w
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown key (it must be a key of {shared_where})")
     return _build(cls, {**shared, **overrides}, f"{shared_where} (with {where})")
+
+
+def _check_generation(g: GenerationConfig, where: str) -> None:
+    """What no single key can say: settings that only make sense together."""
+    if g.min_new_tokens > g.max_new_tokens:
+        raise ConfigError(f"{where}.min_new_tokens: {g.min_new_tokens} is more than max_new_tokens ({g.max_new_tokens})")
+    if g.mbr_candidates == 1:
+        raise ConfigError(f"{where}.mbr_candidates: expected 0 (off) or at least 2 candidates to choose among, got 1")
+    if g.num_beams > 1 and g.do_sample and g.mbr_candidates == 0:
+        raise ConfigError(f"{where}.num_beams: beam search with do_sample: true is not supported; set do_sample: false or num_beams: 1")
+    if g.num_beams > 1 and g.mbr_candidates and g.do_sample:
+        raise ConfigError(f"{where}.mbr_candidates: candidates are either beams (do_sample: false) or samples (num_beams: 1), not both")
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
@@ -204,10 +251,18 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         generation = _with_overrides(
             raw["generation"], section.get("generation"), GenerationConfig, "generation", f"{where}.generation"
         )
+        _check_generation(generation, f"generation (with {where}.generation)")
+        if training.max_steps <= 0 and training.epochs <= 0:
+            raise ConfigError(f"training (with {where}.training).epochs: expected a number above 0 (or max_steps above 0), got {training.epochs:g}")
         profile = _build(ModelProfile, profile_raw, where, key=model, training=training, generation=generation)
+        if not 0.0 <= profile.lora.dropout < 1.0:
+            raise ConfigError(f"{where}.lora.dropout: expected a number from 0 up to but not including 1, got {profile.lora.dropout}")
         data = _build(DataConfig, raw["data"], "data")
-        if not 0.0 < data.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction: expected a number between 0 and 1, got {data.val_fraction}")
+        if not 0.0 <= data.val_fraction < 1.0:
+            raise ConfigError(
+                f"data.val_fraction: expected a number from 0 (train on every labelled row) up to but not including 1, "
+                f"got {data.val_fraction}"
+            )
         return Params(model=model, data=data, prompt=_build(PromptConfig, raw["prompt"], "prompt"), profile=profile)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

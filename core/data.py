@@ -122,8 +122,11 @@ def split_train_val(rows: list[dict], val_fraction: float, seed: int) -> tuple[l
 
     Each panel with at least two rows gives round(n * val_fraction) of them (at least one,
     never all) to validation; a panel with one row stays in training. Both parts keep the
-    input order, so the same rows and seed always give the same files.
+    input order, so the same rows and seed always give the same files. A fraction of 0 keeps
+    every row for training (a final run for a submission) and leaves validation empty.
     """
+    if val_fraction == 0:
+        return list(rows), []
     by_panel: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_panel.setdefault(panel_of(row), []).append(i)

@@ -1,10 +1,7 @@
 """BaseUnslothModel: load a causal LM, attach LoRA, fine-tune with trl's SFTTrainer, generate.
 
-Two backends sit behind one API:
-  * ``unsloth``: Unsloth's FastLanguageModel (CUDA only; 4-bit through bitsandbytes);
-  * ``hf``: plain transformers + peft, which also runs on a CPU.
-``backend: auto`` takes Unsloth when CUDA and the package are there, else transformers.
-
+The backends (Unsloth on CUDA, transformers + peft anywhere) live in core/backends.py and
+batched generation in core/generation.py; this class ties them to one family's prompts.
 transformers, peft and trl are imported inside functions, not at module level, on purpose:
 Unsloth patches them when it is imported and must come first, so nothing may import them
 before the backend has been chosen.
@@ -24,20 +21,17 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from core import distributed, io
+from core.backends import cuda_available, resolve_backend, resolve_dtype
 from core.config import GenerationConfig, ModelProfile, TrainingConfig, as_dict
 from core.data import PROMPT, TARGET
+from core.generation import Generations, generate
 from core.weights import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the loss skips
-
-
-class BackendError(RuntimeError):
-    """The configured backend cannot run on this machine."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,188 +55,6 @@ def divergence_guard(learning_rate: float):
                     )
 
     return StopWhenNotFinite()
-
-
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
-class HFBackend:
-    """transformers + peft: runs anywhere torch runs."""
-
-    name = "hf"
-
-    def load(self, checkpoint: str, profile: ModelProfile, dtype: torch.dtype):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if profile.load_in_4bit:
-            if cuda_available():
-                from transformers import BitsAndBytesConfig
-
-                kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True,
-                    bnb_4bit_quant_type="nf4",
-                    bnb_4bit_use_double_quant=True,
-                    bnb_4bit_compute_dtype=dtype,
-                )
-            else:
-                log.warning("load_in_4bit needs CUDA (bitsandbytes); loading %s unquantised on the CPU", checkpoint)
-        if cuda_available():
-            kwargs["device_map"] = {"": distributed.local_rank()}  # one GPU per process
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        return model, tokenizer
-
-    def attach_lora(self, model, profile: ModelProfile, seed: int, gradient_checkpointing: bool):
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-        if getattr(model, "is_loaded_in_4bit", False):
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-        elif gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        torch.manual_seed(seed)  # LoRA's A matrices are drawn at random
-        config = LoraConfig(
-            r=profile.lora.r,
-            lora_alpha=profile.lora.alpha,
-            lora_dropout=profile.lora.dropout,
-            target_modules=list(profile.lora.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, config)
-
-    def load_adapter(self, model, path: Path):
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, str(path), is_trainable=False)
-
-    def for_inference(self, model) -> None:
-        model.eval()
-
-    def for_training(self, model) -> None:
-        model.train()
-
-
-class UnslothBackend(HFBackend):
-    """Unsloth's FastLanguageModel: fused kernels and its own gradient checkpointing, CUDA only."""
-
-    name = "unsloth"
-
-    def __init__(self) -> None:
-        import unsloth  # noqa: F401  (first, so that it can patch transformers, peft and trl)
-        from unsloth import FastLanguageModel
-
-        self.fast = FastLanguageModel
-
-    def load(self, checkpoint: str, profile: ModelProfile, dtype: torch.dtype):
-        model, tokenizer = self.fast.from_pretrained(
-            model_name=checkpoint,
-            max_seq_length=profile.max_seq_length,
-            dtype=dtype,
-            load_in_4bit=profile.load_in_4bit,
-            device_map={"": distributed.local_rank()},  # one GPU per process
-        )
-        return model, tokenizer
-
-    def attach_lora(self, model, profile: ModelProfile, seed: int, gradient_checkpointing: bool):
-        return self.fast.get_peft_model(
-            model,
-            r=profile.lora.r,
-            lora_alpha=profile.lora.alpha,
-            lora_dropout=profile.lora.dropout,
-            target_modules=list(profile.lora.target_modules),
-            bias="none",
-            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
-            random_state=seed,
-            max_seq_length=profile.max_seq_length,
-        )
-
-    def for_inference(self, model) -> None:
-        self.fast.for_inference(model)
-
-    def for_training(self, model) -> None:
-        self.fast.for_training(model)
-
-
-def resolve_backend(choice: str) -> HFBackend:
-    """The backend object for `choice` (auto | unsloth | hf), or a one-sentence BackendError."""
-    if choice == "hf":
-        return HFBackend()
-    if choice == "unsloth" and not cuda_available():
-        raise BackendError(
-            "backend 'unsloth' needs an NVIDIA GPU with CUDA and none is visible on this machine; "
-            "set backend: hf (or auto) in the model's profile in params.yaml to train with transformers+peft here."
-        )
-    if choice in ("unsloth", "auto") and cuda_available():
-        try:
-            return UnslothBackend()
-        except ImportError as err:
-            if choice == "unsloth":
-                raise BackendError(
-                    f"backend 'unsloth' was chosen but unsloth cannot be imported ({err}); "
-                    "install it with: pip install -r requirements-gpu.txt"
-                ) from None
-            log.warning("unsloth is not importable (%s); using transformers+peft on the GPU", err)
-    return HFBackend()
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if cuda_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-AUTO_BATCH_ON_CPU = 16  # a CPU has no memory budget to size against; 16 rows keep its cores busy
-AUTO_BATCH_MAX = 256
-AUTO_MEMORY_SHARE = 0.85  # of the GPU's free memory; the rest for the allocator's fragments
-
-
-def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """Bytes of keys and values the cache holds for one token, over all layers."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
-
-
-def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_new_tokens: int,
-                   config, dtype: torch.dtype, free_bytes: int | None) -> int:
-    """Rows to generate at once: `batch_size` if it is a number; for "auto", as many as
-    `free_bytes` of GPU memory hold (AUTO_BATCH_ON_CPU without a GPU), spread evenly over the
-    batches so that the last is not a small remainder."""
-    if batch_size != "auto":
-        return batch_size
-    if free_bytes is None:
-        fit = AUTO_BATCH_ON_CPU
-    else:
-        # A row's KV cache at full length, counted twice: the cache grows by concatenation,
-        # so old and new copies coexist and the allocator cannot reuse the outgrown blocks.
-        # Plus the last position's logits in float32, about three copies while sampling.
-        per_row = 2 * (longest_prompt + max_new_tokens) * kv_cache_bytes_per_token(config, dtype)
-        per_row += 3 * 4 * config.vocab_size
-        fit = int(free_bytes * AUTO_MEMORY_SHARE) // per_row
-    fit = max(1, min(fit, AUTO_BATCH_MAX, n_rows))
-    return math.ceil(n_rows / math.ceil(n_rows / fit)) if n_rows else fit
-
-
-@dataclass
-class Generations:
-    """Responses in the order of the rows asked for, with what it took to make them."""
-
-    texts: list[str]
-    new_tokens: list[int]  # tokens generated per response, end-of-turn token included
-    stopped: list[bool]  # True where the model ended its turn; False where max_new_tokens cut it
-    seconds: float
-    batch_size: int = 0  # the most rows generated at once
-    peak_gpu_memory_gb: float = 0.0  # while generating; 0 on a CPU
-
-    @property
-    def tokens_per_second(self) -> float:
-        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -498,81 +310,14 @@ class BaseUnslothModel:
         return metrics
 
     # --- generation -------------------------------------------------------------------------
-    @torch.inference_mode()
     def generate_responses(self, rows: list[dict], generation: GenerationConfig) -> Generations:
-        """Batched generation (left padding, KV cache), greedy unless do_sample is set.
-
-        With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
-        still runs out of memory is halved and retried."""
+        """Answer `rows` with the prompt training used, batched (core/generation.py): greedy,
+        sampled or beam search, with MBR selection among candidates if configured."""
         self._require_loaded()
         self.backend.for_inference(self.model)
-        self.tokenizer.padding_side = "left"
         encoded = [self._encode(self.prompt_for(row)) for row in rows]
-        # Similar lengths in one batch waste less on padding; results go back in input order.
-        order = sorted(range(len(rows)), key=lambda i: -len(encoded[i]))
-        stop_ids = [self.tokenizer.convert_tokens_to_ids(self.end_of_turn)]
-        device = next(self.model.parameters()).device
-        sampling = {
-            "do_sample": generation.do_sample,
-            "repetition_penalty": generation.repetition_penalty,
-            "no_repeat_ngram_size": generation.no_repeat_ngram_size,
-        }
-        if generation.do_sample:
-            sampling.update(temperature=generation.temperature, top_p=generation.top_p)
-        else:  # unset sampling knobs a checkpoint's generation_config may carry, so greedy stays greedy
-            sampling.update(temperature=None, top_p=None, top_k=None)
-        auto = generation.batch_size == "auto"
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # memory the allocator keeps but nothing uses counts as free
-            torch.cuda.reset_peak_memory_stats(device)
-        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-        longest = max((len(ids) for ids in encoded), default=0)
-        size = rows_per_batch(generation.batch_size, len(rows), longest, generation.max_new_tokens,
-                              self.model.config, self.dtype, free)
-        if auto:
-            log.info("batch_size auto: %d rows a batch (%s)", size,
-                     f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU")
-        texts, counts, stopped = [""] * len(rows), [0] * len(rows), [False] * len(rows)
-        largest = 0
-        torch.manual_seed(generation.seed)
-        start = time.perf_counter()
-        done = 0
-        with tqdm(total=len(order), desc="generating", unit="row") as bar:
-            while done < len(order):
-                index = order[done : done + size]
-                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in index]}, padding=True, return_tensors="pt")
-                batch = {k: v.to(device) for k, v in batch.items()}
-                try:
-                    output = self.model.generate(
-                        **batch,
-                        max_new_tokens=generation.max_new_tokens,
-                        eos_token_id=stop_ids,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                        use_cache=True,
-                        **sampling,
-                    )
-                except torch.cuda.OutOfMemoryError:
-                    if not auto or size == 1:
-                        raise
-                    del batch
-                    torch.cuda.empty_cache()
-                    size = max(1, size // 2)
-                    log.warning("out of GPU memory; trying again with %d rows a batch", size)
-                    continue
-                new = output[:, batch["input_ids"].shape[1] :].tolist()
-                for i, ids in zip(index, new):
-                    ended = stop_ids[0] in ids
-                    ids = ids[: ids.index(stop_ids[0]) + 1] if ended else ids
-                    counts[i], stopped[i] = len(ids), ended
-                    texts[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                largest = max(largest, len(index))
-                done += len(index)
-                bar.update(len(index))
-        peak = 0.0
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated(device) / 2**30
-        return Generations(texts, counts, stopped, time.perf_counter() - start, largest, peak)
+        stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
+        return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype)
 
     # --- adapters ---------------------------------------------------------------------------
     def save_adapter(self, path: str | Path, extra: dict | None = None) -> None:

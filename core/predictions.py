@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import csv
-import functools
 import io as _io
 from dataclasses import dataclass
 from pathlib import Path
 
 from core import io
 from core.data import ID, TARGET, DataError, normalise, panel_of, prompt_echo
+from core.scoring import rouge
 
 # `chars` is the length of the text as generated: an integrity record, so that a text emptied
 # or cut after predict is told apart from an answer the model really left empty.
@@ -110,28 +110,6 @@ def write_submission(path: str | Path, rows: list[dict], submission: list[list[s
 
 
 # --- validation report ----------------------------------------------------------------------
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-
-
-@functools.lru_cache(maxsize=1)
-def _scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
-
-
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measures over pairs of texts, both normalised as the host does."""
-    scorer = _scorer()
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references, strict=True):
-        scores = scorer.score(normalise(reference), normalise(prediction))
-        for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    n = max(len(predictions), 1)
-    return {name: total / n for name, total in totals.items()}
-
-
 def validation_report(rows: list[dict], predictions: dict[str, Prediction]) -> tuple[dict, list[dict]]:
     """Scores of the model and of the prompt-echo baseline on the same rows: overall (a dict
     for `dvc metrics`) and per clinical panel (one record a panel, for a plot)."""

@@ -6,7 +6,8 @@ from typing import Callable
 from core import distributed
 from core.config import ConfigError
 from core.data import DataError
-from core.model import BackendError, TrainingDiverged
+from core.backends import BackendError
+from core.model import TrainingDiverged
 
 
 def run(main: Callable[[], None]) -> None:

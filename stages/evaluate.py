@@ -11,6 +11,11 @@ PER_PANEL = "plots/rouge_by_panel.json"
 
 def main() -> None:
     rows = io.read_jsonl("data/prepared/val.jsonl")
+    if not rows:  # data.val_fraction: 0, every labelled row went into training
+        io.write_json(METRICS, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"})
+        io.write_json(PER_PANEL, [])
+        logging.warning("no validation rows (data.val_fraction is 0): nothing scored")
+        return
     predictions = read_predictions("data/predictions/val.csv", rows)
     summary, per_panel = validation_report(rows, predictions)
     io.write_json(METRICS, summary)

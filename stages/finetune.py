@@ -32,8 +32,11 @@ def main() -> None:
     params = load_params()
     train = io.read_jsonl("data/prepared/train.jsonl")
     val = io.read_jsonl("data/prepared/val.jsonl")
-    # One checkpoint directory per (settings, data): a resumed run never picks up another run's state.
-    run_dir = f"{CHECKPOINTS}/{io.fingerprint(as_dict(params), train, val)}"
+    # One checkpoint directory per (training settings, data): a resumed run never picks up another
+    # run's state. Generation settings play no part in training, so they are left out.
+    settings = as_dict(params)
+    settings["profile"].pop("generation")
+    run_dir = f"{CHECKPOINTS}/{io.fingerprint(settings, train, val)}"
     model = model_for(params.profile, params.prompt.system)
     # Imported only now: building the model has chosen its backend, and Unsloth must be
     # imported before anything imports transformers.

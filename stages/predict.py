@@ -22,13 +22,22 @@ def main() -> None:
         predictions = [Prediction(*fields) for fields in zip(out.texts, out.new_tokens, out.stopped)]
         write_predictions(f"data/predictions/{split}.csv", rows, predictions)
         report[split] = {
+            "rows": len(rows),
             "seconds": out.seconds,
+            "seconds_per_row": out.seconds / max(len(rows), 1),
             "tokens_per_s": out.tokens_per_second,
             "mean_new_tokens": sum(out.new_tokens) / max(len(rows), 1),
+            # beam search's and MBR's extra cost: positions decoded per answer token (greedy: about 1)
+            "decoding_work_ratio": out.decoding_work_ratio,
             "batch_size": out.batch_size,
             "peak_gpu_memory_gb": out.peak_gpu_memory_gb,
         }
-        logging.info("%s: %d responses, %.1f tokens/s", split, len(rows), out.tokens_per_second)
+        logging.info("%s: %d responses in %.1f s, %.1f tokens/s, %.1f positions decoded per answer token",
+                     split, len(rows), out.seconds, out.tokens_per_second, out.decoding_work_ratio)
+    g = params.profile.generation
+    # the decoding that made these answers, beside their cost, for a compact `dvc exp show`
+    report.update(num_beams=g.num_beams, mbr_candidates=g.mbr_candidates, max_new_tokens=g.max_new_tokens,
+                  repetition_penalty=g.repetition_penalty)
     io.write_json(METRICS, report)
     model.cleanup_model()
 

@@ -43,7 +43,7 @@ def tiny_raw_params(raw: dict, family: str, checkpoint: Path, **training) -> dic
     raw = copy.deepcopy(raw)
     raw["model"] = family
     profile = raw["models"][family]
-    profile.update(name=str(checkpoint), load_in_4bit=False, backend="hf", max_seq_length=512)
+    profile.update(name=str(checkpoint), load_in_4bit=False, backend="hf", max_seq_length=1024)
     profile["lora"]["r"] = 8
     profile["training"] = {"epochs": 1, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": False, **training}
     profile["generation"] = {"max_new_tokens": 12, "batch_size": 4}

@@ -35,7 +35,8 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
         (lambda r: r["models"]["smollm2"].update(load_in_4bit="yes"), "models.smollm2.load_in_4bit: expected true or false"),
         (lambda r: r["models"]["smollm2"].update(backend="cuda"), "models.smollm2.backend: expected one of auto, unsloth, hf"),
         (lambda r: r["models"]["smollm2"]["training"].update(lr=1), "models.smollm2.training.lr: unknown key"),
-        (lambda r: r["data"].update(val_fraction=1.5), "data.val_fraction: expected a number between 0 and 1"),
+        (lambda r: r["data"].update(val_fraction=1.5), "data.val_fraction: expected a number from 0 (train on every labelled row) up to but not including 1, got 1.5"),
+        (lambda r: r["data"].update(val_fraction=-0.1), "data.val_fraction: expected a number from 0"),
         (lambda r: r.pop("generation"), "generation: missing key"),
         (lambda r: r["training"].update(weight_decay=True), "training (with models.smollm2.training).weight_decay: expected a number, got True"),
         (lambda r: r["generation"].update(batch_size="max"), "generation (with models.smollm2.generation).batch_size: expected one of auto, got 'max'"),
@@ -51,6 +52,77 @@ def test_bad_params_name_the_key(repo_params, edit, message):
         parse_params(raw)
     assert message in str(err.value)
     assert str(err.value).startswith("params.yaml: ")
+
+
+G = "generation (with models.smollm2.generation)"
+T = "training (with models.smollm2.training)"
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_beams", 0, f"{G}.num_beams: expected at least 1, got 0"),
+        ("num_beams", 2.5, f"{G}.num_beams: expected an integer, got 2.5"),
+        ("length_penalty", "long", f"{G}.length_penalty: expected a number, got 'long'"),
+        ("early_stopping", "yes", f"{G}.early_stopping: expected true or false, got 'yes'"),
+        ("min_new_tokens", -1, f"{G}.min_new_tokens: expected at least 0, got -1"),
+        ("min_new_tokens", 500, f"{G}.min_new_tokens: 500 is more than max_new_tokens (200)"),
+        ("mbr_candidates", 1, f"{G}.mbr_candidates: expected 0 (off) or at least 2 candidates"),
+        ("mbr_candidates", -2, f"{G}.mbr_candidates: expected at least 0, got -2"),
+        ("max_new_tokens", 0, f"{G}.max_new_tokens: expected at least 1, got 0"),
+        ("repetition_penalty", 0, f"{G}.repetition_penalty: expected a number above 0, got 0"),
+        ("top_p", 1.5, f"{G}.top_p: expected at most 1, got 1.5"),
+        ("do_sample", True, f"{G}.num_beams: beam search with do_sample: true is not supported"),
+    ],
+)
+def test_each_generation_key_is_checked_and_named(repo_params, key, value, message):
+    raw = copy.deepcopy(repo_params)
+    raw["models"]["smollm2"]["generation"][key] = value
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert message in str(err.value)
+
+
+def test_new_generation_keys_are_accepted_shared_and_per_profile(repo_params):
+    raw = copy.deepcopy(repo_params)
+    raw["generation"].update(length_penalty=0.8, early_stopping=True, min_new_tokens=20)
+    raw["models"]["smollm2"]["generation"].update(num_beams=6, mbr_candidates=4)
+    g = parse_params(raw).profile.generation
+    assert (g.num_beams, g.length_penalty, g.early_stopping, g.min_new_tokens, g.mbr_candidates) == (6, 0.8, True, 20, 4)
+    assert g.sequences_per_row == 6  # 4 candidates from the 6 beams: the cache holds 6 a row
+    raw["models"]["smollm2"]["generation"].update(num_beams=1, do_sample=True, mbr_candidates=5)
+    assert parse_params(raw).profile.generation.sequences_per_row == 5  # 5 samples a row
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r["models"]["smollm2"]["lora"].update(r=0), "models.smollm2.lora.r: expected at least 1, got 0"),
+        (lambda r: r["models"]["smollm2"]["lora"].update(dropout=1.0), "models.smollm2.lora.dropout: expected a number from 0 up to but not including 1"),
+        (lambda r: r["models"]["smollm2"]["training"].update(learning_rate="1e-3"),
+         f"{T}.learning_rate: expected a number, got '1e-3' (YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"),
+        (lambda r: r["models"]["smollm2"]["training"].update(learning_rate=0), f"{T}.learning_rate: expected a number above 0, got 0"),
+        (lambda r: r["models"]["smollm2"]["training"].update(epochs=0), f"{T}.epochs: expected a number above 0 (or max_steps above 0), got 0"),
+    ],
+)
+def test_bad_training_settings_fail_at_once_with_the_fix(repo_params, edit, message):
+    raw = copy.deepcopy(repo_params)
+    edit(raw)
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert message in str(err.value)
+
+
+def test_every_profile_spells_out_each_key_its_stages_track(repo_params):
+    """dvc.yaml lists single keys of models.${model}: a profile without one would stop DVC."""
+    import re
+
+    from tests.checkpoints import REPO
+
+    tracked = set(re.findall(r"models\.\$\{model\}\.(\w+)", (REPO / "dvc.yaml").read_text()))
+    assert {"generation", "lora", "training", "name"} <= tracked
+    for name, profile in repo_params["models"].items():
+        assert tracked <= set(profile), (name, tracked - set(profile))
 
 
 def test_generation_batch_size_takes_a_number_or_auto(repo_params):

@@ -8,8 +8,9 @@ import torch
 
 from core.config import parse_params
 from core.families import FAMILIES, model_for
-from core.model import (AUTO_MEMORY_SHARE, IGNORE_INDEX, BackendError, BaseUnslothModel, TrainingDiverged,
-                        rows_per_batch)
+from core.backends import BackendError
+from core.generation import AUTO_MEMORY_SHARE, mbr_choice, rows_per_batch
+from core.model import IGNORE_INDEX, BaseUnslothModel, TrainingDiverged
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 from core.data import read_vignettes
@@ -129,6 +130,50 @@ def test_generation_is_batched_greedy_and_order_preserving(tiny):
     assert model.tokenizer.padding_side == "left"
 
 
+def test_beam_search_is_batch_independent_and_repeatable(tiny):
+    model, params = tiny
+    rows = ROWS[:4]
+    beams = dataclasses.replace(params.profile.generation, num_beams=3, repetition_penalty=1.2, max_new_tokens=10,
+                                batch_size=4)
+    batched = model.generate_responses(rows, beams)
+    alone = [model.generate_responses([r], beams).texts[0] for r in rows]
+    assert batched.texts == alone  # left padding does not change what a row gets under beam search either
+    assert model.generate_responses(rows, beams).texts == batched.texts  # and a rerun gives the same answers
+    greedy = model.generate_responses(rows, dataclasses.replace(beams, num_beams=1))
+    assert batched.texts != greedy.texts  # the beams really were searched
+    assert batched.decoding_work_ratio >= 3 > greedy.decoding_work_ratio  # and what they cost is recorded
+
+
+def test_mbr_returns_one_of_the_candidates_per_row(tiny):
+    model, params = tiny
+    rows = ROWS[:3]
+    mbr = dataclasses.replace(params.profile.generation, num_beams=4, mbr_candidates=4, max_new_tokens=8)
+    out = model.generate_responses(rows, mbr)
+    assert len(out.texts) == 3 and all(0 < n <= 8 for n in out.new_tokens)
+    sampled = dataclasses.replace(mbr, num_beams=1, do_sample=True, mbr_candidates=3)
+    assert model.generate_responses(rows, sampled).texts == model.generate_responses(rows, sampled).texts  # seeded
+
+
+def test_mbr_picks_the_consensus_candidate():
+    # Normalised tokens; ROUGE-L F between two texts = LCS / length when both have the same length.
+    candidates = [
+        "fever cough give amoxicillin",     # A
+        "fever cough give paracetamol",     # B: LCS with A 3 -> 3/4; with C 2 -> 2/4
+        "rash itch apply cream",            # C: shares nothing with A ...
+        "Fever, cough: give amoxicillin!",  # D: A again once normalised
+    ]
+    # mean ROUGE-L against the others: A = (3/4 + 0 + 1) / 3, B = (3/4 + 0 + 3/4) / 3, C = 0, D = A's
+    from core.scoring import rouge_l_matrix
+
+    matrix = rouge_l_matrix(candidates)
+    assert matrix[0][1] == pytest.approx(0.75) and matrix[0][3] == pytest.approx(1.0) and matrix[0][2] == 0
+    assert mbr_choice(candidates) == 0  # A and D tie; the earlier (the higher-ranked beam) wins
+    # The top beam is not kept when the others disagree with it:
+    # "p q r s" -> 0; "a b c d" -> (0 + 3/4 + 1) / 3 = 0.583; "a b c e" -> (0 + 3/4 + 3/4) / 3 = 0.5; last "a b c d" -> 0.583
+    assert mbr_choice(["p q r s", "a b c d", "a b c e", "a b c d"]) == 1
+    assert mbr_choice(["only one"]) == 0
+
+
 def test_auto_batch_size_follows_free_memory_and_splits_evenly():
     # 2 layers x (keys + values) x 2 KV heads x head_dim 4 x 4 bytes = 128 bytes a token
     config = SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=16,
@@ -141,6 +186,7 @@ def test_auto_batch_size_follows_free_memory_and_splits_evenly():
     assert rows_per_batch("auto", 25, 10, 6, config, torch.bfloat16, free) == 13  # half the bytes: 2 batches
     assert rows_per_batch("auto", 40, 10, 6, config, torch.float32, None) == 14  # no GPU: up to 16, evenly
     assert rows_per_batch(5, 40, 10, 6, config, torch.float32, 1) == 5  # a number is taken as given
+    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=2) == 5  # 2 beams a row: 5 rows fit
 
 
 def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatch):

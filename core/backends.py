@@ -1,0 +1,159 @@
+"""The two training/inference backends behind BaseUnslothModel, and the choice between them.
+
+  * ``hf``: plain transformers + peft, which also runs on a CPU;
+  * ``unsloth``: Unsloth's FastLanguageModel (CUDA only; 4-bit through bitsandbytes).
+``backend: auto`` takes Unsloth when CUDA and the package are there, else transformers.
+
+transformers and peft are imported inside functions, not at module level, on purpose: Unsloth
+patches them when it is imported and must come first, so nothing may import them before the
+backend has been chosen.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import distributed
+from core.config import ModelProfile
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """The configured backend cannot run on this machine."""
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+class HFBackend:
+    """transformers + peft: runs anywhere torch runs."""
+
+    name = "hf"
+
+    def load(self, checkpoint: str, profile: ModelProfile, dtype: torch.dtype):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if profile.load_in_4bit:
+            if cuda_available():
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=dtype,
+                )
+            else:
+                log.warning("load_in_4bit needs CUDA (bitsandbytes); loading %s unquantised on the CPU", checkpoint)
+        if cuda_available():
+            kwargs["device_map"] = {"": distributed.local_rank()}  # one GPU per process
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        return model, tokenizer
+
+    def attach_lora(self, model, profile: ModelProfile, seed: int, gradient_checkpointing: bool):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if getattr(model, "is_loaded_in_4bit", False):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        torch.manual_seed(seed)  # LoRA's A matrices are drawn at random
+        config = LoraConfig(
+            r=profile.lora.r,
+            lora_alpha=profile.lora.alpha,
+            lora_dropout=profile.lora.dropout,
+            target_modules=list(profile.lora.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+    def load_adapter(self, model, path: Path):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+
+    def for_inference(self, model) -> None:
+        model.eval()
+
+    def for_training(self, model) -> None:
+        model.train()
+
+
+class UnslothBackend(HFBackend):
+    """Unsloth's FastLanguageModel: fused kernels and its own gradient checkpointing, CUDA only."""
+
+    name = "unsloth"
+
+    def __init__(self) -> None:
+        import unsloth  # noqa: F401  (first, so that it can patch transformers, peft and trl)
+        from unsloth import FastLanguageModel
+
+        self.fast = FastLanguageModel
+
+    def load(self, checkpoint: str, profile: ModelProfile, dtype: torch.dtype):
+        model, tokenizer = self.fast.from_pretrained(
+            model_name=checkpoint,
+            max_seq_length=profile.max_seq_length,
+            dtype=dtype,
+            load_in_4bit=profile.load_in_4bit,
+            device_map={"": distributed.local_rank()},  # one GPU per process
+        )
+        return model, tokenizer
+
+    def attach_lora(self, model, profile: ModelProfile, seed: int, gradient_checkpointing: bool):
+        return self.fast.get_peft_model(
+            model,
+            r=profile.lora.r,
+            lora_alpha=profile.lora.alpha,
+            lora_dropout=profile.lora.dropout,
+            target_modules=list(profile.lora.target_modules),
+            bias="none",
+            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+            random_state=seed,
+            max_seq_length=profile.max_seq_length,
+        )
+
+    def for_inference(self, model) -> None:
+        self.fast.for_inference(model)
+
+    def for_training(self, model) -> None:
+        self.fast.for_training(model)
+
+
+def resolve_backend(choice: str) -> HFBackend:
+    """The backend object for `choice` (auto | unsloth | hf), or a one-sentence BackendError."""
+    if choice == "hf":
+        return HFBackend()
+    if choice == "unsloth" and not cuda_available():
+        raise BackendError(
+            "backend 'unsloth' needs an NVIDIA GPU with CUDA and none is visible on this machine; "
+            "set backend: hf (or auto) in the model's profile in params.yaml to train with transformers+peft here."
+        )
+    if choice in ("unsloth", "auto") and cuda_available():
+        try:
+            return UnslothBackend()
+        except ImportError as err:
+            if choice == "unsloth":
+                raise BackendError(
+                    f"backend 'unsloth' was chosen but unsloth cannot be imported ({err}); "
+                    "install it with: pip install -r requirements-gpu.txt"
+                ) from None
+            log.warning("unsloth is not importable (%s); using transformers+peft on the GPU", err)
+    return HFBackend()
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if cuda_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32

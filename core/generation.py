@@ -1,0 +1,191 @@
+"""Batched generation: batch sizing against GPU memory, greedy, sampled or beam decoding over
+left-padded batches, and minimum-Bayes-risk (MBR) selection among candidates.
+
+BaseUnslothModel.generate_responses prepares the model and the prompts and calls `generate`.
+Greedy and beam search are deterministic; sampling is seeded once per call (`generation.seed`),
+so a rerun with the same rows and batch size gives the same answers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from core.config import GenerationConfig
+from core.scoring import rouge_l_matrix
+
+log = logging.getLogger(__name__)
+
+AUTO_BATCH_ON_CPU = 16  # a CPU has no memory budget to size against; 16 rows keep its cores busy
+AUTO_BATCH_MAX = 256
+AUTO_MEMORY_SHARE = 0.85  # of the GPU's free memory; the rest for the allocator's fragments
+
+
+@dataclass
+class Generations:
+    """Responses in the order of the rows asked for, with what it took to make them."""
+
+    texts: list[str]
+    new_tokens: list[int]  # tokens generated per response, end-of-turn token included
+    stopped: list[bool]  # True where the model ended its turn; False where max_new_tokens cut it
+    seconds: float
+    batch_size: int = 0  # the most rows generated at once
+    peak_gpu_memory_gb: float = 0.0  # while generating; 0 on a CPU
+    decoded_tokens: int = 0  # token positions decoded over every sequence carried (beams, candidates, padding)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decoding_work_ratio(self) -> float:
+        """Decoded positions per token kept in an answer: about 1 for greedy decoding, about the
+        number of beams or candidates for beam search and MBR (their extra cost)."""
+        kept = sum(self.new_tokens)
+        return self.decoded_tokens / kept if kept else 0.0
+
+
+def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of keys and values the cache holds for one token, over all layers."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+
+
+def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_new_tokens: int,
+                   config, dtype: torch.dtype, free_bytes: int | None, sequences_per_row: int = 1) -> int:
+    """Rows to generate at once: `batch_size` if it is a number; for "auto", as many as
+    `free_bytes` of GPU memory hold (AUTO_BATCH_ON_CPU without a GPU), spread evenly over the
+    batches so that the last is not a small remainder. A row carries `sequences_per_row`
+    sequences (its beams or MBR candidates), each with its own cache."""
+    if batch_size != "auto":
+        return batch_size
+    if free_bytes is None:
+        fit = AUTO_BATCH_ON_CPU
+    else:
+        # A sequence's KV cache at full length, counted twice: the cache grows by concatenation,
+        # so old and new copies coexist and the allocator cannot reuse the outgrown blocks.
+        # Plus the last position's logits in float32, about three copies while sampling.
+        per_sequence = 2 * (longest_prompt + max_new_tokens) * kv_cache_bytes_per_token(config, dtype)
+        per_sequence += 3 * 4 * config.vocab_size
+        fit = int(free_bytes * AUTO_MEMORY_SHARE) // (per_sequence * sequences_per_row)
+    fit = max(1, min(fit, AUTO_BATCH_MAX, n_rows))
+    return math.ceil(n_rows / math.ceil(n_rows / fit)) if n_rows else fit
+
+
+def mbr_choice(candidates: list[str]) -> int:
+    """The index of the candidate with the highest mean ROUGE-L against all the others: the
+    one the others agree with most (minimum Bayes risk under the task's own metric). Ties go to
+    the earlier candidate, which for beams is the one the model scored higher."""
+    if len(candidates) < 2:
+        return 0
+    matrix = rouge_l_matrix(candidates)
+    n = len(candidates)
+    expected = [sum(matrix[i][j] for j in range(n) if j != i) / (n - 1) for i in range(n)]
+    return max(range(n), key=lambda i: (expected[i], -i))
+
+
+def decoding_settings(generation: GenerationConfig) -> dict:
+    """The keyword arguments of transformers' generate() that the configuration asks for."""
+    g = generation
+    settings = {
+        "do_sample": g.do_sample,
+        "repetition_penalty": g.repetition_penalty,
+        "no_repeat_ngram_size": g.no_repeat_ngram_size,
+        "min_new_tokens": g.min_new_tokens or None,
+        "num_return_sequences": g.mbr_candidates or 1,
+    }
+    beams = g.num_beams if g.do_sample else g.sequences_per_row
+    if beams > 1:
+        settings.update(num_beams=beams, length_penalty=g.length_penalty, early_stopping=g.early_stopping)
+    else:
+        settings.update(num_beams=1)
+    if g.do_sample:
+        settings.update(temperature=g.temperature, top_p=g.top_p)
+    else:  # unset sampling knobs a checkpoint's generation_config may carry, so greedy stays greedy
+        settings.update(temperature=None, top_p=None, top_k=None)
+    return settings
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generation: GenerationConfig,
+             dtype: torch.dtype) -> Generations:
+    """Answer every prompt in `encoded` (token ids, no padding), in batches of similar length.
+
+    With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
+    still runs out of memory is halved and retried; a pinned batch size is never changed."""
+    tokenizer.padding_side = "left"
+    # Similar lengths in one batch waste less on padding; results go back in input order.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    device = next(model.parameters()).device
+    settings = decoding_settings(generation)
+    per_row = settings["num_return_sequences"]
+    auto = generation.batch_size == "auto"
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # memory the allocator keeps but nothing uses counts as free
+        torch.cuda.reset_peak_memory_stats(device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    longest = max((len(ids) for ids in encoded), default=0)
+    size = rows_per_batch(generation.batch_size, len(encoded), longest, generation.max_new_tokens,
+                          model.config, dtype, free, generation.sequences_per_row)
+    if auto:
+        log.info("batch_size auto: %d rows a batch of %d sequences each (%s)", size, generation.sequences_per_row,
+                 f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU")
+    n = len(encoded)
+    texts, counts, stopped = [""] * n, [0] * n, [False] * n
+    largest = decoded = 0
+    torch.manual_seed(generation.seed)
+    start = time.perf_counter()
+    done = 0
+    with tqdm(total=n, desc="generating", unit="row") as bar:
+        while done < n:
+            index = order[done : done + size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, padding=True, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            try:
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=generation.max_new_tokens,
+                    eos_token_id=[stop_id],
+                    pad_token_id=tokenizer.pad_token_id,
+                    use_cache=True,
+                    **settings,
+                )
+            except torch.cuda.OutOfMemoryError:
+                if not auto or size == 1:
+                    raise
+                del batch
+                torch.cuda.empty_cache()
+                size = max(1, size // 2)
+                log.warning("out of GPU memory; trying again with %d rows a batch", size)
+                continue
+            steps = output.shape[1] - batch["input_ids"].shape[1]
+            decoded += len(index) * generation.sequences_per_row * steps
+            new = output[:, batch["input_ids"].shape[1] :].tolist()
+            for k, i in enumerate(index):
+                candidates = [_trim(ids, stop_id) for ids in new[k * per_row : (k + 1) * per_row]]
+                decoded_texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids, _ in candidates]
+                best = mbr_choice(decoded_texts) if per_row > 1 else 0
+                texts[i] = decoded_texts[best]
+                counts[i], stopped[i] = len(candidates[best][0]), candidates[best][1]
+            largest = max(largest, len(index))
+            done += len(index)
+            bar.update(len(index))
+    peak = 0.0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    return Generations(texts, counts, stopped, time.perf_counter() - start, largest, peak, decoded)
+
+
+def _trim(ids: list[int], stop_id: int) -> tuple[list[int], bool]:
+    """A generated sequence up to and including its end-of-turn token (padding after it dropped),
+    and whether it had one."""
+    if stop_id in ids:
+        return ids[: ids.index(stop_id) + 1], True
+    return ids, False

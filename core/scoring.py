@@ -1,0 +1,43 @@
+"""ROUGE as the host scores it: F-measures between texts normalised the host's way.
+
+Used for the validation report and, during generation, by minimum-Bayes-risk selection
+(core/generation.py), so both judge an answer by the same measure.
+"""
+from __future__ import annotations
+
+import functools
+
+from core.data import normalise
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+@functools.lru_cache(maxsize=2)
+def _scorer(types: tuple[str, ...] = ROUGE_TYPES):
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(types), use_stemmer=False)
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures over pairs of texts, both normalised as the host does."""
+    scorer = _scorer()
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references, strict=True):
+        scores = scorer.score(normalise(reference), normalise(prediction))
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    n = max(len(predictions), 1)
+    return {name: total / n for name, total in totals.items()}
+
+
+def rouge_l_matrix(texts: list[str]) -> list[list[float]]:
+    """Pairwise ROUGE-L F-measures of normalised texts (symmetric; 1.0 on the diagonal)."""
+    scorer = _scorer(("rougeL",))
+    normalised = [normalise(t) for t in texts]
+    n = len(texts)
+    matrix = [[1.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            matrix[i][j] = matrix[j][i] = scorer.score(normalised[i], normalised[j])["rougeL"].fmeasure
+    return matrix
