@@ -36,6 +36,16 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
     # the prompt-echo baseline depends on the data alone
     assert rows.loc["tiny-qwen3", "prompt_echo_rougeL"] == rows.loc["tiny-llama32", "prompt_echo_rougeL"]
 
+    # A final run on every labelled row: no validation split, no score, and still a row of the table.
+    run_dvc(workspace, "exp", "run", "-n", "tiny-all-rows", "-S", "model=qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}",
+            "-S", "data.val_fraction=0", *SHORT)
+    assert (workspace / "data/prepared/val.jsonl").read_text() == ""
+    evaluation = json.loads((workspace / "metrics/eval.json").read_text())
+    assert evaluation["rows"] == 0 and evaluation["validation"].startswith("none") and "model" not in evaluation
+    assert (workspace / "submissions/submission.csv").read_text().count("\n") == 1 + 12  # header + every test row
+    row = table(workspace).set_index("experiment").loc["tiny-all-rows"]
+    assert row["train_loss"] > 0 and row["val_rougeL"] != row["val_rougeL"]  # NaN: nothing was scored
+
     # the README's compact `dvc exp show`: the compared columns, none of every profile's keys
     noise = re.search(r"export KCR_NOISE='(.+)'", (REPO / "README.md").read_text()).group(1)
     shown = list(csv.DictReader(io.StringIO(run_dvc(workspace, "exp", "show", "--drop", noise, "--csv").stdout)))

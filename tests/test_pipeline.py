@@ -13,12 +13,12 @@ def dvc(workspace: Path, *args: str) -> str:
     return run_dvc(workspace, *args).stdout
 
 
-def shorten(workspace: Path) -> None:
-    """Two optimiser steps and 24 new tokens: the whole path, in CI time."""
+def shorten(workspace: Path, **generation) -> None:
+    """Two optimiser steps and 16 new tokens from 2 beams: the whole path, beam search included, in CI time."""
     path = workspace / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["models"]["smollm2"]["training"].update(max_steps=2)
-    params["models"]["smollm2"]["generation"].update(max_new_tokens=24)
+    params["models"]["smollm2"]["generation"].update(max_new_tokens=16, num_beams=2, **generation)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -41,6 +41,18 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     assert "prompt_echo" in values["metrics/eval.json"]["data"]
 
     assert "Data and pipelines are up to date" in dvc(workspace, "repro")
+    predict = yaml.safe_load((workspace / "metrics" / "predict.json").read_text())
+    assert predict["num_beams"] == 2 and predict["val"]["decoding_work_ratio"] >= 2  # beam search's cost, recorded
+
+    # A generation key reruns predict onwards and never retrains.
+    adapter_before = (workspace / "models/adapter/adapter_model.safetensors").read_bytes()
+    shorten(workspace, max_new_tokens=12)
+    status = dvc(workspace, "status")
+    assert "predict:" in status and "finetune:" not in status and "prepare:" not in status, status
+    out = dvc(workspace, "repro")
+    assert [s for s in ("prepare", "finetune", "predict", "evaluate", "submit") if f"Running stage '{s}'" in out] == \
+        ["predict", "evaluate", "submit"], out
+    assert (workspace / "models/adapter/adapter_model.safetensors").read_bytes() == adapter_before
 
     first = (workspace / "submissions" / "submission.csv").read_bytes()
     adapter = (workspace / "models/adapter/adapter_model.safetensors").read_bytes()

@@ -312,6 +312,72 @@ CONDITIONS = [
               ["pulse oximetry", "peak flow if able", "chest xray", "blood gas"],
               ["oxygen to keep spo2 above 94%", "salbutamol nebulisation every 20 minutes", "ipratropium", "hydrocortisone iv or oral prednisolone",
                "iv magnesium sulphate if no response", "admit to hdu", "review inhaler technique and controller on discharge"]),
+    Condition(OBS, MCH, {"age": age(22, 40), "g": age(2, 6), "ga": age(29, 38)},
+              ["A {age} year old G{g}P{gp} at {ga} weeks presents with", "A mother aged {age}, G{g}P{gp} at {ga} weeks, came with"],
+              [("painless bright red vaginal bleeding", "painless aph"), ("soaking 3 pads", "soaked 3 pads"), ("soft non tender uterus", "soft uterus"),
+               ("fetal heart 146", "fhr 146"), ("previous caesarean section", "previous cs"), ("pallor", "pallor")],
+              ["What is the likely cause and what should I do?", "How do I manage her?"],
+              ["{age}yr G{g}P{gp} at {ga}/40", "{age} year old G{g}P{gp} {ga} weeks"],
+              ["antepartum haemorrhage likely placenta praevia", "aph secondary to placenta praevia"],
+              ["placental abruption", "vasa praevia", "cervical lesion", "show of labour"],
+              ["obstetric ultrasound for placental site", "hb", "grouping and crossmatch", "coagulation profile"],
+              ["no digital vaginal examination", "2 large bore cannulas and iv fluids", "crossmatch 2 units", "dexamethasone if below 34 weeks",
+               "admit for expectant management if stable", "caesarean section if heavy bleeding", "refer to a facility with theatre and blood"]),
+    Condition(PAED, CHILD, {"m": age(3, 48), "temp": age(38, 40)},
+              ["A {m} month old child presents with", "A child of {m} months was brought with"],
+              [("fever of {temp}", "fever {temp}"), ("neck stiffness", "neck stiffness"), ("bulging fontanelle", "bulging fontanelle"), ("irritability", "irritability"),
+               ("convulsions", "convulsions"), ("vomiting", "vomiting")],
+              ["What is the diagnosis?", "How do I manage this child?"],
+              ["{m} month old", "{m}/12 child"],
+              ["bacterial meningitis", "acute bacterial meningitis"],
+              ["cerebral malaria", "febrile convulsions", "encephalitis", "sepsis"],
+              ["lumbar puncture csf analysis", "blood culture", "fbc", "rbs", "mrdt"],
+              ["iv ceftriaxone 100mg/kg od for 10 days", "dexamethasone before first antibiotic dose", "phenobarbitone or diazepam for fits",
+               "maintenance fluids", "monitor head circumference and consciousness", "hearing test before discharge"]),
+    Condition(SURG, CHILD, {"y": age(1, 8), "pct": age(12, 30)},
+              ["A {y} year old child pulled a pot of hot water and has", "A {y} yr old sustained scalds and has"],
+              [("burns on the chest and both arms", "burns chest and arms"), ("about {pct}% body surface", "tbsa {pct}%"), ("blisters", "blisters"),
+               ("crying in pain", "pain"), ("no facial burns", "face spared"), ("burns one hour ago", "1 hour old burn")],
+              ["How do I manage?", "What fluids should I give?"],
+              ["{y}yr with scald burns", "{y} year old child"],
+              ["{pct}% superficial partial thickness scald burns", "partial thickness burns {pct}% tbsa"],
+              ["deep dermal burns", "non accidental injury", "inhalation injury"],
+              ["hb", "uecs", "weight", "urinalysis"],
+              ["cool with running water", "analgesia with morphine or paracetamol", "parkland formula 4ml/kg/%tbsa in 24 hours, half in 8 hours",
+               "add maintenance fluids", "catheterise and monitor urine output", "dress with silver sulfadiazine", "tetanus toxoid", "nutrition support"]),
+    Condition(CC, CRIT, {"age": age(16, 50), "gcs": age(7, 12)},
+              ["A {age} year old was brought after a fall from a motorcycle with", "A {age} yr old road traffic victim has"],
+              [("head injury", "head injury"), ("GCS {gcs}/15", "gcs {gcs}"), ("vomiting twice", "vomiting"), ("unequal pupils", "anisocoria"),
+               ("bleeding from the ear", "otorrhagia"), ("smell of alcohol", "alcohol")],
+              ["What do I do?", "How should I manage?"],
+              ["{age}yr rta", "{age} year old head injury"],
+              ["severe traumatic brain injury", "moderate to severe head injury with raised icp"],
+              ["extradural haematoma", "base of skull fracture", "alcohol intoxication", "cervical spine injury"],
+              ["ct scan of the head", "rbs", "hb", "cervical spine xray"],
+              ["abcde with c spine protection", "intubate if gcs 8 or below", "head up 30 degrees", "avoid hypotension and hypoxia",
+               "mannitol if signs of herniation", "neuro observations hourly", "urgent referral for neurosurgery"]),
+    Condition(MED, ADULT, {"age": age(15, 60), "hours": age(1, 6)},
+              ["A {age} year old farmer was bitten by a snake {hours} hours ago and has", "A {age} yr old was bitten on the leg and has"],
+              [("swelling of the leg", "limb swelling"), ("bleeding from the gums", "gum bleeding"), ("fang marks", "fang marks"), ("pain", "pain"),
+               ("blood not clotting in a tube", "20 minute wbct positive"), ("drooping eyelids", "ptosis")],
+              ["How do I manage this?", "What should I do?"],
+              ["{age}yr snakebite", "{age} year old with snake bite"],
+              ["snake envenomation with coagulopathy", "venomous snakebite"],
+              ["dry bite", "cellulitis", "compartment syndrome"],
+              ["20 minute whole blood clotting test", "fbc", "uecs", "urinalysis"],
+              ["reassure and immobilise the limb", "no tourniquet or incision", "polyvalent antivenom", "prepare adrenaline for anaphylaxis",
+               "analgesia", "tetanus toxoid", "repeat clotting test 6 hourly", "refer if antivenom not available"]),
+    Condition(MED, ADULT, {"age": age(20, 40), "hb": pick("6.2", "7.1", "5.8"), "ga": age(24, 34)},
+              ["A {age} year old pregnant woman at {ga} weeks has", "A {age} yr old at {ga} weeks gestation complains of"],
+              [("easy fatigability", "fatigue"), ("palpitations", "palpitations"), ("HB {hb} g/dl", "hb {hb}"), ("pallor", "pallor"),
+               ("not taking IFAS", "not on ifas"), ("dizziness", "dizziness")],
+              ["How do I manage?", "What is the plan?"],
+              ["{age}yr at {ga}/40", "{age} year old pregnant"],
+              ["severe anaemia in pregnancy", "iron deficiency anaemia in pregnancy"],
+              ["malaria", "hookworm infestation", "sickle cell disease", "hiv"],
+              ["fbc with indices", "peripheral blood film", "stool for ova", "mrdt", "hiv test"],
+              ["transfuse if hb below 7 near term or symptomatic", "iron and folic acid", "deworm with albendazole", "ipt for malaria",
+               "nutrition advice", "repeat hb in 4 weeks", "plan delivery in a facility with blood"]),
 ]
 
 STYLES = ("labelled", "prose", "notes")
@@ -371,6 +437,26 @@ def vignette(c: Condition, rng: random.Random, years: str, level: str, county: s
     return intro + sep + text, facts
 
 
+# What clinicians add whatever the case, each in their own way: the part of a real answer that the
+# vignette does not predict, and the reason a model cannot learn the answers by heart.
+GENERIC = ["secure iv access", "take vitals every 4 hours", "inform the clinician on call", "involve the family in the plan",
+           "arrange referral with a nurse escort", "pain relief with paracetamol", "check hb", "keep nil by mouth until reviewed",
+           "offer hiv testing", "check immunisation status", "observe for 24 hours", "strict fluid balance chart",
+           "psychosocial support", "explain the findings to the patient", "review the referral letter", "ensure the patient is warm",
+           "continue routine care", "check blood sugar", "educate on hygiene", "follow national guidelines", "screen for tb",
+           "assess for danger signs", "record in the register", "confirm the diagnosis before treating", "nutrition assessment"]
+# Clinicians' own words for the same step.
+SYNONYMS = [("iv ", "intravenous "), ("monitor", "observe"), ("admit", "admission"), ("refer", "transfer"), ("give", "administer"),
+            ("start", "commence"), ("urgent", "immediate"), (" and ", " & ")]
+
+
+def paraphrase(text: str, rng: random.Random) -> str:
+    for word, other in SYNONYMS:
+        if word in text and rng.random() < 0.35:
+            text = text.replace(word, other)
+    return text
+
+
 CLOSING = ["counsel the patient and family on the condition", "health education on danger signs", "review in clinic after discharge",
            "document and follow up", "refer early if the facility lacks capacity"]
 
@@ -384,11 +470,15 @@ def clinician_answer(c: Condition, rng: random.Random, facts: dict) -> str:
     if rng.random() < 0.7:
         restated.append(" ".join(facts["vitals"]))
     restated += [clin for clin in facts["background"] if clin and rng.random() < 0.7]
-    dx = rng.choice(c.dx)
-    ddx = rng.sample(c.ddx, rng.randint(2, 3))
-    ix = rng.sample(c.ix, rng.randint(3, len(c.ix)))
-    mx = rng.sample(c.mx, rng.randint(min(6, len(c.mx)), len(c.mx)))
-    mx += rng.sample(CLOSING, rng.randint(2, 3))
+    dx = rng.choice(c.dx).format(**slots)
+    ddx = rng.sample(c.ddx, rng.randint(1, 3))
+    same_panel = [other for other in CONDITIONS if other.panel == c.panel and other is not c]
+    if same_panel and rng.random() < 0.4:  # a differential of the clinician's own, from the same specialty
+        ddx.append(rng.choice(rng.choice(same_panel).dx).format(**{**slots, "pct": slots.get("pct", 20)}))
+    ix = rng.sample(c.ix, rng.randint(2, len(c.ix)))
+    mx = rng.sample(c.mx, rng.randint(3, len(c.mx))) + rng.sample(GENERIC, rng.randint(2, 4))
+    rng.shuffle(mx)
+    mx = [paraphrase(step, rng) for step in mx] + rng.sample(CLOSING, rng.randint(1, 3))
     style = rng.choice(STYLES)
     if style == "labelled":
         return (f"Summary: {who} with {', '.join(restated)}.\nDiagnosis: {dx}.\nDifferentials: {', '.join(ddx)}.\n"
