@@ -65,7 +65,9 @@ def params_for(backend: str, checkpoint: str, family: str, args) -> "object":
     profile.update(name=checkpoint, backend=backend, load_in_4bit=args.load_in_4bit, max_seq_length=1024)
     profile.setdefault("training", {}).update(max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
                                               gradient_checkpointing=args.gradient_checkpointing, logging_steps=5, save_steps=10_000)
-    profile.setdefault("generation", {}).update(max_new_tokens=args.max_new_tokens)
+    # greedy unless --num-beams says otherwise, whatever the profile decodes with: the figures in
+    # docs/benchmarks.md are greedy, and beam search multiplies the work by the beams
+    profile.setdefault("generation", {}).update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
     return parse_params(copy.deepcopy(raw))
 
 
@@ -136,6 +138,7 @@ def main() -> None:
                         help="comma-separated numbers or auto (what the GPU profiles use); batch 1 runs on --batch1-rows rows")
     parser.add_argument("--batch1-rows", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--num-beams", type=int, default=1, help="1: greedy (default); more: beam search")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--tiny", action="store_true", help="a tiny model instead of the real shape (smoke test, CPU)")
     parser.add_argument("--write-csv", metavar="DIR", help="only write the scaled train/test CSVs to DIR")

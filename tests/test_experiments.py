@@ -13,7 +13,10 @@ from tests.checkpoints import REPO
 from tests.dvc_helpers import run_dvc
 
 pytestmark = pytest.mark.slow
-SHORT = ["-S", "training.max_steps=2", "-S", "generation.max_new_tokens=8"]
+def short(family: str) -> list[str]:
+    """Two steps and 8 greedy tokens: the profile's own generation keys win over the shared ones."""
+    return ["-S", "training.max_steps=2", "-S", f"models.{family}.generation.max_new_tokens=8",
+            "-S", f"models.{family}.generation.num_beams=1"]
 
 
 def table(workspace):
@@ -23,7 +26,7 @@ def table(workspace):
 def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(workspace, tiny_checkpoints):
     for family in ("qwen3", "llama32"):
         run_dvc(workspace, "exp", "run", "-n", f"tiny-{family}", "-S", f"model={family}",
-                "-S", f"models.{family}.name={tiny_checkpoints[family]}", *SHORT)
+                "-S", f"models.{family}.name={tiny_checkpoints[family]}", *short(family))
 
     rows = table(workspace).set_index("experiment")
     for family in ("qwen3", "llama32"):
@@ -38,7 +41,7 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
 
     # A final run on every labelled row: no validation split, no score, and still a row of the table.
     run_dvc(workspace, "exp", "run", "-n", "tiny-all-rows", "-S", "model=qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}",
-            "-S", "data.val_fraction=0", *SHORT)
+            "-S", "data.val_fraction=0", *short("qwen3"))
     assert (workspace / "data/prepared/val.jsonl").read_text() == ""
     evaluation = json.loads((workspace / "metrics/eval.json").read_text())
     assert evaluation["rows"] == 0 and evaluation["validation"].startswith("none") and "model" not in evaluation
@@ -60,7 +63,7 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
 def test_queued_sweep_runs_every_value(workspace, tiny_checkpoints):
     # the queue runs from a commit: the tiny profile must be in it
     run_dvc(workspace, "exp", "run", "--queue", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
-            *SHORT, "-S", "models.llama32.lora.r=4,8")
+            *short("llama32"), "-S", "models.llama32.lora.r=4,8")
     run_dvc(workspace, "queue", "start", "-j", "1")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -1,5 +1,7 @@
 """The Unsloth backend end to end on a small random-init Qwen3 (run on a CUDA machine:
 `python -m pytest -m gpu`; skipped elsewhere)."""
+import dataclasses
+
 import pytest
 
 from core.families import model_for
@@ -28,6 +30,10 @@ def test_unsloth_fine_tunes_generates_and_reloads(tmp_path, repo_params, load_in
     out = model.generate_responses(ROWS[20:28], profile.generation)
     assert len(out.texts) == 8 and all(0 < n <= profile.generation.max_new_tokens for n in out.new_tokens)
     assert model.tokenizer.padding_side == "left"
+    beams = dataclasses.replace(profile.generation, num_beams=4, repetition_penalty=1.2)
+    beamed = model.generate_responses(ROWS[20:28], beams)
+    assert len(beamed.texts) == 8 and beamed.decoding_work_ratio >= 4  # beam search under Unsloth's inference mode
+    assert model.generate_responses(ROWS[20:28], beams).texts == beamed.texts
     model.save_adapter(tmp_path / "adapter")
     model.cleanup_model()
     BaseUnslothModel.clear_cache()

@@ -30,7 +30,8 @@ def two_runs(tmp_path_factory, repo_params, tiny_checkpoints):
     use_tiny_model(repo, repo_params, "llama32", tiny_checkpoints["llama32"], max_steps=3)
     run_dvc(repo, "exp", "run", "-n", "tiny-llama")
     run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", "model=qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}",
-            "-S", "models.qwen3.training.epochs=1", "-S", "+models.qwen3.training.max_steps=3")
+            "-S", "models.qwen3.training.epochs=1", "-S", "+models.qwen3.training.max_steps=3",
+            "-S", "models.qwen3.generation.max_new_tokens=12", "-S", "models.qwen3.generation.num_beams=1")
     return repo
 
 
