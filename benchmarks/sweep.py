@@ -17,7 +17,6 @@ Settings name keys of the profile's `training` or `generation` (or `lora.r`, `lo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os

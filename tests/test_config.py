@@ -46,9 +46,9 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
         (lambda r: r["models"]["smollm2"]["lora"].update(r=0), "models.smollm2.lora.r: expected at least 1, got 0"),
         (lambda r: r["models"]["smollm2"]["lora"].update(dropout=1.0), "models.smollm2.lora.dropout: expected a number from 0 up to but not including 1"),
         (lambda r: r["models"]["smollm2"]["training"].update(learning_rate="1e-3"),
-         f"training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' (YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"),
-        (lambda r: r["models"]["smollm2"]["training"].update(learning_rate=0), f"training (with models.smollm2.training).learning_rate: expected a number above 0, got 0"),
-        (lambda r: r["models"]["smollm2"]["training"].update(epochs=0), f"training (with models.smollm2.training).epochs: expected a number above 0 (or max_steps above 0), got 0"),
+         "training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' (YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"),
+        (lambda r: r["models"]["smollm2"]["training"].update(learning_rate=0), "training (with models.smollm2.training).learning_rate: expected a number above 0, got 0"),
+        (lambda r: r["models"]["smollm2"]["training"].update(epochs=0), "training (with models.smollm2.training).epochs: expected a number above 0 (or max_steps above 0), got 0"),
     ],
 )
 def test_bad_params_name_the_key(repo_params, edit, message):
