@@ -118,6 +118,8 @@ _AT_LEAST = {"batch_size": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num
              "no_repeat_ngram_size": 0, "mbr_candidates": 0, "logging_steps": 1, "save_steps": 1}
 _ABOVE = {"learning_rate": 0, "temperature": 0, "repetition_penalty": 0, "top_p": 0, "alpha": 0, "max_seq_length": 0}
 _AT_MOST = {"top_p": 1}
+# Fractions from 0 up to but not including 1, with what 0 means where it means something.
+_FRACTION = {"dropout": "", "val_fraction": " (train on every labelled row)"}
 
 
 def _type_name(tp: Any) -> str:
@@ -201,6 +203,8 @@ def _check_bounds(name: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: expected a number above {_ABOVE[name]}, got {value}")
     if name in _AT_MOST and value > _AT_MOST[name]:
         raise ConfigError(f"{where}: expected at most {_AT_MOST[name]}, got {value}")
+    if name in _FRACTION and not 0 <= value < 1:
+        raise ConfigError(f"{where}: expected a number from 0{_FRACTION[name]} up to but not including 1, got {value}")
 
 
 def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, where: str) -> Any:
@@ -255,14 +259,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         if training.max_steps <= 0 and training.epochs <= 0:
             raise ConfigError(f"training (with {where}.training).epochs: expected a number above 0 (or max_steps above 0), got {training.epochs:g}")
         profile = _build(ModelProfile, profile_raw, where, key=model, training=training, generation=generation)
-        if not 0.0 <= profile.lora.dropout < 1.0:
-            raise ConfigError(f"{where}.lora.dropout: expected a number from 0 up to but not including 1, got {profile.lora.dropout}")
         data = _build(DataConfig, raw["data"], "data")
-        if not 0.0 <= data.val_fraction < 1.0:
-            raise ConfigError(
-                f"data.val_fraction: expected a number from 0 (train on every labelled row) up to but not including 1, "
-                f"got {data.val_fraction}"
-            )
         return Params(model=model, data=data, prompt=_build(PromptConfig, raw["prompt"], "prompt"), profile=profile)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
