@@ -1,11 +1,13 @@
 """The params.yaml contract: load, validate and type the configuration.
 
-Every stage reads params.yaml through `load_params`, so a typo, a missing key or a wrong
-type fails before any work starts, with a message naming the key (for example
+Every stage reads params.yaml through `load_params`, so a typo, a missing key, a wrong
+type or a value out of range fails before any work starts. Every problem is listed, one line
+each, naming the key, the value and what is allowed (for example
 ``params.yaml: models.qwen3.lora.r: expected an integer, got 'sixteen'``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -17,7 +19,29 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A params.yaml problem; the message names the file and the key."""
+    """One or more params.yaml problems; each line names the file and the key."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(problems))
+
+
+class _Problems:
+    """Collects the problems of independent checks, so that one run lists them all."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    @contextlib.contextmanager
+    def check(self):
+        try:
+            yield
+        except ConfigError as err:
+            self.found.extend(err.problems)
+
+    def raise_any(self, prefix: str = "") -> None:
+        if self.found:
+            raise ConfigError(*(prefix + problem for problem in self.found))
 
 
 @dataclass(frozen=True)
@@ -173,38 +197,44 @@ def _build(cls: type, raw: Any, where: str, **filled: Any) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields) - set(filled))
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(fields))})")
+    problems = _Problems()
+    problems.found += [f"{where}.{key}: unknown key (allowed: {', '.join(sorted(fields))})" for key in unknown]
     values = dict(filled)
     for name, f in fields.items():
         if name in filled:
             continue
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}.{name}: missing key")
+                problems.found.append(f"{where}.{name}: missing key")
             continue
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw[name], f"{where}.{name}")
-        else:
-            values[name] = _check_value(raw[name], tp, f"{where}.{name}")
-        if name in _CHOICES and isinstance(values[name], str) and values[name] not in _CHOICES[name]:
-            raise ConfigError(f"{where}.{name}: expected one of {', '.join(_CHOICES[name])}, got {values[name]!r}")
-        _check_bounds(name, values[name], f"{where}.{name}")
+        with problems.check():
+            values[name] = _build_field(name, hints[name], raw[name], f"{where}.{name}")
+    problems.raise_any()
     return cls(**values)
+
+
+def _build_field(name: str, tp: Any, raw: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, raw, where)
+    value = _check_value(raw, tp, where)
+    if name in _CHOICES and isinstance(value, str) and value not in _CHOICES[name]:
+        raise ConfigError(f"{where}: expected one of {', '.join(_CHOICES[name])}, got {value!r}")
+    _check_bounds(name, value, where)
+    return value
 
 
 def _check_bounds(name: str, value: Any, where: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    shown = f"{value:g}"  # as the user wrote it: 2, not 2.0
     if name in _AT_LEAST and value < _AT_LEAST[name]:
-        raise ConfigError(f"{where}: expected at least {_AT_LEAST[name]}, got {value}")
+        raise ConfigError(f"{where}: expected at least {_AT_LEAST[name]}, got {shown}")
     if name in _ABOVE and value <= _ABOVE[name]:
-        raise ConfigError(f"{where}: expected a number above {_ABOVE[name]}, got {value}")
+        raise ConfigError(f"{where}: expected a number above {_ABOVE[name]}, got {shown}")
     if name in _AT_MOST and value > _AT_MOST[name]:
-        raise ConfigError(f"{where}: expected at most {_AT_MOST[name]}, got {value}")
+        raise ConfigError(f"{where}: expected at most {_AT_MOST[name]}, got {shown}")
     if name in _FRACTION and not 0 <= value < 1:
-        raise ConfigError(f"{where}: expected a number from 0{_FRACTION[name]} up to but not including 1, got {value}")
+        raise ConfigError(f"{where}: expected a number from 0{_FRACTION[name]} up to but not including 1, got {shown}")
 
 
 def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, where: str) -> Any:
@@ -216,53 +246,79 @@ def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, w
         raise ConfigError(f"{shared_where}: expected a mapping, got {shared!r}")
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (it must be a key of {shared_where})")
+        raise ConfigError(*(f"{where}.{key}: unknown key (it must be a key of {shared_where})" for key in unknown))
     return _build(cls, {**shared, **overrides}, f"{shared_where} (with {where})")
 
 
 def _check_generation(g: GenerationConfig, where: str) -> None:
     """What no single key can say: settings that only make sense together."""
+    problems = []
     if g.min_new_tokens > g.max_new_tokens:
-        raise ConfigError(f"{where}.min_new_tokens: {g.min_new_tokens} is more than max_new_tokens ({g.max_new_tokens})")
+        problems.append(f"{where}.min_new_tokens: {g.min_new_tokens} is more than max_new_tokens ({g.max_new_tokens})")
     if g.mbr_candidates == 1:
-        raise ConfigError(f"{where}.mbr_candidates: expected 0 (off) or at least 2 candidates to choose among, got 1")
+        problems.append(f"{where}.mbr_candidates: expected 0 (off) or at least 2 candidates to choose among, got 1")
     if g.num_beams > 1 and g.do_sample and g.mbr_candidates == 0:
-        raise ConfigError(f"{where}.num_beams: beam search with do_sample: true is not supported; set do_sample: false or num_beams: 1")
+        problems.append(f"{where}.num_beams: beam search with do_sample: true is not supported; set do_sample: false or num_beams: 1")
     if g.num_beams > 1 and g.mbr_candidates and g.do_sample:
-        raise ConfigError(f"{where}.mbr_candidates: candidates are either beams (do_sample: false) or samples (num_beams: 1), not both")
+        problems.append(f"{where}.mbr_candidates: candidates are either beams (do_sample: false) or samples (num_beams: 1), not both")
+    if problems:
+        raise ConfigError(*problems)
+
+
+def _check_training(t: TrainingConfig, where: str) -> None:
+    if t.max_steps <= 0 and t.epochs <= 0:
+        raise ConfigError(f"{where}.epochs: expected a number above 0 (or max_steps above 0), got {t.epochs:g}")
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate the parsed YAML of params.yaml and resolve the selected profile."""
-    try:
+    """Validate the parsed YAML of params.yaml and resolve the selected profile.
+
+    Independent sections are all checked before anything is raised, so one ConfigError lists
+    every problem found (a section that cannot be read hides only the checks that need it)."""
+    problems = _Problems()
+    with problems.check():
         if not isinstance(raw, dict):
             raise ConfigError("the file must hold a mapping at the top level")
-        for key in ("model", "data", "prompt", "training", "generation", "models"):
-            if key not in raw:
-                raise ConfigError(f"{key}: missing key")
-        model = raw["model"]
-        profiles = raw["models"]
-        if not isinstance(profiles, dict) or not profiles:
-            raise ConfigError("models: expected a mapping of profile name to settings")
-        if model not in profiles:
-            raise ConfigError(f"model: unknown model {model!r}; profiles in models: {', '.join(profiles)}")
-        section = profiles[model]
-        where = f"models.{model}"
-        if not isinstance(section, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {section!r}")
-        profile_raw = {k: v for k, v in section.items() if k not in ("training", "generation")}
-        training = _with_overrides(raw["training"], section.get("training"), TrainingConfig, "training", f"{where}.training")
-        generation = _with_overrides(
-            raw["generation"], section.get("generation"), GenerationConfig, "generation", f"{where}.generation"
-        )
-        _check_generation(generation, f"generation (with {where}.generation)")
-        if training.max_steps <= 0 and training.epochs <= 0:
-            raise ConfigError(f"training (with {where}.training).epochs: expected a number above 0 (or max_steps above 0), got {training.epochs:g}")
-        profile = _build(ModelProfile, profile_raw, where, key=model, training=training, generation=generation)
+        missing = [key for key in ("model", "data", "prompt", "training", "generation", "models") if key not in raw]
+        if missing:
+            raise ConfigError(*(f"{key}: missing key" for key in missing))
+    problems.raise_any(f"{source}: ")
+
+    data = prompt = profile = None
+    with problems.check():
         data = _build(DataConfig, raw["data"], "data")
-        return Params(model=model, data=data, prompt=_build(PromptConfig, raw["prompt"], "prompt"), profile=profile)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+    with problems.check():
+        prompt = _build(PromptConfig, raw["prompt"], "prompt")
+    with problems.check():
+        profile = _build_profile(raw)
+    problems.raise_any(f"{source}: ")
+    return Params(model=raw["model"], data=data, prompt=prompt, profile=profile)
+
+
+def _build_profile(raw: dict) -> ModelProfile:
+    model, profiles = raw["model"], raw["models"]
+    if not isinstance(profiles, dict) or not profiles:
+        raise ConfigError("models: expected a mapping of profile name to settings")
+    if model not in profiles:
+        raise ConfigError(f"model: unknown model {model!r}; the profiles under models: are {', '.join(map(str, profiles))}")
+    section = profiles[model]
+    where = f"models.{model}"
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {section!r}")
+    problems = _Problems()
+    training = generation = None
+    with problems.check():
+        training = _with_overrides(raw["training"], section.get("training"), TrainingConfig, "training", f"{where}.training")
+        _check_training(training, f"training (with {where}.training)")
+    with problems.check():
+        generation = _with_overrides(raw["generation"], section.get("generation"), GenerationConfig, "generation", f"{where}.generation")
+        _check_generation(generation, f"generation (with {where}.generation)")
+    profile_raw = {k: v for k, v in section.items() if k not in ("training", "generation")}
+    with problems.check():
+        # built even when the sections above failed, so that its own problems are listed too
+        profile = _build(ModelProfile, profile_raw, where, key=model, training=training, generation=generation)
+    problems.raise_any()
+    return profile
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

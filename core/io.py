@@ -47,8 +47,21 @@ def write_json(path: str | Path, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def jsonl_text(records: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
 def write_jsonl(path: str | Path, records: list[dict]) -> None:
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text(path, jsonl_text(records))
+
+
+def write_files(directory: str | Path, files: dict[str, str]) -> None:
+    """Replace `directory` with one holding exactly `files` (name -> text), in one step: no
+    reader sees some files new and others old, and no file of an earlier version lingers."""
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,53 +21,15 @@ import torch
 
 from core import distributed, io
 from core.backends import cuda_available, resolve_backend, resolve_dtype
-from core.config import GenerationConfig, ModelProfile, TrainingConfig, as_dict
-from core.data import PROMPT, TARGET
+from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
+from core.data import ID, PROMPT, TARGET
 from core.generation import Generations, generate
+from core.training import IGNORE_INDEX, TrainingDiverged, TrainingExamples, divergence_guard, run_clock
 from core.weights import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # label value the loss skips
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm stopped being a finite number."""
-
-
-def divergence_guard(learning_rate: float):
-    """A trainer callback that stops training at the first logged loss or gradient norm that
-    is not finite: the LoRA weights are NaN from then on, and an adapter of NaNs would pass
-    through predict as empty answers instead of failing here."""
-    from transformers import TrainerCallback
-
-    class StopWhenNotFinite(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            for key in ("loss", "grad_norm", "eval_loss"):
-                value = (logs or {}).get(key)
-                if isinstance(value, (int, float)) and not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"training diverged at step {state.global_step}: {key} is {value}; nothing was saved. "
-                        f"Lower the learning rate (now {learning_rate:g}) or check the data and the dtype"
-                    )
-
-    return StopWhenNotFinite()
-
-
-@dataclass
-class TrainingExamples:
-    input_ids: list[list[int]]
-    labels: list[list[int]]
-    truncated: int = 0  # examples cut at max_seq_length (their end-of-turn token is lost)
-
-    @property
-    def n_tokens(self) -> int:
-        return sum(len(ids) for ids in self.input_ids)
-
-    def as_dataset(self):
-        from datasets import Dataset
-
-        return Dataset.from_dict({"input_ids": self.input_ids, "labels": self.labels})
+__all__ = ["BaseUnslothModel", "IGNORE_INDEX", "TrainingDiverged"]
 
 
 # Base models loaded in this process, keyed by what was loaded. peft edits a model in place
@@ -93,6 +52,7 @@ class BaseUnslothModel:
         self.dtype = resolve_dtype(profile.dtype)
         self.model = None
         self.tokenizer = None
+        self.training_log: list[dict] = []  # the trainer's log history of the last fine_tune
 
     # --- prompts ------------------------------------------------------------------------
     def _create_input_prompt(self, row: dict) -> str:
@@ -133,24 +93,24 @@ class BaseUnslothModel:
         response and its end-of-turn token are learned.
 
         Prompt and response are encoded apart so the prompt's tokens are exactly those that
-        prediction feeds the model.
+        prediction feeds the model. A row longer than max_seq_length keeps its whole answer and
+        loses the middle of its prompt, or is dropped (core.training.fit_example); both are logged
+        by id.
         """
         self._require_loaded()
-        examples = TrainingExamples([], [])
+        examples = TrainingExamples()
+        limit = self.profile.max_seq_length
         for row in rows:
             prompt_ids = self._encode(self.prompt_for(row))
             answer_ids = self._encode(row[TARGET].strip() + self.end_of_turn)
-            ids = (prompt_ids + answer_ids)[: self.profile.max_seq_length]
-            labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[: self.profile.max_seq_length]
-            if len(prompt_ids) + len(answer_ids) > self.profile.max_seq_length:
-                examples.truncated += 1
-            examples.input_ids.append(ids)
-            examples.labels.append(labels)
-        if examples.truncated:
-            log.warning(
-                "%d of %d examples are longer than max_seq_length=%d and were cut; they lose their end-of-turn token",
-                examples.truncated, len(examples.input_ids), self.profile.max_seq_length,
-            )
+            examples.add(str(row.get(ID, len(examples.input_ids))), prompt_ids, answer_ids, limit)
+        total = len(examples.input_ids) + len(examples.dropped)
+        if examples.prompt_cut:
+            log.warning("%d of %d rows are longer than max_seq_length=%d: trained on with the middle of the prompt cut, "
+                        "the answer whole (%s)", len(examples.prompt_cut), total, limit, ", ".join(examples.prompt_cut))
+        if examples.dropped:
+            log.warning("%d of %d rows left out: the answer alone leaves less than a quarter of max_seq_length=%d to the "
+                        "prompt (%s)", len(examples.dropped), total, limit, ", ".join(examples.dropped))
         return examples
 
     # --- loading ----------------------------------------------------------------------------
@@ -231,6 +191,9 @@ class BaseUnslothModel:
         if not hasattr(self.model, "peft_config"):
             self.attach_lora(training.seed, training.gradient_checkpointing)
         train = self.training_examples(train_rows)
+        if not train.input_ids:
+            raise ConfigError(f"params.yaml: models.{self.profile.key}.max_seq_length: no training row fits in "
+                              f"{self.profile.max_seq_length} tokens with its whole answer; raise it")
         val = self.training_examples(val_rows) if val_rows else None
         on_gpu = cuda_available()
         grad_accum = distributed.per_process_grad_accum(training.batch_size, training.grad_accum)
@@ -284,20 +247,25 @@ class BaseUnslothModel:
         resume = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
         if resume:
             log.info("resuming from %s", resume)
-        start = time.perf_counter()
+        clock = run_clock(resume)
+        trainer.add_callback(clock)
         result = trainer.train(resume_from_checkpoint=resume)
-        seconds = time.perf_counter() - start
+        seconds = clock.seconds  # the whole run, the part before a resume included
         self.tokenizer.padding_side = "left"
+        self.training_log = trainer.state.log_history  # the resumed part's entries follow the checkpoint's
         train_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         metrics = {
             "train_loss": train_losses[-1] if train_losses else result.training_loss,
             "train_loss_mean": result.training_loss,
             "train_runtime_s": seconds,
             "train_tokens_per_s": train.n_tokens * trainer.state.epoch / seconds if seconds > 0 else 0.0,
+            "resumed_from_step": int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0,
             "epochs": trainer.state.epoch,
             "steps": trainer.state.global_step,
             "train_examples": len(train.input_ids),
-            "truncated_examples": train.truncated,
+            # rows longer than max_seq_length (core.training.fit_example), by split
+            "prompts_cut": {"train": len(train.prompt_cut), "val": len(val.prompt_cut) if val else 0},
+            "rows_dropped": {"train": len(train.dropped), "val": len(val.dropped) if val else 0},
             "backend": self.backend.name,
             "processes": processes,
             "effective_batch_size": effective_batch,
@@ -320,13 +288,16 @@ class BaseUnslothModel:
         return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype)
 
     # --- adapters ---------------------------------------------------------------------------
-    def save_adapter(self, path: str | Path, extra: dict | None = None) -> None:
+    def save_adapter(self, path: str | Path) -> None:
         """Write the LoRA adapter, the tokenizer (with its chat template) and the resolved
-        profile to `path`, replacing what was there in one step."""
+        profile to `path`, replacing what was there in one step.
+
+        Nothing here depends on the run itself (its time, its losses: those go to the metrics),
+        so the same training inputs give a byte-identical directory and DVC sees no change."""
         with io.atomic_path(path) as tmp:
             self.model.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
-            io.write_json(tmp / "profile.json", {**as_dict(self.profile), **(extra or {})})
+            io.write_json(tmp / "profile.json", as_dict(self.profile))
 
     def load_adapter(self, path: str | Path) -> None:
         """Load the base model and put the adapter saved at `path` on it."""
@@ -335,7 +306,7 @@ class BaseUnslothModel:
             raise FileNotFoundError(f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first")
         saved = io.read_json(path / "profile.json") if (path / "profile.json").exists() else {}
         if saved and (saved.get("name"), saved.get("family")) != (self.profile.name, self.profile.family):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: this adapter was trained for {saved.get('name')} ({saved.get('family')} family), "
                 f"not {self.profile.name} ({self.profile.family} family); rerun the finetune stage for this model"
             )

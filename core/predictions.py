@@ -32,13 +32,18 @@ def _csv_text(rows: list[list], header: list[str]) -> str:
 
 
 def write_predictions(path: str | Path, rows: list[dict], predictions: list[Prediction]) -> None:
+    io.write_text(path, predictions_csv(rows, predictions))
+
+
+def predictions_csv(rows: list[dict], predictions: list[Prediction]) -> str:
+    """The predictions file's text: id, response, new tokens, characters, stopped."""
     body = []
     for row, p in zip(rows, predictions, strict=True):
         # csv.writer leaves a bare carriage return unquoted and every reader takes it for the end
         # of the row: models do emit them, so line ends become "\n" before the text is written.
         text = p.text.replace("\r\n", "\n").replace("\r", "\n")
         body.append([row[ID], text, p.new_tokens, len(text), int(p.stopped)])
-    io.write_text(path, _csv_text(body, PREDICTION_COLUMNS))
+    return _csv_text(body, PREDICTION_COLUMNS)
 
 
 def read_predictions(path: str | Path, rows: list[dict]) -> dict[str, Prediction]:

@@ -1,23 +1,22 @@
 """finetune: LoRA fine-tuning of the selected profile on the prepared train split."""
-import contextlib
 import logging
 import shutil
-
-from dvclive import Live
 
 from core import distributed, io
 from core.config import as_dict, load_params
 from core.families import model_for
+from core.training import write_training_log
 from stages import run
 
 ADAPTER = "models/adapter"
 CHECKPOINTS = "models/checkpoints"  # not a DVC out: it must survive an interrupted run to resume from
 LIVE = "dvclive/finetune"
 METRICS = "metrics/finetune.json"
-# What `dvc exp show` compares across runs; the full record (example and parameter counts,
-# backend, ...) is kept with the adapter, in profile.json.
-COMPARED = ("train_loss", "val_loss", "train_runtime_s", "train_tokens_per_s", "steps", "effective_batch_size",
-            "processes", "peak_gpu_memory_gb")
+# The run's record beside the settings `dvc exp show` compares; the adapter directory holds
+# nothing of the run itself, so that the same inputs give the same adapter.
+RECORDED = ("train_loss", "val_loss", "train_runtime_s", "train_tokens_per_s", "resumed_from_step", "steps",
+            "effective_batch_size", "processes", "peak_gpu_memory_gb", "train_examples", "prompts_cut", "rows_dropped",
+            "backend")
 
 
 def run_card(params) -> dict:
@@ -38,19 +37,14 @@ def main() -> None:
     settings["profile"].pop("generation")
     run_dir = f"{CHECKPOINTS}/{io.fingerprint(settings, train, val)}"
     model = model_for(params.profile, params.prompt.system)
-    # Imported only now: building the model has chosen its backend, and Unsloth must be
-    # imported before anything imports transformers.
-    from transformers.integrations import DVCLiveCallback
-
-    # Under torchrun / accelerate launch every process trains; only rank 0 writes outputs.
-    main_process = distributed.is_main_process()
-    with Live(LIVE, save_dvc_exp=False, dvcyaml=None) if main_process else contextlib.nullcontext() as live:
-        callbacks = [DVCLiveCallback(live=live)] if main_process else []
-        metrics = model.fine_tune(train, val, params.profile.training, run_dir, callbacks=callbacks)
+    # Under torchrun / accelerate launch every process trains; only rank 0 writes outputs, and
+    # only once training has finished: an interrupted run leaves the last good ones in place.
+    metrics = model.fine_tune(train, val, params.profile.training, run_dir)
     distributed.barrier()  # every rank is done with the checkpoints
-    if main_process:
-        model.save_adapter(ADAPTER, extra={"training_run": metrics})
-        io.write_json(METRICS, {**run_card(params), **{key: metrics[key] for key in COMPARED if key in metrics}})
+    if distributed.is_main_process():
+        model.save_adapter(ADAPTER)
+        write_training_log(LIVE, model.training_log)
+        io.write_json(METRICS, {**run_card(params), **{key: metrics[key] for key in RECORDED if key in metrics}})
         shutil.rmtree(run_dir, ignore_errors=True)
         logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
     model.cleanup_model()

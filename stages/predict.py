@@ -4,10 +4,11 @@ import logging
 from core import io
 from core.config import load_params
 from core.families import model_for
-from core.predictions import Prediction, write_predictions
+from core.predictions import Prediction, predictions_csv
 from stages import run
 
 ADAPTER = "models/adapter"
+OUT = "data/predictions"
 METRICS = "metrics/predict.json"
 
 
@@ -15,12 +16,14 @@ def main() -> None:
     params = load_params()
     model = model_for(params.profile, params.prompt.system)
     model.load_adapter(ADAPTER)
-    report = {}
+    report, files = {}, {}
+    # Both splits are answered before anything is written: a run stopped half-way leaves the
+    # last good predictions and their metrics as they were, not a new val.csv beside an old test.csv.
     for split in ("val", "test"):
         rows = io.read_jsonl(f"data/prepared/{split}.jsonl")
         out = model.generate_responses(rows, params.profile.generation)
         predictions = [Prediction(*fields) for fields in zip(out.texts, out.new_tokens, out.stopped)]
-        write_predictions(f"data/predictions/{split}.csv", rows, predictions)
+        files[f"{split}.csv"] = predictions_csv(rows, predictions)
         report[split] = {
             "rows": len(rows),
             "seconds": out.seconds,
@@ -38,6 +41,7 @@ def main() -> None:
     # the decoding that made these answers, beside their cost, for a compact `dvc exp show`
     report.update(num_beams=g.num_beams, mbr_candidates=g.mbr_candidates, max_new_tokens=g.max_new_tokens,
                   repetition_penalty=g.repetition_penalty)
+    io.write_files(OUT, files)
     io.write_json(METRICS, report)
     model.cleanup_model()
 

@@ -14,8 +14,8 @@ def main() -> None:
     labelled = read_vignettes(params.data.train_csv, labelled=True)
     test = read_vignettes(params.data.test_csv, labelled=False)
     train, val = split_train_val(labelled, params.data.val_fraction, params.data.seed)
-    for name, rows in (("train", train), ("val", val), ("test", test)):
-        io.write_jsonl(f"{OUT}/{name}.jsonl", rows)
+    splits = {"train": train, "val": val, "test": test}
+    io.write_files(OUT, {f"{name}.jsonl": io.jsonl_text(rows) for name, rows in splits.items()})
     logging.info("wrote %s: %d train, %d val, %d test rows", OUT, len(train), len(val), len(test))
 
 

@@ -126,3 +126,29 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_every_problem_is_listed_one_line_each(repo_params):
+    raw = copy.deepcopy(repo_params)
+    raw["models"]["smollm2"]["lora"].update(r=0, alpha=0)
+    raw["models"]["smollm2"]["generation"].update(max_new_tokens=0)
+    raw["models"]["smollm2"]["training"].update(learning_rate="1e-3")
+    raw["data"].update(val_fraction=2)
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    lines = str(err.value).splitlines()
+    assert sorted(lines) == sorted([
+        "params.yaml: data.val_fraction: expected a number from 0 (train on every labelled row) up to but not including 1, got 2",
+        "params.yaml: models.smollm2.lora.r: expected at least 1, got 0",
+        "params.yaml: models.smollm2.lora.alpha: expected a number above 0, got 0",
+        "params.yaml: generation (with models.smollm2.generation).max_new_tokens: expected at least 1, got 0",
+        "params.yaml: training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' "
+        "(YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)",
+    ]), lines
+
+
+def test_an_unknown_profile_names_the_known_ones(repo_params):
+    raw = copy.deepcopy(repo_params)
+    raw["model"] = "gpt5"
+    with pytest.raises(ConfigError, match=r"^params.yaml: model: unknown model 'gpt5'; the profiles under models: are smollm2, qwen3, llama32$"):
+        parse_params(raw)

@@ -1,0 +1,151 @@
+"""What fine-tuning needs around the trainer: examples that fit the window, guards and records.
+
+- `fit_example`: the policy for a row longer than max_seq_length (cut the prompt's middle,
+  keep the whole answer and its end-of-turn token; drop the row if too little prompt is left).
+- `divergence_guard`: stop at the first loss or gradient norm that is not finite.
+- `RunClock`: wall-clock time of the whole run, across a resume from a checkpoint.
+- `write_training_log`: the DVCLive log, written from the trainer's history at the true steps.
+
+transformers is imported inside functions (Unsloth must be imported before it; see core/model.py).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import io
+
+IGNORE_INDEX = -100  # label value the loss skips
+CLOCK_FILE = "run_clock.json"  # written into each checkpoint directory
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stopped being a finite number."""
+
+
+def fit_example(prompt_ids: list[int], answer_ids: list[int], max_length: int) -> list[int] | None:
+    """The prompt ids to train on, so that prompt + answer fit in `max_length` tokens; None
+    drops the row.
+
+    The answer and its end-of-turn token are what the loss learns, so they are kept whole. A
+    prompt that does not fit loses tokens from its middle: its start (the system prompt, the
+    nurse's background) and its end (the question, the assistant's header) stay. A row whose
+    answer leaves less than a quarter of the window to the prompt is dropped: a prompt cut that
+    far no longer says what the answer answers.
+    """
+    if len(prompt_ids) + len(answer_ids) <= max_length:
+        return prompt_ids
+    room = max_length - len(answer_ids)
+    if room < max_length // 4:
+        return None
+    head = room // 2
+    return prompt_ids[:head] + prompt_ids[len(prompt_ids) - (room - head):]
+
+
+@dataclass
+class TrainingExamples:
+    input_ids: list[list[int]] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    prompt_cut: list[str] = field(default_factory=list)  # ids of rows trained on with the prompt's middle cut
+    dropped: list[str] = field(default_factory=list)  # ids of rows left out: the answer alone nearly fills the window
+
+    def add(self, row_id: str, prompt_ids: list[int], answer_ids: list[int], max_length: int) -> None:
+        fitted = fit_example(prompt_ids, answer_ids, max_length)
+        if fitted is None:
+            self.dropped.append(row_id)
+            return
+        if len(fitted) < len(prompt_ids):
+            self.prompt_cut.append(row_id)
+        self.input_ids.append(fitted + answer_ids)
+        self.labels.append([IGNORE_INDEX] * len(fitted) + answer_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(ids) for ids in self.input_ids)
+
+    def as_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_dict({"input_ids": self.input_ids, "labels": self.labels})
+
+
+def divergence_guard(learning_rate: float):
+    """A trainer callback that stops training at the first logged loss or gradient norm that
+    is not finite: the LoRA weights are NaN from then on, and an adapter of NaNs would pass
+    through predict as empty answers instead of failing here."""
+    from transformers import TrainerCallback
+
+    class StopWhenNotFinite(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "grad_norm", "eval_loss"):
+                value = (logs or {}).get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"training diverged at step {state.global_step}: {key} is {value}; nothing was saved. "
+                        f"Lower the learning rate (now {learning_rate:g}) or check the data and the dtype"
+                    )
+
+    return StopWhenNotFinite()
+
+
+def run_clock(resume_from: str | None):
+    """A trainer callback that times the whole run, not only the part since a resume.
+
+    Each checkpoint records the seconds spent up to it; a run resumed from that checkpoint
+    starts from that figure. Work done after the checkpoint by the interrupted run is redone,
+    and counted once, when it is redone.
+    """
+    from transformers import TrainerCallback
+
+    class RunClock(TrainerCallback):
+        def __init__(self) -> None:
+            clock = Path(resume_from or "") / CLOCK_FILE
+            self.before = io.read_json(clock)["seconds"] if resume_from and clock.exists() else 0.0
+            self.started = time.perf_counter()
+
+        @property
+        def seconds(self) -> float:
+            return self.before + time.perf_counter() - self.started
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and checkpoint.is_dir():
+                io.write_json(checkpoint / CLOCK_FILE, {"seconds": self.seconds, "step": state.global_step})
+
+    return RunClock()
+
+
+def write_training_log(path: str | Path, history: list[dict]) -> None:
+    """Write the DVCLive log of a training run (`path`, replaced whole) from the trainer's log
+    history, each value at the optimiser step it was logged at.
+
+    Written once, at the end: a resumed run's history holds the entries saved with its
+    checkpoint and those logged since, so the curve is continuous at the true steps, without
+    the entries an interrupted run logged after its last checkpoint. (DVCLive's own callback
+    counts log calls, not steps, and starts from 0 again after a resume.)
+    """
+    from dvclive import Live
+    from dvclive.plots import Metric
+    from dvclive.utils import standardize_metric_name
+
+    # Live is pointed outside the repository: inside `dvc exp run` it git-adds the untracked
+    # files of its directory, and the finished log is copied into place in one rename.
+    scratch = Path(tempfile.mkdtemp(prefix="kcr-dvclive-"))
+    try:
+        with Live(str(scratch / "log"), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+            for entry in history:
+                live.step = int(entry["step"])
+                for key, value in entry.items():
+                    if key != "step" and Metric.could_log(value):
+                        live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value)
+        with io.atomic_path(path) as tmp:
+            shutil.copytree(scratch / "log", tmp)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

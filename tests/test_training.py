@@ -1,0 +1,95 @@
+"""Fine-tuning records and limits: over-long rows, a resumed run's log and clock, the DVCLive log."""
+import csv
+import dataclasses
+
+import pytest
+
+from core import io
+from core.families import model_for
+from core.model import IGNORE_INDEX, BaseUnslothModel
+from core.training import CLOCK_FILE, fit_example, write_training_log
+from tests.conftest import tiny_params
+from tests.test_model import ROWS
+
+
+def test_fit_example_keeps_the_answer_and_cuts_the_middle_of_the_prompt():
+    prompt, answer = list(range(100, 110)), [1, 2, 3]  # 10 prompt tokens, answer + end of turn = 3
+    assert fit_example(prompt, answer, 13) == prompt  # fits exactly: untouched
+    # 2 tokens over: 10 - 2 = 8 prompt tokens stay, 4 from the start and 4 from the end
+    assert fit_example(prompt, answer, 11) == [100, 101, 102, 103, 106, 107, 108, 109]
+    assert fit_example(prompt, answer, 6) == [100, 108, 109]  # room 3: 1 from the start, 2 from the end
+    # an answer that leaves less than a quarter of the window to the prompt: the row is dropped
+    assert fit_example(prompt, list(range(9)), 11) == [100, 109]  # room 2 = 11 // 4: still kept
+    assert fit_example(prompt, list(range(10)), 11) is None  # room 1
+    assert fit_example(prompt, list(range(12)), 11) is None  # the answer alone is too long
+
+
+@pytest.fixture
+def tiny_qwen(repo_params, tiny_checkpoints):
+    params = tiny_params(repo_params, "qwen3", tiny_checkpoints["qwen3"])
+    yield params
+    BaseUnslothModel.clear_cache()
+
+
+def test_an_over_long_row_is_trained_on_with_its_whole_answer_or_dropped(tiny_qwen, caplog):
+    row = ROWS[1]
+    short = dict(row, Master_Index="ID_SHORT", Clinician="Refer to the district hospital.")
+    long = dict(row, Master_Index="ID_LONG", Clinician=row["Clinician"] * 20)  # the answer alone overflows
+    probe = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
+    full_prompt = probe._encode(probe.prompt_for(row))
+    answer = probe._encode(row["Clinician"].strip() + probe.end_of_turn)
+    window = len(full_prompt) + len(answer) - 5  # row is 5 tokens too long; short fits
+
+    model = model_for(dataclasses.replace(tiny_qwen.profile, max_seq_length=window), tiny_qwen.prompt.system)
+    examples = model.training_examples([short, row, long])
+    assert examples.prompt_cut == [row["Master_Index"]] and examples.dropped == ["ID_LONG"]
+    assert len(examples.input_ids) == 2 and len(examples.input_ids[0]) < window  # short: untouched
+    cut, labels = examples.input_ids[1], examples.labels[1]
+    assert len(cut) == window and cut[-len(answer):] == answer  # the answer and its end-of-turn token, whole
+    assert labels == [IGNORE_INDEX] * (window - len(answer)) + answer  # only the answer is learned
+    prompt_part = cut[: window - len(answer)]
+    assert prompt_part[:20] == full_prompt[:20] and prompt_part[-20:] == full_prompt[-20:]  # start and question kept
+    assert f"1 of 3 rows are longer than max_seq_length={window}: trained on with the middle of the prompt cut, " \
+           f"the answer whole ({row['Master_Index']})" in caplog.text
+    assert "1 of 3 rows left out: the answer alone leaves less than a quarter" in caplog.text and "ID_LONG" in caplog.text
+    model.cleanup_model()
+
+
+class StopAfter:
+    """A trainer callback that kills the run at a step, as a Ctrl-C would."""
+
+    def __init__(self, step):
+        from transformers import TrainerCallback
+
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise KeyboardInterrupt
+
+        self.callback = Stop()
+
+
+def test_a_resumed_run_logs_continuous_steps_and_times_the_whole_run(tiny_qwen, tmp_path):
+    training = dataclasses.replace(tiny_qwen.profile.training, max_steps=5, save_steps=2, logging_steps=1)
+    run_dir = tmp_path / "run"
+    first = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
+    with pytest.raises(KeyboardInterrupt):  # killed at step 3: checkpoint-2 is the last one saved
+        first.fine_tune(ROWS[:8], ROWS[8:10], training, run_dir, callbacks=[StopAfter(3).callback])
+    first.cleanup_model()
+    BaseUnslothModel.clear_cache()
+    before_resume = io.read_json(run_dir / "checkpoint-2" / CLOCK_FILE)
+    assert before_resume["step"] == 2 and before_resume["seconds"] > 0
+
+    again = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
+    metrics = again.fine_tune(ROWS[:8], ROWS[8:10], training, run_dir)
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 5
+    assert metrics["train_runtime_s"] > before_resume["seconds"]  # the first part counted too
+    loss_steps = [entry["step"] for entry in again.training_log if "loss" in entry]
+    assert loss_steps == [1, 2, 3, 4, 5]  # step 3 of the killed run is not there twice
+
+    write_training_log(tmp_path / "live", again.training_log)
+    with open(tmp_path / "live" / "plots" / "metrics" / "loss.tsv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f, delimiter="\t")] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "live" / "plots" / "metrics" / "eval" / "loss.tsv").exists()
+    assert io.read_json(tmp_path / "live" / "metrics.json")["step"] == 5
+    again.cleanup_model()
