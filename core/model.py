@@ -298,6 +298,12 @@ class BaseUnslothModel:
             self.model.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
             io.write_json(tmp / "profile.json", as_dict(self.profile))
+            # peft keeps target_modules as a set and writes it in the process's string-hash order,
+            # which changes from run to run: sorted, the same adapter is the same file.
+            config = io.read_json(tmp / "adapter_config.json")
+            if isinstance(config.get("target_modules"), list):
+                config["target_modules"] = sorted(config["target_modules"])
+            io.write_json(tmp / "adapter_config.json", config)
 
     def load_adapter(self, path: str | Path) -> None:
         """Load the base model and put the adapter saved at `path` on it."""
