@@ -76,10 +76,13 @@ class HFBackend:
         )
         return get_peft_model(model, config)
 
-    def load_adapter(self, model, path: Path):
+    def load_adapter(self, model, path: Path, trainable: bool = False):
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+
+    def prepare_preference_training(self) -> None:
+        """Whatever the backend needs before trl's DPOTrainer is built (nothing here)."""
 
     def for_inference(self, model) -> None:
         model.eval()
@@ -121,6 +124,11 @@ class UnslothBackend(HFBackend):
             random_state=seed,
             max_seq_length=profile.max_seq_length,
         )
+
+    def prepare_preference_training(self) -> None:
+        from unsloth import PatchDPOTrainer
+
+        PatchDPOTrainer()  # Unsloth's fast paths inside trl's DPOTrainer
 
     def for_inference(self, model) -> None:
         self.fast.for_inference(model)

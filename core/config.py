@@ -101,6 +101,22 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
+class AlignConfig:
+    """Preference tuning (DPO) of the SFT adapter: the align stage."""
+
+    method: str  # none: predict uses the SFT adapter as it is | dpo
+    rejected: list[str]  # where rejected answers come from: llm (the LLM columns), sft (the SFT model's own answers)
+    beta: float  # DPO's temperature: how far the policy may move from the SFT reference
+    learning_rate: float
+    epochs: float
+    max_steps: int  # > 0 stops after this many optimiser steps, whatever `epochs` says
+    batch_size: int  # pairs a step (each pair is two sequences)
+    grad_accum: int
+    max_pairs: int  # 0: every pair; > 0: a seeded sample of at most this many (bounds the time)
+    seed: int
+
+
+@dataclass(frozen=True)
 class LoraConfig:
     r: int
     alpha: int
@@ -130,17 +146,21 @@ class Params:
     data: DataConfig
     prompt: PromptConfig
     profile: ModelProfile  # the selected models.<model> section, resolved
+    align: AlignConfig
 
 
 _CHOICES = {
     "backend": ("auto", "unsloth", "hf"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "batch_size": ("auto",),  # where a string is allowed (generation); a number must meet _AT_LEAST
+    "method": ("none", "dpo"),
+    "rejected": ("llm", "sft"),  # each item of the list
 }
 # Bounds checked wherever a key of that name appears (training and generation alike).
 _AT_LEAST = {"batch_size": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num_beams": 1, "min_new_tokens": 0,
-             "no_repeat_ngram_size": 0, "mbr_candidates": 0, "logging_steps": 1, "save_steps": 1}
-_ABOVE = {"learning_rate": 0, "temperature": 0, "repetition_penalty": 0, "top_p": 0, "alpha": 0, "max_seq_length": 0}
+             "no_repeat_ngram_size": 0, "mbr_candidates": 0, "logging_steps": 1, "save_steps": 1, "max_pairs": 0}
+_ABOVE = {"learning_rate": 0, "temperature": 0, "repetition_penalty": 0, "top_p": 0, "alpha": 0, "max_seq_length": 0,
+          "beta": 0}
 _AT_MOST = {"top_p": 1}
 # Fractions from 0 up to but not including 1, with what 0 means where it means something.
 _FRACTION = {"dropout": "", "val_fraction": " (train on every labelled row)"}
@@ -217,8 +237,14 @@ def _build_field(name: str, tp: Any, raw: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, raw, where)
     value = _check_value(raw, tp, where)
-    if name in _CHOICES and isinstance(value, str) and value not in _CHOICES[name]:
-        raise ConfigError(f"{where}: expected one of {', '.join(_CHOICES[name])}, got {value!r}")
+    if name in _CHOICES:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, str) and item not in _CHOICES[name]:
+                raise ConfigError(f"{where}: expected {'items from' if isinstance(value, list) else 'one of'} "
+                                  f"{', '.join(_CHOICES[name])}, got {item!r}")
+        if isinstance(value, list) and not value:
+            raise ConfigError(f"{where}: expected at least one of {', '.join(_CHOICES[name])}, got an empty list")
     _check_bounds(name, value, where)
     return value
 
@@ -265,7 +291,7 @@ def _check_generation(g: GenerationConfig, where: str) -> None:
         raise ConfigError(*problems)
 
 
-def _check_training(t: TrainingConfig, where: str) -> None:
+def _check_training(t: TrainingConfig | AlignConfig, where: str) -> None:
     if t.max_steps <= 0 and t.epochs <= 0:
         raise ConfigError(f"{where}.epochs: expected a number above 0 (or max_steps above 0), got {t.epochs:g}")
 
@@ -279,20 +305,23 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     with problems.check():
         if not isinstance(raw, dict):
             raise ConfigError("the file must hold a mapping at the top level")
-        missing = [key for key in ("model", "data", "prompt", "training", "generation", "models") if key not in raw]
+        missing = [key for key in ("model", "data", "prompt", "training", "generation", "models", "align") if key not in raw]
         if missing:
             raise ConfigError(*(f"{key}: missing key" for key in missing))
     problems.raise_any(f"{source}: ")
 
-    data = prompt = profile = None
+    data = prompt = profile = align = None
     with problems.check():
         data = _build(DataConfig, raw["data"], "data")
+    with problems.check():
+        align = _build(AlignConfig, raw["align"], "align")
+        _check_training(align, "align")
     with problems.check():
         prompt = _build(PromptConfig, raw["prompt"], "prompt")
     with problems.check():
         profile = _build_profile(raw)
     problems.raise_any(f"{source}: ")
-    return Params(model=raw["model"], data=data, prompt=prompt, profile=profile)
+    return Params(model=raw["model"], data=data, prompt=prompt, profile=profile, align=align)
 
 
 def _build_profile(raw: dict) -> ModelProfile:

@@ -18,6 +18,9 @@ import pandas as pd
 ID, PROMPT, TARGET, PANEL = "Master_Index", "Prompt", "Clinician", "Clinical Panel"
 CONTEXT_COLUMNS = ["County", "Health level", "Years of Experience", "Nursing Competency", PANEL]
 INPUT_COLUMNS = [ID, PROMPT, *CONTEXT_COLUMNS]
+# Answers by commercial LLMs beside the clinician's in the labelled file: optional, kept when there
+# (a missing one reads as empty), the rejected side of preference pairs (core/alignment.py).
+LLM_COLUMNS = ["GPT4.0", "LLAMA", "GEMINI"]
 
 
 class DataError(ValueError):
@@ -59,8 +62,9 @@ def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
     if missing:
         raise DataError(f"{path}: column {missing[0]!r} is missing (the header has: {', '.join(frame.columns)})")
 
+    kept = required + ([c for c in LLM_COLUMNS if c in frame.columns] if labelled else [])
     rows, seen = [], {}
-    for number, record in enumerate(frame[required].to_dict("records"), start=1):
+    for number, record in enumerate(frame[kept].to_dict("records"), start=1):
         row = {k: (v.strip() if k != PROMPT and k != TARGET else v) for k, v in record.items()}
         where = f"{path}: row {number}"
         if not row[ID]:

@@ -84,7 +84,7 @@ class BaseUnslothModel:
             self.messages_for(row), tokenize=False, add_generation_prompt=True
         )
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
         # The chat template writes every special token itself: the tokenizer must add none.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -101,8 +101,8 @@ class BaseUnslothModel:
         examples = TrainingExamples()
         limit = self.profile.max_seq_length
         for row in rows:
-            prompt_ids = self._encode(self.prompt_for(row))
-            answer_ids = self._encode(row[TARGET].strip() + self.end_of_turn)
+            prompt_ids = self.encode(self.prompt_for(row))
+            answer_ids = self.encode(row[TARGET].strip() + self.end_of_turn)
             examples.add(str(row.get(ID, len(examples.input_ids))), prompt_ids, answer_ids, limit)
         total = len(examples.input_ids) + len(examples.dropped)
         if examples.prompt_cut:
@@ -283,21 +283,23 @@ class BaseUnslothModel:
         sampled or beam search, with MBR selection among candidates if configured."""
         self._require_loaded()
         self.backend.for_inference(self.model)
-        encoded = [self._encode(self.prompt_for(row)) for row in rows]
+        encoded = [self.encode(self.prompt_for(row)) for row in rows]
         stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
         return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype)
 
     # --- adapters ---------------------------------------------------------------------------
     def save_adapter(self, path: str | Path) -> None:
         """Write the LoRA adapter, the tokenizer (with its chat template) and the resolved
-        profile to `path`, replacing what was there in one step.
+        profile's training settings to `path`, replacing what was there in one step.
 
         Nothing here depends on the run itself (its time, its losses: those go to the metrics),
         so the same training inputs give a byte-identical directory and DVC sees no change."""
         with io.atomic_path(path) as tmp:
             self.model.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
-            io.write_json(tmp / "profile.json", as_dict(self.profile))
+            # the settings the adapter was trained with; decoding is predict's business, and a
+            # generation key in here would change the adapter's hash without changing the adapter
+            io.write_json(tmp / "profile.json", {k: v for k, v in as_dict(self.profile).items() if k != "generation"})
             # peft keeps target_modules as a set and writes it in the process's string-hash order,
             # which changes from run to run: sorted, the same adapter is the same file.
             config = io.read_json(tmp / "adapter_config.json")
@@ -305,8 +307,9 @@ class BaseUnslothModel:
                 config["target_modules"] = sorted(config["target_modules"])
             io.write_json(tmp / "adapter_config.json", config)
 
-    def load_adapter(self, path: str | Path) -> None:
-        """Load the base model and put the adapter saved at `path` on it."""
+    def load_adapter(self, path: str | Path, trainable: bool = False) -> None:
+        """Load the base model and put the adapter saved at `path` on it (its weights trainable
+        if `trainable`: the align stage tunes the SFT adapter further)."""
         path = Path(path)
         if not (path / "adapter_config.json").exists():
             raise FileNotFoundError(f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first")
@@ -318,7 +321,7 @@ class BaseUnslothModel:
             )
         self._require_loaded()
         self._take_from_cache()
-        self.model = self.backend.load_adapter(self.model, path)
+        self.model = self.backend.load_adapter(self.model, path, trainable)
 
     # --- memory -----------------------------------------------------------------------------
     def cleanup_model(self) -> None:

@@ -1,4 +1,4 @@
-"""predict: generate responses for the validation and test splits with the fine-tuned adapter."""
+"""predict: generate responses for the validation and test splits with the fine-tuned (and aligned) adapter."""
 import logging
 
 from core import io
@@ -7,7 +7,7 @@ from core.families import model_for
 from core.predictions import Prediction, predictions_csv
 from stages import run
 
-ADAPTER = "models/adapter"
+ADAPTER = "models/aligned"  # the align stage's output: the SFT adapter, preference-tuned or as it is
 OUT = "data/predictions"
 METRICS = "metrics/predict.json"
 

@@ -51,8 +51,8 @@ def test_labels_mask_the_prompt_and_keep_the_end_of_turn(tiny):
     eot = model.tokenizer.convert_tokens_to_ids(model.end_of_turn)
     assert model.tokenizer.pad_token_id != eot  # padding can never mask the stop token out
     for row, ids, labels in zip(ROWS, examples.input_ids, examples.labels):
-        n_prompt = len(model._encode(model.prompt_for(row)))
-        assert ids[:n_prompt] == model._encode(model.prompt_for(row))  # token-identical to prediction's prompt
+        n_prompt = len(model.encode(model.prompt_for(row)))
+        assert ids[:n_prompt] == model.encode(model.prompt_for(row))  # token-identical to prediction's prompt
         assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
         assert labels[n_prompt:] == ids[n_prompt:] and len(labels) > n_prompt
         assert labels[-1] == eot and ids[-1] == eot

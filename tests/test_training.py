@@ -36,8 +36,8 @@ def test_an_over_long_row_is_trained_on_with_its_whole_answer_or_dropped(tiny_qw
     short = dict(row, Master_Index="ID_SHORT", Clinician="Refer to the district hospital.")
     long = dict(row, Master_Index="ID_LONG", Clinician=row["Clinician"] * 20)  # the answer alone overflows
     probe = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
-    full_prompt = probe._encode(probe.prompt_for(row))
-    answer = probe._encode(row["Clinician"].strip() + probe.end_of_turn)
+    full_prompt = probe.encode(probe.prompt_for(row))
+    answer = probe.encode(row["Clinician"].strip() + probe.end_of_turn)
     window = len(full_prompt) + len(answer) - 5  # row is 5 tokens too long; short fits
 
     model = model_for(dataclasses.replace(tiny_qwen.profile, max_seq_length=window), tiny_qwen.prompt.system)

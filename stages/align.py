@@ -1,0 +1,61 @@
+"""align: preference tuning (DPO) of the SFT adapter; with `align.method: none`, the SFT adapter as it is."""
+import logging
+import shutil
+
+from core import io
+from core.alignment import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
+from core.config import as_dict, load_params
+from core.data import DataError, LLM_COLUMNS
+from core.families import model_for
+from core.training import write_training_log
+from stages import run
+
+ADAPTER = "models/adapter"
+ALIGNED = "models/aligned"  # what predict answers with
+CHECKPOINTS = "models/checkpoints"
+LIVE = "dvclive/align"
+METRICS = "metrics/align.json"
+TRAIN = "data/prepared/train.jsonl"
+
+
+def main() -> None:
+    params = load_params()
+    config = params.align
+    if config.method == "none":
+        # The same files under another name: the same DVC hash, so predict's inputs do not change.
+        with io.atomic_path(ALIGNED) as tmp:
+            shutil.copytree(ADAPTER, tmp)
+        write_training_log(LIVE, [])
+        io.write_json(METRICS, {"method": "none"})
+        logging.info("align.method is none: %s is the SFT adapter", ALIGNED)
+        return
+
+    train, val = io.read_jsonl(TRAIN), io.read_jsonl("data/prepared/val.jsonl")
+    model = model_for(params.profile, params.prompt.system)
+    model.load_adapter(ADAPTER, trainable=True)
+    own = own_answers(model, train + val, params.profile.generation) if "sft" in config.rejected else None
+    train_pairs, val_pairs = build_pairs(train, config.rejected, own), build_pairs(val, config.rejected, own)
+    if not train_pairs.pairs:
+        raise DataError(f"{TRAIN}: no preference pair for align.method: dpo: none of the {len(train)} rows has a usable "
+                        f"rejected answer from {', '.join(config.rejected)} (the {', '.join(LLM_COLUMNS)} columns are "
+                        "empty, missing or the clinician's text); add them, or set align.method: none")
+    if train_pairs.skipped:
+        logging.warning("%d of %d train rows have no usable rejected answer and give no pair", len(train_pairs.skipped), len(train))
+    pairs = sample_pairs(train_pairs.pairs, config.max_pairs, config.seed)
+    logging.info("%d preference pairs (%s), %d used; %d validation pairs", len(train_pairs.pairs),
+                 ", ".join(f"{k} {v}" for k, v in sorted(train_pairs.by_source.items())), len(pairs), len(val_pairs.pairs))
+    run_dir = f"{CHECKPOINTS}/align-{io.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
+    metrics = direct_preference_optimisation(model, pairs, val_pairs.pairs, config, run_dir)
+    model.save_adapter(ALIGNED)
+    write_training_log(LIVE, model.training_log)
+    io.write_json(METRICS, {
+        "method": config.method, "beta": config.beta, "learning_rate": config.learning_rate,
+        "rows_without_pair": len(train_pairs.skipped), "pairs_by_source": train_pairs.by_source, **metrics,
+    })
+    shutil.rmtree(run_dir, ignore_errors=True)
+    logging.info("aligned adapter in %s; val reward accuracy %s", ALIGNED, metrics.get("val_reward_accuracy"))
+    model.cleanup_model()
+
+
+if __name__ == "__main__":
+    run(main)
