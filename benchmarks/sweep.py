@@ -87,7 +87,9 @@ def apply(params, training: dict, generation: dict, align: dict | None = None):
     return parse_params({
         "model": params.model, "data": as_dict(params.data), "prompt": as_dict(params.prompt),
         "training": raw["training"], "generation": raw["generation"], "models": {params.model: profile},
-        "align": {**as_dict(params.align), **(align or {})},
+        # a list on the command line: rejected=llm+sft (a comma separates settings)
+        "align": {**as_dict(params.align), **{k: v.split("+") if k == "rejected" and isinstance(v, str) else v
+                                               for k, v in (align or {}).items()}},
     })
 
 
@@ -134,6 +136,7 @@ def run_training(params_path: str, train_variant: str, decodings: list[str], out
     from core.data import read_vignettes, split_train_val
     from core.families import model_for
     from core.predictions import Prediction, validation_report
+    from core.scoring import rouge
 
     base = load_params(params_path)
     labelled = read_vignettes(base.data.train_csv, labelled=True)
@@ -160,6 +163,8 @@ def run_training(params_path: str, train_variant: str, decodings: list[str], out
                 "val_loss": metrics["val_loss"], "train_s": metrics["train_runtime_s"] + align_metrics.get("train_runtime_s", 0),
                 "steps": metrics["steps"], "align_metrics": align_metrics,
                 "generate_s": out_gen.seconds, "decoding_work_ratio": out_gen.decoding_work_ratio,
+                # per row, in validation order: paired comparisons between variants
+                "rows_rougeL": [rouge([text], [row["Clinician"]])["rougeL"] for row, text in zip(val_rows, out_gen.texts)],
                 "command": dvc_command(params, training, generation, align),
             }
             with open(out, "a", encoding="utf-8") as f:

@@ -45,3 +45,34 @@ def test_unsloth_fine_tunes_generates_and_reloads(tmp_path, repo_params, load_in
     again.cleanup_model()
     BaseUnslothModel.clear_cache()
     assert torch.cuda.memory_allocated() <= held + 2**20  # the second model's memory was given back
+
+
+def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
+    """The align stage's DPO on the Unsloth backend (its patched DPOTrainer), 4-bit."""
+    import torch
+
+    from core.alignment import build_pairs, direct_preference_optimisation
+
+    checkpoint = build_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
+    params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=4, learning_rate=1e-3)
+    profile = dataclasses.replace(params.profile, backend="unsloth", load_in_4bit=True)
+    sft = model_for(profile, params.prompt.system)
+    sft.fine_tune(ROWS[:16], [], profile.training, tmp_path / "run")
+    sft.save_adapter(tmp_path / "sft")
+    sft.cleanup_model()
+    BaseUnslothModel.clear_cache()
+
+    model = model_for(profile, params.prompt.system)
+    model.load_adapter(tmp_path / "sft", trainable=True)
+    before = {n: w.detach().float().clone() for n, w in model.model.named_parameters() if "lora_" in n}
+    pairs = build_pairs(ROWS[:8], ["llm"]).pairs
+    config = dataclasses.replace(params.align, method="dpo", max_steps=2, batch_size=2, learning_rate=1e-3)
+    metrics = direct_preference_optimisation(model, pairs[:4], pairs[4:6], config, tmp_path / "align")
+    assert metrics["steps"] == 2 and metrics["val_reward_accuracy"] is not None
+    assert set(model.model.peft_config) == {"default"}
+    assert any(not torch.equal(w.detach().float(), before[n]) for n, w in model.model.named_parameters() if "lora_" in n)
+    out = model.generate_responses(ROWS[20:24], profile.generation)  # and it still answers
+    assert len(out.texts) == 4
+    model.save_adapter(tmp_path / "aligned")
+    model.cleanup_model()
+    BaseUnslothModel.clear_cache()
