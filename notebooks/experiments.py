@@ -13,8 +13,9 @@ import pandas as pd
 from core.config import ConfigError, parse_params
 
 COLUMNS = ["experiment", "rev", "commit", "model", "checkpoint", "backend", "lora_r", "learning_rate", "epochs", "max_steps",
-           "effective_batch", "train_loss", "val_loss", "val_rougeL", "prompt_echo_rougeL", "train_runtime_s",
-           "train_tokens_per_s", "predict_test_s"]
+           "effective_batch", "align", "train_loss", "val_loss", "val_rougeL", "prompt_echo_rougeL",
+           "dpo_val_reward_accuracy", "dpo_val_reward_margin", "train_runtime_s", "train_tokens_per_s", "align_runtime_s",
+           "predict_test_s"]
 
 
 def exp_show(cwd: str | Path = ".") -> list[dict]:
@@ -60,6 +61,10 @@ def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
             p, t = params.profile, params.profile.training
             row.update(model=params.model, checkpoint=p.name, backend=p.backend, lora_r=p.lora.r,
                        learning_rate=t.learning_rate, epochs=t.epochs, max_steps=t.max_steps)
+        align = _file(data, "metrics", "metrics/align.json")
+        # SFT alone, or SFT + DPO (the align stage); "sft" too for a commit from before the stage
+        row["align"] = "sft+dpo" if align.get("align_method") == "dpo" else "sft"
+        dpo = align.get("dpo") or {}
         finetune = _file(data, "metrics", "metrics/finetune.json")
         evaluation = _file(data, "metrics", "metrics/eval.json")
         predict = _file(data, "metrics", "metrics/predict.json")
@@ -72,6 +77,9 @@ def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
             train_runtime_s=finetune.get("train_runtime_s"),
             train_tokens_per_s=finetune.get("train_tokens_per_s"),
             predict_test_s=(predict.get("test") or {}).get("seconds"),
+            dpo_val_reward_accuracy=dpo.get("val_reward_accuracy"),
+            dpo_val_reward_margin=dpo.get("val_reward_margin"),
+            align_runtime_s=dpo.get("train_runtime_s"),
         )
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -26,7 +26,7 @@ def main() -> None:
         with io.atomic_path(ALIGNED) as tmp:
             shutil.copytree(ADAPTER, tmp)
         write_training_log(LIVE, [])
-        io.write_json(METRICS, {"method": "none"})
+        io.write_json(METRICS, {"align_method": "none"})
         logging.info("align.method is none: %s is the SFT adapter", ALIGNED)
         return
 
@@ -48,10 +48,10 @@ def main() -> None:
     metrics = direct_preference_optimisation(model, pairs, val_pairs.pairs, config, run_dir)
     model.save_adapter(ALIGNED)
     write_training_log(LIVE, model.training_log)
-    io.write_json(METRICS, {
-        "method": config.method, "beta": config.beta, "learning_rate": config.learning_rate,
-        "rows_without_pair": len(train_pairs.skipped), "pairs_by_source": train_pairs.by_source, **metrics,
-    })
+    # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
+    io.write_json(METRICS, {"align_method": config.method, "dpo": {
+        "beta": config.beta, "learning_rate": config.learning_rate, "rows_without_pair": len(train_pairs.skipped),
+        "pairs_by_source": train_pairs.by_source, **metrics}})
     shutil.rmtree(run_dir, ignore_errors=True)
     logging.info("aligned adapter in %s; val reward accuracy %s", ALIGNED, metrics.get("val_reward_accuracy"))
     model.cleanup_model()

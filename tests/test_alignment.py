@@ -105,7 +105,7 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(workspace, r
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     outs = {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
     assert outs["models/aligned"] == outs["models/adapter"]  # method none: the same files
-    assert json.loads((workspace / "metrics/align.json").read_text()) == {"method": "none"}
+    assert json.loads((workspace / "metrics/align.json").read_text()) == {"align_method": "none"}
 
     # predict through the stage equals predict straight from the SFT adapter: the stage changes nothing
     params = load_params(workspace / "params.yaml")
@@ -122,8 +122,9 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(workspace, r
 
     run_dvc(workspace, "exp", "run", "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2",
             "-S", "align.learning_rate=0.01")
-    aligned = json.loads((workspace / "metrics/align.json").read_text())
-    assert aligned["method"] == "dpo" and aligned["steps"] == 2 and aligned["pairs"]["train"] > 0
+    record = json.loads((workspace / "metrics/align.json").read_text())
+    aligned = record["dpo"]
+    assert record["align_method"] == "dpo" and aligned["steps"] == 2 and aligned["pairs"]["train"] > 0
     assert aligned["val_reward_accuracy"] is not None
     assert (workspace / "dvclive/align/plots/metrics/rewards/margins.tsv").exists()
     # predict now answers with the preference-tuned adapter, not the SFT one

@@ -31,7 +31,8 @@ def two_runs(tmp_path_factory, repo_params, tiny_checkpoints):
     run_dvc(repo, "exp", "run", "-n", "tiny-llama")
     run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", "model=qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}",
             "-S", "models.qwen3.training.epochs=1", "-S", "+models.qwen3.training.max_steps=3",
-            "-S", "models.qwen3.generation.max_new_tokens=12", "-S", "models.qwen3.generation.num_beams=1")
+            "-S", "models.qwen3.generation.max_new_tokens=12", "-S", "models.qwen3.generation.num_beams=1",
+            "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2")  # SFT + DPO
     return repo
 
 
@@ -46,6 +47,7 @@ def test_notebook_runs_headless_and_saves_its_charts(two_runs, monkeypatch):
     outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                       for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "tiny-llama" in outputs and "tiny-qwen3" in outputs  # both experiments in the table
+    assert "sft+dpo" in outputs  # SFT against SFT + DPO
 
 
 def test_dvc_plots_render_loss_and_per_panel_charts(two_runs, tmp_path):
@@ -55,4 +57,5 @@ def test_dvc_plots_render_loss_and_per_panel_charts(two_runs, tmp_path):
         html = page.read_text()
         assert "Training loss" in html and "Validation ROUGE-L by clinical panel (model)" in html
         assert "PAEDIATRICS" in html  # the per-panel data is in the page, not just the titles
+        assert "Preference tuning: reward margin" in html  # the DPO run's reward margins
     assert "tiny-qwen3" in (tmp_path / "diff" / "index.html").read_text()
