@@ -14,22 +14,14 @@ token ids instead (see `_PretokenizedDPO`).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
-
-from core.backends import cuda_available
 from core.config import AlignConfig, GenerationConfig
 from core.data import ID, LLM_COLUMNS, TARGET, DataError, normalise
-from core.training import divergence_guard, fit_example, run_clock
-
-log = logging.getLogger(__name__)
-
-SOURCES = ("llm", "sft")
+from core.training import common_trainer_arguments, divergence_guard, fit_example, resume_point, run_clock
 
 
 @dataclass
@@ -134,7 +126,6 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
     checkpoint in `output_dir` like fine_tune. Returns the run's metrics."""
     from datasets import Dataset
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig
 
     model.backend.prepare_preference_training()
@@ -143,9 +134,9 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
     val, val_left_out = preference_examples(model, val_pairs)
     if not train["prompt_ids"]:
         raise DataError(f"no preference pair fits max_seq_length={model.profile.max_seq_length} with its whole chosen answer")
-    on_gpu = cuda_available()
     args = DPOConfig(
-        output_dir=str(output_dir),
+        **common_trainer_arguments(output_dir, seed=config.seed, evaluate=bool(val["prompt_ids"]), dtype=model.dtype,
+                                   max_length=model.profile.max_seq_length, save_steps=50),
         beta=config.beta,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
@@ -155,23 +146,6 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
         gradient_accumulation_steps=config.grad_accum,
         lr_scheduler_type="linear",
         warmup_steps=0.1,  # a fraction of all steps
-        logging_steps=1,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,
-        save_strategy="steps",
-        save_steps=50,
-        save_total_limit=1,
-        eval_strategy="epoch" if val["prompt_ids"] else "no",
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to="none",
-        use_cpu=not on_gpu,
-        bf16=on_gpu and model.dtype == torch.bfloat16,
-        fp16=on_gpu and model.dtype == torch.float16,
-        max_length=model.profile.max_seq_length,
-        gradient_checkpointing=False,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
     model.backend.for_training(model.model)
     trainer = _pretokenized_dpo_trainer()(
@@ -183,7 +157,7 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
         processing_class=model.tokenizer,
         callbacks=[divergence_guard(config.learning_rate), *callbacks],
     )
-    resume = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    resume, resumed_from_step = resume_point(output_dir)
     clock = run_clock(resume)
     trainer.add_callback(clock)
     trainer.train(resume_from_checkpoint=resume)
@@ -196,7 +170,7 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
     metrics = {
         "train_loss": last.get("loss"),
         "train_runtime_s": clock.seconds,
-        "resumed_from_step": int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0,
+        "resumed_from_step": resumed_from_step,
         "steps": trainer.state.global_step,
         "pairs": {"train": len(train["prompt_ids"]), "val": len(val["prompt_ids"])},
         "pairs_left_out": {"train": train_left_out, "val": val_left_out},

@@ -24,7 +24,8 @@ from core.backends import cuda_available, resolve_backend, resolve_dtype
 from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
 from core.data import ID, PROMPT, TARGET
 from core.generation import Generations, generate
-from core.training import IGNORE_INDEX, TrainingDiverged, TrainingExamples, divergence_guard, run_clock
+from core.training import (IGNORE_INDEX, TrainingDiverged, TrainingExamples, common_trainer_arguments,
+                           divergence_guard, resume_point, run_clock)
 from core.weights import resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,6 @@ class BaseUnslothModel:
         """LoRA fine-tuning with trl's SFTTrainer; resumes from the last checkpoint in
         `output_dir` if one is there. Returns the run's metrics."""
         from transformers import set_seed
-        from transformers.trainer_utils import get_last_checkpoint
         from trl import SFTConfig, SFTTrainer
 
         set_seed(training.seed)
@@ -203,7 +203,9 @@ class BaseUnslothModel:
             log.info("%d processes: batch %d x grad_accum %d per process, effective batch %d",
                      processes, training.batch_size, grad_accum, effective_batch)
         args = SFTConfig(
-            output_dir=str(output_dir),
+            **common_trainer_arguments(output_dir, seed=training.seed, evaluate=bool(val), dtype=self.dtype,
+                                       max_length=self.profile.max_seq_length, save_steps=training.save_steps,
+                                       logging_steps=training.logging_steps),
             num_train_epochs=training.epochs,
             max_steps=training.max_steps,
             per_device_train_batch_size=training.batch_size,
@@ -214,25 +216,8 @@ class BaseUnslothModel:
             warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of all steps
             weight_decay=training.weight_decay,
             optim=training.optimizer,
-            logging_steps=training.logging_steps,
-            logging_first_step=True,
-            logging_nan_inf_filter=False,  # the filter logs a NaN loss as a number; the guard must see it
-            save_strategy="steps",
-            save_steps=training.save_steps,
-            save_total_limit=1,
-            eval_strategy="epoch" if val else "no",
-            seed=training.seed,
-            data_seed=training.seed,
-            report_to="none",
-            use_cpu=not on_gpu,
-            bf16=on_gpu and self.dtype == torch.bfloat16,
-            fp16=on_gpu and self.dtype == torch.float16,
-            max_length=self.profile.max_seq_length,
             packing=False,
-            gradient_checkpointing=False,  # done by the backend when LoRA is attached
-            dataloader_num_workers=0,
             ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient on every step
-            disable_tqdm=False,
         )
         self.backend.for_training(self.model)
         self.tokenizer.padding_side = "right"
@@ -244,7 +229,7 @@ class BaseUnslothModel:
             processing_class=self.tokenizer,
             callbacks=[divergence_guard(training.learning_rate), *callbacks],
         )
-        resume = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+        resume, resumed_from_step = resume_point(output_dir)
         if resume:
             log.info("resuming from %s", resume)
         clock = run_clock(resume)
@@ -259,7 +244,7 @@ class BaseUnslothModel:
             "train_loss_mean": result.training_loss,
             "train_runtime_s": seconds,
             "train_tokens_per_s": train.n_tokens * trainer.state.epoch / seconds if seconds > 0 else 0.0,
-            "resumed_from_step": int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0,
+            "resumed_from_step": resumed_from_step,
             "epochs": trainer.state.epoch,
             "steps": trainer.state.global_step,
             "train_examples": len(train.input_ids),

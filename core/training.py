@@ -92,6 +92,45 @@ def divergence_guard(learning_rate: float):
     return StopWhenNotFinite()
 
 
+def common_trainer_arguments(output_dir, *, seed: int, evaluate: bool, dtype, max_length: int, save_steps: int,
+                             logging_steps: int = 1) -> dict:
+    """The trainer settings SFT and DPO share: logging every value (NaN included, for the guard),
+    resumable checkpoints, one evaluation an epoch, seeds, the device and its dtype."""
+    import torch
+
+    from core.backends import cuda_available
+
+    on_gpu = cuda_available()
+    return dict(
+        output_dir=str(output_dir),
+        logging_steps=logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # the filter logs a NaN loss as a number; the guard must see it
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=1,
+        eval_strategy="epoch" if evaluate else "no",
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        use_cpu=not on_gpu,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        max_length=max_length,
+        gradient_checkpointing=False,  # done by the backend when LoRA is attached
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def resume_point(output_dir) -> tuple[str | None, int]:
+    """The last checkpoint in `output_dir` to resume from (None: start afresh) and its step."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    return last, int(Path(last).name.rsplit("-", 1)[1]) if last else 0
+
+
 def run_clock(resume_from: str | None):
     """A trainer callback that times the whole run, not only the part since a resume.
 
