@@ -135,7 +135,9 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
     if not train["prompt_ids"]:
         raise DataError(f"no preference pair fits max_seq_length={model.profile.max_seq_length} with its whole chosen answer")
     args = DPOConfig(
-        **common_trainer_arguments(output_dir, seed=config.seed, evaluate=bool(val["prompt_ids"]), dtype=model.dtype,
+        # evaluated once, after training (below): on a CPU one pass over the validation pairs costs
+        # minutes, and an epoch-end pass would repeat the final one
+        **common_trainer_arguments(output_dir, seed=config.seed, evaluate=False, dtype=model.dtype,
                                    max_length=model.profile.max_seq_length, save_steps=50),
         beta=config.beta,
         learning_rate=config.learning_rate,

@@ -112,7 +112,7 @@ class AlignConfig:
     max_steps: int  # > 0 stops after this many optimiser steps, whatever `epochs` says
     batch_size: int  # pairs a step (each pair is two sequences)
     grad_accum: int
-    max_pairs: int  # 0: every pair; > 0: a seeded sample of at most this many (bounds the time)
+    max_pairs: int  # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
     seed: int
 
 

@@ -41,11 +41,14 @@ def main() -> None:
                         "empty, missing or the clinician's text); add them, or set align.method: none")
     if train_pairs.skipped:
         logging.warning("%d of %d train rows have no usable rejected answer and give no pair", len(train_pairs.skipped), len(train))
+    # max_pairs bounds the time: the validation pairs DPO is scored on are sampled to the same number
     pairs = sample_pairs(train_pairs.pairs, config.max_pairs, config.seed)
-    logging.info("%d preference pairs (%s), %d used; %d validation pairs", len(train_pairs.pairs),
-                 ", ".join(f"{k} {v}" for k, v in sorted(train_pairs.by_source.items())), len(pairs), len(val_pairs.pairs))
+    val_sample = sample_pairs(val_pairs.pairs, config.max_pairs, config.seed)
+    logging.info("%d preference pairs (%s), %d used; %d validation pairs, %d used", len(train_pairs.pairs),
+                 ", ".join(f"{k} {v}" for k, v in sorted(train_pairs.by_source.items())), len(pairs),
+                 len(val_pairs.pairs), len(val_sample))
     run_dir = f"{CHECKPOINTS}/align-{io.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
-    metrics = direct_preference_optimisation(model, pairs, val_pairs.pairs, config, run_dir)
+    metrics = direct_preference_optimisation(model, pairs, val_sample, config, run_dir)
     model.save_adapter(ALIGNED)
     write_training_log(LIVE, model.training_log)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
