@@ -64,6 +64,6 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     hashes = cached_output_hashes(workspace)
     dvc(workspace, "repro", "--force")
     assert (workspace / "submissions" / "submission.csv").read_bytes() == first  # byte-identical rerun
-    # the splits, the adapter directory, the predictions and the submission hash as before
+    # the splits, the adapter (and its aligned copy), the predictions and the submission hash as before
     # (the metrics, which record run times, are the outputs DVC does not cache)
-    assert cached_output_hashes(workspace) == hashes and len(hashes) == 4
+    assert cached_output_hashes(workspace) == hashes and len(hashes) == 5  # prepared, adapter, aligned, predictions, submission
