@@ -17,13 +17,9 @@ from typing import Any
 import torch
 
 from core import distributed
-from core.config import ModelProfile
+from core.config import BackendError, ModelProfile
 
 log = logging.getLogger(__name__)
-
-
-class BackendError(RuntimeError):
-    """The configured backend cannot run on this machine."""
 
 
 def cuda_available() -> bool:

@@ -26,6 +26,10 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
+class BackendError(RuntimeError):
+    """The configured backend cannot run on this machine."""
+
+
 class _Problems:
     """Collects the problems of independent checks, so that one run lists them all."""
 
@@ -91,6 +95,9 @@ class GenerationConfig:
     # Minimum Bayes risk: generate this many candidates a row (the best beams, or samples when
     # do_sample is true) and keep the one with the highest mean ROUGE-L against the others. 0: off.
     mbr_candidates: int = 0
+    # torch: the fine-tuned adapter through PyTorch; onnx: the export stage's quantized model
+    # through ONNX Runtime GenAI (core/engine.py), on the CPU
+    engine: str = "torch"
 
     @property
     def sequences_per_row(self) -> int:
@@ -114,6 +121,13 @@ class AlignConfig:
     grad_accum: int
     max_pairs: int  # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
     seed: int
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The export stage: the adapter merged into the base model, quantized for a CPU engine."""
+
+    precision: str  # int8 | int4 | fp32: the exported model's weights (MatMul weights; see docs/deploy.md)
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ class Params:
     prompt: PromptConfig
     profile: ModelProfile  # the selected models.<model> section, resolved
     align: AlignConfig
+    export: ExportConfig
 
 
 _CHOICES = {
@@ -155,6 +170,8 @@ _CHOICES = {
     "batch_size": ("auto",),  # where a string is allowed (generation); a number must meet _AT_LEAST
     "method": ("none", "dpo"),
     "rejected": ("llm", "sft"),  # each item of the list
+    "engine": ("torch", "onnx"),
+    "precision": ("int8", "int4", "fp32"),
 }
 # Bounds checked wherever a key of that name appears (training and generation alike).
 _AT_LEAST = {"batch_size": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num_beams": 1, "min_new_tokens": 0,
@@ -287,6 +304,8 @@ def _check_generation(g: GenerationConfig, where: str) -> None:
         problems.append(f"{where}.num_beams: beam search with do_sample: true is not supported; set do_sample: false or num_beams: 1")
     if g.num_beams > 1 and g.mbr_candidates and g.do_sample:
         problems.append(f"{where}.mbr_candidates: candidates are either beams (do_sample: false) or samples (num_beams: 1), not both")
+    if g.engine == "onnx" and g.mbr_candidates:
+        problems.append(f"{where}.mbr_candidates: the onnx engine does not do MBR selection; set mbr_candidates: 0 or engine: torch")
     if problems:
         raise ConfigError(*problems)
 
@@ -305,23 +324,25 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     with problems.check():
         if not isinstance(raw, dict):
             raise ConfigError("the file must hold a mapping at the top level")
-        missing = [key for key in ("model", "data", "prompt", "training", "generation", "models", "align") if key not in raw]
+        missing = [key for key in ("model", "data", "prompt", "training", "generation", "models", "align", "export") if key not in raw]
         if missing:
             raise ConfigError(*(f"{key}: missing key" for key in missing))
     problems.raise_any(f"{source}: ")
 
-    data = prompt = profile = align = None
+    data = prompt = profile = align = export = None
     with problems.check():
         data = _build(DataConfig, raw["data"], "data")
     with problems.check():
         align = _build(AlignConfig, raw["align"], "align")
         _check_training(align, "align")
     with problems.check():
+        export = _build(ExportConfig, raw["export"], "export")
+    with problems.check():
         prompt = _build(PromptConfig, raw["prompt"], "prompt")
     with problems.check():
         profile = _build_profile(raw)
     problems.raise_any(f"{source}: ")
-    return Params(model=raw["model"], data=data, prompt=prompt, profile=profile, align=align)
+    return Params(model=raw["model"], data=data, prompt=prompt, profile=profile, align=align, export=export)
 
 
 def _build_profile(raw: dict) -> ModelProfile:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from core.config import GenerationConfig
+from core.predictions import Generations
 from core.scoring import rouge_l_matrix
 
 log = logging.getLogger(__name__)
@@ -23,30 +23,6 @@ log = logging.getLogger(__name__)
 AUTO_BATCH_ON_CPU = 16  # a CPU has no memory budget to size against; 16 rows keep its cores busy
 AUTO_BATCH_MAX = 256
 AUTO_MEMORY_SHARE = 0.85  # of the GPU's free memory; the rest for the allocator's fragments
-
-
-@dataclass
-class Generations:
-    """Responses in the order of the rows asked for, with what it took to make them."""
-
-    texts: list[str]
-    new_tokens: list[int]  # tokens generated per response, end-of-turn token included
-    stopped: list[bool]  # True where the model ended its turn; False where max_new_tokens cut it
-    seconds: float
-    batch_size: int = 0  # the most rows generated at once
-    peak_gpu_memory_gb: float = 0.0  # while generating; 0 on a CPU
-    decoded_tokens: int = 0  # token positions decoded over every sequence carried (beams, candidates, padding)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def decoding_work_ratio(self) -> float:
-        """Decoded positions per token kept in an answer: about 1 for greedy decoding, about the
-        number of beams or candidates for beam search and MBR (their extra cost)."""
-        kept = sum(self.new_tokens)
-        return self.decoded_tokens / kept if kept else 0.0
 
 
 def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:

@@ -22,8 +22,9 @@ import torch
 from core import distributed, io
 from core.backends import cuda_available, resolve_backend, resolve_dtype
 from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
-from core.data import ID, PROMPT, TARGET
+from core.data import ID, TARGET
 from core.generation import Generations, generate
+from core.prompts import chat_messages, user_message
 from core.training import (IGNORE_INDEX, TrainingDiverged, TrainingExamples, common_trainer_arguments,
                            divergence_guard, resume_point, run_clock)
 from core.weights import resolve_checkpoint
@@ -57,26 +58,11 @@ class BaseUnslothModel:
 
     # --- prompts ------------------------------------------------------------------------
     def _create_input_prompt(self, row: dict) -> str:
-        """The user message for a row: the vignette, led by the context the row carries.
-
-        The vignette already names the nurse's county, facility and experience; the panel and
-        competency are not in it and tell the model which specialty is asked.
-        """
-        context = [
-            f"{label}: {row[col]}"
-            for label, col in (("Clinical panel", "Clinical Panel"), ("Nursing competency", "Nursing Competency"))
-            if row.get(col)
-        ]
-        return "\n".join(context + ["", row[PROMPT].strip()]) if context else row[PROMPT].strip()
+        """The user message for a row (core/prompts.py); a family may override it."""
+        return user_message(row)
 
     def messages_for(self, row: dict, response: str | None = None) -> list[dict]:
-        messages = [
-            {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": self._create_input_prompt(row)},
-        ]
-        if response is not None:
-            messages.append({"role": "assistant", "content": response})
-        return messages
+        return chat_messages(self.system_prompt, self._create_input_prompt(row), response)
 
     def prompt_for(self, row: dict) -> str:
         """The exact text the model sees before it answers, at training and at prediction."""

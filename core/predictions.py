@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import io as _io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import io
@@ -21,6 +21,31 @@ class Prediction:
     text: str
     new_tokens: int
     stopped: bool  # the model ended its turn (False: cut at max_new_tokens)
+
+
+@dataclass
+class Generations:
+    """Responses in the order of the rows asked for, with what it took to make them."""
+
+    texts: list[str]
+    new_tokens: list[int]  # tokens generated per response, end-of-turn token included
+    stopped: list[bool]  # True where the model ended its turn; False where max_new_tokens cut it
+    seconds: float
+    batch_size: int = 0  # the most rows generated at once
+    peak_gpu_memory_gb: float = 0.0  # while generating; 0 on a CPU
+    decoded_tokens: int = 0  # token positions decoded over every sequence carried (beams, candidates, padding)
+    row_seconds: list[float] = field(default_factory=list)  # per row, where rows are answered one at a time
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decoding_work_ratio(self) -> float:
+        """Decoded positions per token kept in an answer: about 1 for greedy decoding, about the
+        number of beams or candidates for beam search and MBR (their extra cost)."""
+        kept = sum(self.new_tokens)
+        return self.decoded_tokens / kept if kept else 0.0
 
 
 def _csv_text(rows: list[list], header: list[str]) -> str:

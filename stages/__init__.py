@@ -10,9 +10,8 @@ import sys
 from typing import Callable
 
 from core import distributed
-from core.config import ConfigError
+from core.config import BackendError, ConfigError
 from core.data import DataError
-from core.backends import BackendError
 from core.training import TrainingDiverged
 
 

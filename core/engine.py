@@ -1,0 +1,149 @@
+"""The exported model at work: answering vignettes with ONNX Runtime GenAI on a CPU, without torch.
+
+The export stage (core/export.py) writes a directory that holds the merged, quantized model,
+the tokenizer and `edge.json`: what this module needs to build the same prompts as training
+(the family's chat template, the system prompt, the end-of-turn token) and which adapter the
+export was made from. Nothing here imports torch or transformers, so a device needs only
+onnxruntime-genai, tokenizers and jinja2 (and this repository's core/).
+
+Decoding follows `generation` from params.yaml with ONNX Runtime GenAI's own search. Greedy
+decoding gives the tokens of the PyTorch path for an unquantized export (tested); beam search
+with a repetition penalty differs, because ONNX Runtime GenAI applies the penalty to the logits
+and transformers to the log-probabilities (docs/deploy.md has the measurements).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from core.config import GenerationConfig
+from core.data import PROMPT, DataError
+from core.predictions import Generations
+from core.prompts import chat_messages, render_chat, user_message
+
+log = logging.getLogger(__name__)
+
+EDGE_FILE = "edge.json"  # written by the export stage beside the ONNX model
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class StaleExport(FileNotFoundError):
+    """The exported model is missing, or was made from another adapter than the current one."""
+
+
+def adapter_digest(adapter_dir: str | Path) -> str:
+    """A hash of an adapter's weights and configuration: which adapter an export was made from."""
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        path = Path(adapter_dir) / name
+        if not path.exists():
+            raise FileNotFoundError(f"{adapter_dir}: no LoRA adapter here ({name} is missing); run the finetune stage first")
+        digest.update(name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def search_options(generation: GenerationConfig, prompt_tokens: int) -> dict:
+    """ONNX Runtime GenAI's search options for `generation` (its lengths count the prompt too)."""
+    options = dict(
+        max_length=prompt_tokens + generation.max_new_tokens,
+        min_length=prompt_tokens + generation.min_new_tokens,
+        do_sample=generation.do_sample,
+        num_beams=generation.num_beams,
+        repetition_penalty=generation.repetition_penalty,
+        no_repeat_ngram_size=generation.no_repeat_ngram_size,
+        length_penalty=generation.length_penalty,
+        early_stopping=generation.early_stopping,
+    )
+    if generation.do_sample:
+        # top_k 50 is transformers' default, which the PyTorch path keeps
+        options.update(temperature=generation.temperature, top_p=generation.top_p, top_k=50, random_seed=generation.seed)
+    return options
+
+
+class ExportedModel:
+    """The export stage's model directory, ready to answer one vignette at a time."""
+
+    def __init__(self, directory: str | Path, adapter: str | Path | None = None) -> None:
+        directory = Path(directory)
+        rebuild = "build it with: dvc repro export"
+        if not (directory / EDGE_FILE).exists():
+            raise StaleExport(f"{directory}: no exported model here ({EDGE_FILE} is missing); {rebuild}")
+        self.directory = directory
+        self.info = json.loads((directory / EDGE_FILE).read_text(encoding="utf-8"))
+        if adapter is not None and adapter_digest(adapter) != self.info["adapter_digest"]:
+            raise StaleExport(f"{directory} is stale: it was exported from another adapter than the one in {adapter} now; "
+                              f"re{rebuild}")
+        import onnxruntime_genai as og
+        from tokenizers import Tokenizer
+
+        self._og = og
+        self.model = og.Model(og.Config(str(directory)))
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.stop_id = self.info["end_of_turn_id"]
+
+    # --- prompts: the text training used, rendered without transformers -----------------------
+    def prompt_text(self, row: dict) -> str:
+        messages = chat_messages(self.info["system_prompt"], user_message(row))
+        return render_chat(self.info["chat_template"], messages)
+
+    def prompt_ids(self, row: dict) -> list[int]:
+        # the chat template writes every special token itself: the tokenizer adds none
+        return self.tokenizer.encode(self.prompt_text(row), add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # --- answering ---------------------------------------------------------------------------
+    def answer(self, row: dict, generation: GenerationConfig,
+               on_text: Callable[[str], None] | None = None) -> tuple[str, list[int]]:
+        """The answer to one row and its new token ids (end-of-turn token included where the
+        model ended its turn). With greedy or sampled decoding `on_text` receives the answer's
+        text piece by piece as it is generated; beam search knows its answer only at the end."""
+        if not row.get(PROMPT, "").strip():
+            raise DataError("the vignette is empty: there is nothing to answer")
+        og = self._og
+        prompt = self.prompt_ids(row)
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(**search_options(generation, len(prompt)))
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(prompt)
+        new: list[int] = []
+        shown = ""
+        while not generator.is_done():
+            generator.generate_next_token()
+            if generation.num_beams == 1:
+                new.append(int(generator.get_next_tokens()[0]))
+                if on_text is not None:
+                    text = self.decode(new)
+                    if text.startswith(shown) and len(text) > len(shown):
+                        on_text(text[len(shown):])
+                        shown = text
+        if generation.num_beams > 1:
+            new = [int(t) for t in generator.get_sequence(0)[len(prompt):]]
+        if self.stop_id in new:
+            new = new[: new.index(self.stop_id) + 1]
+        text = self.decode(new)
+        if on_text is not None and text != shown:
+            on_text(text[len(shown):] if text.startswith(shown) else "\n" + text)
+        return text, new
+
+    def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
+        """Answer `rows` one at a time (batch 1, as on a device), timing each."""
+        texts, counts, stopped, seconds = [], [], [], []
+        start = time.perf_counter()
+        for row in tqdm(rows, desc="answering", unit="row", disable=not progress):
+            began = time.perf_counter()
+            text, new = self.answer(row, generation)
+            seconds.append(time.perf_counter() - began)
+            texts.append(text)
+            counts.append(len(new))
+            stopped.append(bool(new) and new[-1] == self.stop_id)
+        return Generations(texts, counts, stopped, time.perf_counter() - start, batch_size=1,
+                           decoded_tokens=sum(counts) * generation.num_beams, row_seconds=seconds)

@@ -1,0 +1,96 @@
+"""ask: answer vignettes with the exported model on this CPU (ONNX Runtime GenAI; no torch needed).
+
+    python -m stages.ask "I am a nurse in ... What should I do?"   # streams the answer
+    python -m stages.ask --file vignettes.csv --out answers.csv      # the challenge's test-file columns, or a .jsonl
+
+Decoding follows the selected profile's `generation` in params.yaml (--max-new-tokens overrides
+its length). The export must be the one made from the current adapter: `dvc repro export`.
+"""
+import argparse
+import csv
+import json
+import logging
+import resource
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from core import io
+from core.config import GenerationConfig, load_params
+from core.data import ID, PROMPT, TARGET, DataError, read_vignettes
+from core.engine import ExportedModel
+from stages import run
+
+EXPORT = "models/export"
+ADAPTER = "models/aligned"  # the adapter the export must have been made from, where it is present
+
+
+def load(export: str | Path = EXPORT, adapter: str | Path | None = ADAPTER) -> ExportedModel:
+    """The exported model, checked against the adapter it should come from (skipped on a device that has only the export)."""
+    return ExportedModel(export, adapter=adapter if adapter and Path(adapter).exists() else None)
+
+
+def decoding(params_path: str | Path = "params.yaml", max_new_tokens: int | None = None) -> GenerationConfig:
+    generation = load_params(params_path).profile.generation
+    return replace(generation, max_new_tokens=max_new_tokens) if max_new_tokens else generation
+
+
+def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, stream=None) -> str:
+    """One vignette's answer; `stream` (say, print) gets the text as it comes (greedy or sampled decoding)."""
+    if not vignette.strip():
+        raise DataError("the vignette is empty: there is nothing to answer")
+    text, _ = model.answer({PROMPT: vignette}, generation, on_text=stream)
+    return text
+
+
+def read_rows(path: str) -> list[dict]:
+    rows = io.read_jsonl(path) if path.endswith(".jsonl") else read_vignettes(path, labelled=False)
+    for number, row in enumerate(rows, start=1):
+        if not str(row.get(PROMPT, "")).strip():
+            raise DataError(f"{path}: row {number}, column {PROMPT!r}: empty vignette")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.ask", description=__doc__.split("\n\n")[0])
+    parser.add_argument("vignette", nargs="?", help="the vignette's text (or use --file)")
+    parser.add_argument("--file", help="answer every row of a CSV (the challenge's test columns) or a .jsonl of rows")
+    parser.add_argument("--out", help="with --file: write the answers here as CSV (default: standard output)")
+    parser.add_argument("--report", help="with --file: write per-row timings and the process's peak memory here as JSON")
+    parser.add_argument("--export", default=EXPORT, help=f"the exported model's directory (default {EXPORT})")
+    parser.add_argument("--params", default="params.yaml", help="where the decoding settings are read")
+    parser.add_argument("--max-new-tokens", type=int, help="overrides generation.max_new_tokens")
+    args = parser.parse_args()
+    if (args.vignette is None) == (args.file is None):
+        parser.error("give one vignette's text, or --file")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error("--max-new-tokens: expected at least 1")
+    if args.vignette is not None and not args.vignette.strip():
+        raise DataError("the vignette is empty: there is nothing to answer")
+    generation = decoding(args.params, args.max_new_tokens)
+    rows = read_rows(args.file) if args.file else None
+    model = load(args.export)
+
+    if rows is None:
+        ask(model, args.vignette, generation, stream=lambda piece: print(piece, end="", flush=True))
+        print()
+        return
+    out = model.answer_rows(rows, generation)
+    lines = [[row[ID] if ID in row else str(i), text] for i, (row, text) in enumerate(zip(rows, out.texts), start=1)]
+    if args.out:
+        with io.atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows([[ID, TARGET], *lines])
+    else:
+        csv.writer(sys.stdout, lineterminator="\n").writerows([[ID, TARGET], *lines])
+    if args.report:
+        io.write_text(args.report, json.dumps({
+            "texts": out.texts, "new_tokens": out.new_tokens, "stopped": out.stopped, "row_seconds": out.row_seconds,
+            # the whole process: Python, the engine, the model and its cache at their largest (Linux reports KiB)
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "torch_imported": "torch" in sys.modules,  # a device needs no torch: this says the measure had none
+        }))
+    logging.info("%d answers in %.1f s (%.1f tokens/s)", len(rows), out.seconds, out.tokens_per_second)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,104 @@
+"""deploy: can the export run where the challenge asked? Size, memory, speed and ROUGE, each against its limit.
+
+The validation vignettes are answered one at a time by `python -m stages.ask` in a process of its
+own, as on a device: its peak resident memory is the deployment's, not this stage's. Its ROUGE is
+set beside the PyTorch model's (predict's answers, when predict ran the torch engine) and the
+prompt echo's.
+"""
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from core import io
+from core.config import load_params
+from core.data import ID, TARGET, prompt_echo
+from core.export import directory_mb
+from core.predictions import read_predictions
+from core.scoring import rouge
+from stages import run
+
+EXPORT = "models/export"
+MERGED = "models/merged"
+VAL, TEST = "data/prepared/val.jsonl", "data/prepared/test.jsonl"
+PREDICTIONS = "data/predictions/val.csv"
+METRICS = "metrics/deploy.json"
+
+# The challenge's limits (../shared/reference/task.md): at most 1 billion parameters, quantized
+# for inference, under 2 GB of RAM and 100 ms a vignette (on a Jetson Nano-class device; here:
+# this machine's CPU). The quantized export may lose at most 0.01 ROUGE-L against PyTorch.
+MAX_PARAMETERS = 1_000_000_000
+MAX_RAM_MB = 2048
+MAX_MS_PER_VIGNETTE = 100
+MAX_ROUGE_L_LOSS = 0.01
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def answer_in_own_process(rows_file: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
+        report = Path(tmp) / "report.json"
+        command = [sys.executable, "-m", "stages.ask", "--file", rows_file, "--export", EXPORT,
+                   "--out", str(Path(tmp) / "answers.csv"), "--report", str(report)]
+        # the child's own error line, if any, reaches the console as it is
+        if subprocess.run(command).returncode != 0:
+            logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, EXPORT)
+            sys.exit(1)
+        return io.read_json(report)
+
+
+def main() -> None:
+    params = load_params()
+    g = params.profile.generation
+    rows = io.read_jsonl(VAL)
+    rows_file = VAL if rows else TEST  # data.val_fraction 0: timed on the test rows, not scored
+    if not rows:
+        rows = io.read_jsonl(TEST)
+    answered = answer_in_own_process(rows_file)
+    info = io.read_json(f"{EXPORT}/edge.json")
+    ms = [s * 1000 for s in answered["row_seconds"]]
+    tokens, seconds = sum(answered["new_tokens"]), sum(answered["row_seconds"])
+    report = {
+        "engine": info["engine"], "precision": info["precision"], "split": Path(rows_file).stem, "rows": len(rows),
+        "decoding": {"num_beams": g.num_beams, "do_sample": g.do_sample, "repetition_penalty": g.repetition_penalty,
+                     "max_new_tokens": g.max_new_tokens},
+        "parameters": info["parameters"],
+        "export_mb": directory_mb(EXPORT), "merged_mb": directory_mb(MERGED),
+        "peak_rss_mb": answered["peak_rss_mb"],
+        "ms_per_vignette": {"median": statistics.median(ms) if ms else 0.0, "p90": percentile(ms, 0.9)},
+        "tokens_per_s": tokens / seconds if seconds else 0.0,
+        "batch_size": 1,
+    }
+    limits = {
+        "parameters": (report["parameters"], MAX_PARAMETERS, report["parameters"] <= MAX_PARAMETERS),
+        "quantized": (info["precision"], "int8 or int4", info["precision"] in ("int8", "int4")),
+        "peak_rss_mb": (report["peak_rss_mb"], MAX_RAM_MB, report["peak_rss_mb"] < MAX_RAM_MB),
+        "median_ms_per_vignette": (report["ms_per_vignette"]["median"], MAX_MS_PER_VIGNETTE,
+                                   report["ms_per_vignette"]["median"] < MAX_MS_PER_VIGNETTE),
+    }
+    if rows_file == VAL:
+        references = [row[TARGET] for row in rows]
+        report["rougeL"] = {"export": rouge(answered["texts"], references)["rougeL"],
+                            "prompt_echo": rouge([prompt_echo(r) for r in rows], references)["rougeL"]}
+        predicted_with = io.read_json("metrics/predict.json").get("engine", "torch")
+        if predicted_with == "torch":
+            predictions = read_predictions(PREDICTIONS, rows)
+            torch_l = rouge([predictions[r[ID]].text for r in rows], references)["rougeL"]
+            loss = torch_l - report["rougeL"]["export"]
+            report["rougeL"].update(torch=torch_l, loss=loss)
+            limits["rougeL_loss"] = (loss, MAX_ROUGE_L_LOSS, loss <= MAX_ROUGE_L_LOSS)
+        else:
+            report["rougeL"]["torch"] = None  # predict answered with the export itself: nothing to compare
+    report["limits"] = {name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()}
+    report["all_limits_pass"] = all(ok for _, _, ok in limits.values())
+    io.write_json(METRICS, report)
+    logging.info("%s: %s", METRICS, ", ".join(f"{name} {'pass' if ok else 'FAIL'}" for name, (_, _, ok) in limits.items()))
+
+
+if __name__ == "__main__":
+    run(main)

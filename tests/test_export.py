@@ -1,0 +1,151 @@
+"""The export stage's model (core/export.py) and its engine (core/engine.py, stages/ask.py), on tiny checkpoints."""
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core.data import read_vignettes
+from core.engine import ExportedModel, StaleExport
+from core.export import build_onnx, export_profile, merge
+from core.families import model_for
+from core.model import BaseUnslothModel
+from core.prompts import chat_messages, render_chat
+from tests.checkpoints import REPO
+from tests.conftest import tiny_params
+
+ROWS = read_vignettes(REPO / "data" / "sample" / "train.csv", labelled=True)[:4]
+
+
+def make_adapter(params, directory):
+    """A LoRA adapter whose weights are not zero (a fresh one merges to the base model unchanged)."""
+    model = model_for(params.profile, params.prompt.system)
+    model.attach_lora(seed=0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, weight in model.model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.2)
+    model.save_adapter(directory)
+    model.cleanup_model()
+    BaseUnslothModel.clear_cache()
+
+
+def export(params, adapter, root, precision):
+    model = model_for(export_profile(params.profile), params.prompt.system)
+    parameters = merge(model, adapter, root / "merged")
+    build_onnx(model, root / "merged", root / precision, precision, adapter, parameters)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(repo_params, tiny_checkpoints, tmp_path_factory):
+    """The tiny Qwen3 with a random adapter, exported unquantized and int8, and its PyTorch model."""
+    root = tmp_path_factory.mktemp("export")
+    params = tiny_params(repo_params, "qwen3", tiny_checkpoints["qwen3"])
+    make_adapter(params, root / "adapter")
+    model = export(params, root / "adapter", root, "fp32")
+    export(params, root / "adapter", root, "int8").cleanup_model()
+    yield params, model, root
+    model.cleanup_model()
+    BaseUnslothModel.clear_cache()
+
+
+def greedy(params, max_new_tokens=12):
+    return dataclasses.replace(params.profile.generation, max_new_tokens=max_new_tokens, num_beams=1,
+                               repetition_penalty=1.0, do_sample=False)
+
+
+def test_unquantized_export_answers_with_the_pytorch_tokens(exported):
+    params, model, root = exported
+    engine = ExportedModel(root / "fp32", adapter=root / "adapter")
+    for row in ROWS:  # the prompt the engine builds without transformers is training's, token for token
+        assert engine.prompt_ids(row) == model.encode(model.prompt_for(row))
+    g = greedy(params)
+    reference = model.generate_responses(ROWS, g)  # the merged model: the adapter folded in
+    answers = engine.answer_rows(ROWS, g, progress=False)
+    assert answers.texts == reference.texts and answers.new_tokens == reference.new_tokens
+    assert len(answers.row_seconds) == len(ROWS) and answers.batch_size == 1
+
+
+def test_int8_export_stays_close_to_the_pytorch_logits(exported):
+    """int8 weights move the logits a little, which can flip a near tie between two tokens (a random
+    model has many). The bound documented in docs/deploy.md: at each prompt's first answer token the
+    int8 logits correlate at 0.99 or more with PyTorch's, and their best token is among PyTorch's top 5."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    _, model, root = exported
+    engine = ExportedModel(root / "int8")
+    for row in ROWS:
+        ids = engine.prompt_ids(row)
+        params = og.GeneratorParams(engine.model)
+        params.set_search_options(max_length=len(ids) + 2)
+        generator = og.Generator(engine.model, params)
+        generator.append_tokens(ids)
+        exported_logits = np.asarray(generator.get_logits()).reshape(-1)
+        with torch.no_grad():
+            reference = model.model(torch.tensor([ids])).logits[0, -1].numpy()
+        assert np.corrcoef(exported_logits, reference)[0, 1] >= 0.99
+        assert int(np.argmax(exported_logits)) in np.argsort(-reference)[:5]
+
+
+def test_streamed_text_is_the_answer(exported):
+    params, _, root = exported
+    engine = ExportedModel(root / "int8")
+    pieces = []
+    text, ids = engine.answer(ROWS[0], greedy(params, 10), on_text=pieces.append)
+    assert "".join(pieces) == text and len(pieces) > 1 and len(ids) == 10
+
+
+def test_a_missing_or_stale_export_names_the_rebuild_command(exported, tmp_path):
+    _, _, root = exported
+    with pytest.raises(StaleExport, match="dvc repro export"):
+        ExportedModel(tmp_path / "nothing")
+    changed = tmp_path / "adapter"
+    shutil.copytree(root / "adapter", changed)
+    config = json.loads((changed / "adapter_config.json").read_text())
+    (changed / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 3}))
+    with pytest.raises(StaleExport, match=r"stale.*dvc repro export"):
+        ExportedModel(root / "int8", adapter=changed)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama32"])
+def test_prompts_render_without_transformers_as_with_it(family, repo_params, tiny_checkpoints):
+    params = tiny_params(repo_params, family, tiny_checkpoints[family])
+    model = model_for(params.profile, params.prompt.system)
+    model.load()
+    for row in ROWS + [{"Prompt": "  A child with fever.  "}]:
+        assert render_chat(model.chat_template, chat_messages(model.system_prompt, model._create_input_prompt(row))) == \
+            model.prompt_for(row)
+    model.cleanup_model()
+
+
+def ask(root, *args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "stages.ask", "--export", str(root / "int8"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tmp_path):
+    _, _, root = exported
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # the decoding ask follows (beam search here)
+    done = ask(root, "A 3 year old with fever and fast breathing. What should I do?", "--max-new-tokens", "8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:2]))
+    done = ask(root, "--file", str(rows), "--max-new-tokens", "4", "--report", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "Master_Index,Clinician" and [line.split(",")[0] for line in lines[1:]] == [r["Master_Index"] for r in ROWS[:2]]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["row_seconds"]) == 2 and 0 < report["peak_rss_mb"] < 2048
+    assert report["torch_imported"] is False
+    done = ask(root, "   ", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.strip() == "ERROR stages: the vignette is empty: there is nothing to answer"
+    assert not done.stdout
