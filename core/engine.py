@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -47,6 +49,25 @@ def adapter_digest(adapter_dir: str | Path) -> str:
         digest.update(name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. /proc's VmHWM starts afresh at exec; getrusage's
+    ru_maxrss does not on Linux (a child started by a large process reports the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def search_options(generation: GenerationConfig, prompt_tokens: int) -> dict:
@@ -84,7 +105,11 @@ class ExportedModel:
         from tokenizers import Tokenizer
 
         self._og = og
-        self.model = og.Model(og.Config(str(directory)))
+        config = og.Config(str(directory))
+        # ONNX Runtime's default thread count left half of a 2-core machine idle (70 against 100
+        # tokens/s, docs/deploy.md): one thread per CPU this process may use
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": cpus()}}}}))
+        self.model = og.Model(config)
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.stop_id = self.info["end_of_turn_id"]
 

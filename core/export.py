@@ -49,7 +49,7 @@ def merge(model, adapter_dir: str | Path, merged_dir: str | Path) -> int:
     return sum(p.numel() for p in {id(p): p for p in merged.parameters()}.values())
 
 
-def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: str, adapter_dir: str | Path,
+def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: str, adapter_dir: str | Path | None,
                parameters: int) -> None:
     """Convert the merged checkpoint with ONNX Runtime GenAI's model builder (weights quantized to
     `precision`) and write edge.json: what the engine needs to prompt the model as training did."""
@@ -76,7 +76,7 @@ def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: st
             "family": model.profile.family,
             "base_model": model.profile.name,
             "parameters": parameters,
-            "adapter_digest": adapter_digest(adapter_dir),
+            "adapter_digest": adapter_digest(adapter_dir) if adapter_dir else None,  # None: a base model (benchmarks)
             "system_prompt": model.system_prompt,
             "chat_template": model.chat_template,
             "end_of_turn": model.end_of_turn,

@@ -10,7 +10,6 @@ import argparse
 import csv
 import json
 import logging
-import resource
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from core import io
 from core.config import GenerationConfig, load_params
 from core.data import ID, PROMPT, TARGET, DataError, read_vignettes
-from core.engine import ExportedModel
+from core.engine import ExportedModel, peak_rss_mb
 from stages import run
 
 EXPORT = "models/export"
@@ -85,8 +84,8 @@ def main() -> None:
     if args.report:
         io.write_text(args.report, json.dumps({
             "texts": out.texts, "new_tokens": out.new_tokens, "stopped": out.stopped, "row_seconds": out.row_seconds,
-            # the whole process: Python, the engine, the model and its cache at their largest (Linux reports KiB)
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # the whole process: Python, the engine, the model and its cache at their largest
+            "peak_rss_mb": peak_rss_mb(),
             "torch_imported": "torch" in sys.modules,  # a device needs no torch: this says the measure had none
         }))
     logging.info("%d answers in %.1f s (%.1f tokens/s)", len(rows), out.seconds, out.tokens_per_second)

@@ -48,6 +48,7 @@ def test_notebook_runs_headless_and_saves_its_charts(two_runs, monkeypatch):
                       for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "tiny-llama" in outputs and "tiny-qwen3" in outputs  # both experiments in the table
     assert "sft+dpo" in outputs  # SFT against SFT + DPO
+    assert "[answered in" in outputs and "peak_rss_mb" in outputs  # the export asked, and its deploy report
 
 
 def test_dvc_plots_render_loss_and_per_panel_charts(two_runs, tmp_path):
