@@ -25,8 +25,12 @@ def table(workspace):
 
 def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(workspace, tiny_checkpoints):
     for family in ("qwen3", "llama32"):
+        engine = ["-S", "models.llama32.generation.engine=onnx"] if family == "llama32" else []  # predict with the export
         run_dvc(workspace, "exp", "run", "-n", f"tiny-{family}", "-S", f"model={family}",
-                "-S", f"models.{family}.name={tiny_checkpoints[family]}", *short(family))
+                "-S", f"models.{family}.name={tiny_checkpoints[family]}", *short(family), *engine)
+    assert json.loads((workspace / "metrics/predict.json").read_text())["engine"] == "onnx"
+    deploy = json.loads((workspace / "metrics/deploy.json").read_text())
+    assert deploy["rougeL"]["torch"] is None and "rougeL_loss" not in deploy["limits"]  # nothing to compare with
 
     rows = table(workspace).set_index("experiment")
     for family in ("qwen3", "llama32"):
@@ -48,6 +52,8 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
     assert (workspace / "submissions/submission.csv").read_text().count("\n") == 1 + 12  # header + every test row
     row = table(workspace).set_index("experiment").loc["tiny-all-rows"]
     assert row["train_loss"] > 0 and row["val_rougeL"] != row["val_rougeL"]  # NaN: nothing was scored
+    deploy = json.loads((workspace / "metrics/deploy.json").read_text())
+    assert deploy["split"] == "test" and "rougeL" not in deploy and deploy["rows"] == 12  # timed, not scored
 
     # the README's compact `dvc exp show`: the compared columns, none of every profile's keys
     noise = re.search(r"export KCR_NOISE='(.+)'", (REPO / "README.md").read_text()).group(1)
@@ -55,7 +61,8 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
     columns = set(shown[0])
     model = "model" if "model" in columns else "params.yaml:model"  # DVC qualifies a name it sees twice
     assert {model, "lora_r", "learning_rate", "epochs", "effective_batch_size", "train_loss", "val_loss",
-            "model.rougeL", "prompt_echo.rougeL", "train_runtime_s", "test.seconds"} <= columns, columns
+            "model.rougeL", "prompt_echo.rougeL", "train_runtime_s", "test.seconds", "all_limits_pass", "peak_rss_mb",
+            "ms_per_vignette.median", "rougeL.export"} <= columns, columns
     assert not [c for c in columns if c.startswith(("models.", "training.", "generation.")) or "/" in c], columns
     assert {row[model] for row in shown if row["Experiment"]} == {"qwen3", "llama32"}
 

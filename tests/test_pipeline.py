@@ -31,7 +31,7 @@ def cached_output_hashes(workspace: Path) -> dict[str, str]:
 def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     shorten(workspace)
     out = dvc(workspace, "repro")
-    for stage in ("prepare", "finetune", "predict", "evaluate", "submit"):
+    for stage in ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy"):
         assert f"Running stage '{stage}'" in out
 
     submission = (workspace / "submissions" / "submission.csv").read_text(encoding="utf-8").splitlines()
@@ -45,6 +45,17 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     values = next(iter(metrics.values()))["data"]
     assert values["metrics/finetune.json"]["data"]["steps"] == 2
     assert "prompt_echo" in values["metrics/eval.json"]["data"]
+    # the deployability report: the export against each of the challenge's limits, beside PyTorch and the echo
+    deploy = values["metrics/deploy.json"]["data"]
+    assert set(deploy) >= {"engine", "precision", "parameters", "export_mb", "merged_mb", "peak_rss_mb", "ms_per_vignette",
+                           "tokens_per_s", "rougeL", "limits", "all_limits_pass", "rows", "decoding"}
+    assert set(deploy["limits"]) == {"parameters", "quantized", "peak_rss_mb", "median_ms_per_vignette", "rougeL_loss"}
+    assert all(set(limit) == {"value", "limit", "pass"} for limit in deploy["limits"].values())
+    assert deploy["limits"]["parameters"]["pass"] and 134_000_000 < deploy["parameters"] < 136_000_000
+    assert deploy["precision"] == "int8" and 0 < deploy["peak_rss_mb"] < 2048 and deploy["rows"] == 31
+    assert set(deploy["rougeL"]) == {"export", "torch", "loss", "prompt_echo"}
+    assert deploy["rougeL"]["torch"] == pytest.approx(values["metrics/eval.json"]["data"]["model"]["rougeL"])
+    assert deploy["ms_per_vignette"]["p90"] >= deploy["ms_per_vignette"]["median"] > 0
 
     assert "Data and pipelines are up to date" in dvc(workspace, "repro")
     predict = yaml.safe_load((workspace / "metrics" / "predict.json").read_text())
@@ -56,14 +67,14 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     status = dvc(workspace, "status")
     assert "predict:" in status and "finetune:" not in status and "prepare:" not in status, status
     out = dvc(workspace, "repro")
-    assert [s for s in ("prepare", "finetune", "predict", "evaluate", "submit") if f"Running stage '{s}'" in out] == \
-        ["predict", "evaluate", "submit"], out
+    assert [s for s in ("prepare", "finetune", "export", "predict", "evaluate", "submit", "deploy") if f"Running stage '{s}'" in out] == \
+        ["predict", "evaluate", "submit", "deploy"], out
     assert (workspace / "models/adapter/adapter_model.safetensors").read_bytes() == adapter_before
 
     first = (workspace / "submissions" / "submission.csv").read_bytes()
     hashes = cached_output_hashes(workspace)
     dvc(workspace, "repro", "--force")
     assert (workspace / "submissions" / "submission.csv").read_bytes() == first  # byte-identical rerun
-    # the splits, the adapter (and its aligned copy), the predictions and the submission hash as before
-    # (the metrics, which record run times, are the outputs DVC does not cache)
-    assert cached_output_hashes(workspace) == hashes and len(hashes) == 5  # prepared, adapter, aligned, predictions, submission
+    # the splits, the adapter (and its aligned copy), the merged and exported models, the predictions and
+    # the submission hash as before (the metrics, which record run times, are the outputs DVC does not cache)
+    assert cached_output_hashes(workspace) == hashes and len(hashes) == 7

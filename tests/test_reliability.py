@@ -17,8 +17,8 @@ from tests.dvc_helpers import git, run_dvc, use_tiny_model
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ("data/prepared", "models/adapter", "dvclive/finetune", "data/predictions", "submissions",
-           "metrics", "plots")
+OUTPUTS = ("data/prepared", "models/adapter", "dvclive/finetune", "models/merged", "models/export", "data/predictions",
+           "submissions", "metrics", "plots")
 
 
 def snapshot(workspace: Path) -> dict[str, str]:

@@ -12,7 +12,8 @@ from tests.dvc_helpers import git, run_dvc, use_tiny_model
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/raw/train.csv", "data/raw/test.csv", "data/prepared/train.jsonl", "data/prepared/test.jsonl",
            "models/adapter/adapter_model.safetensors", "models/adapter/profile.json", "data/predictions/test.csv",
-           "submissions/submission.csv"]
+           "submissions/submission.csv", "models/merged/model.safetensors", "models/export/edge.json",
+           "models/export/model.onnx.data"]
 
 
 def snapshot(tree: Path) -> dict[str, str]:
