@@ -243,7 +243,9 @@ class BaseUnslothModel:
         }
         metrics["trainable_params"], metrics["total_params"] = self.parameter_counts()
         if val:
-            metrics["val_loss"] = trainer.evaluate()["eval_loss"]
+            # the epoch-end pass at the last step has scored the final weights already: not twice
+            final = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
+            metrics["val_loss"] = final[-1]["eval_loss"] if final else trainer.evaluate()["eval_loss"]
         if on_gpu:
             metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics

@@ -95,6 +95,9 @@ def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(tiny, tmp_path, repo_
     assert after < before - 0.5, (before, after)
     assert metrics["steps"] == 12 and metrics["trainable_params"] < metrics["total_params"] / 5
     assert metrics["val_loss"] > 0 and metrics["train_tokens_per_s"] > 0
+    # one validation pass an epoch (2 steps each here), none repeated at the end: the last epoch's is the final score
+    evals = [e for e in model.training_log if "eval_loss" in e]
+    assert [e["step"] for e in evals] == [2, 4, 6, 8, 10, 12] and metrics["val_loss"] == evals[-1]["eval_loss"]
 
     generation = params.profile.generation
     expected = model.generate_responses(ROWS[20:26], generation)
