@@ -1,7 +1,7 @@
 """ask: answer vignettes with the exported model on this CPU (ONNX Runtime GenAI; no torch needed).
 
     python -m stages.ask "I am a nurse in ... What should I do?"   # streams the answer
-    python -m stages.ask --file vignettes.csv --out answers.csv      # the challenge's test-file columns, or a .jsonl
+    python -m stages.ask --file vignettes.csv --out answers.csv      # a CSV with a Prompt column, or a .jsonl
 
 Decoding follows the selected profile's `generation` in params.yaml (--max-new-tokens overrides
 its length). The export must be the one made from the current adapter: `dvc repro export`.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core import io
 from core.config import GenerationConfig, load_params
-from core.data import ID, PROMPT, TARGET, DataError, read_vignettes
+from core.data import ID, PROMPT, TARGET, DataError
 from core.engine import ExportedModel, peak_rss_mb
 from stages import run
 
@@ -43,17 +43,33 @@ def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, strea
 
 
 def read_rows(path: str) -> list[dict]:
-    rows = io.read_jsonl(path) if path.endswith(".jsonl") else read_vignettes(path, labelled=False)
+    """Rows to answer: a .jsonl of rows, or a CSV with a Prompt column (the challenge's test file
+    has it; Master_Index and the context columns are used where present)."""
+    if path.endswith(".jsonl"):
+        rows = io.read_jsonl(path)
+    else:
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                reader = csv.DictReader(f)
+                if PROMPT not in (reader.fieldnames or []):
+                    raise DataError(f"{path}: column {PROMPT!r} is missing (the header has: {', '.join(reader.fieldnames or [])})")
+                rows = list(reader)
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not valid UTF-8; save the file as UTF-8") from None
     for number, row in enumerate(rows, start=1):
-        if not str(row.get(PROMPT, "")).strip():
+        if not str(row.get(PROMPT) or "").strip():
             raise DataError(f"{path}: row {number}, column {PROMPT!r}: empty vignette")
+        if not row.get(ID):
+            row[ID] = str(number)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.ask", description=__doc__.split("\n\n")[0])
     parser.add_argument("vignette", nargs="?", help="the vignette's text (or use --file)")
-    parser.add_argument("--file", help="answer every row of a CSV (the challenge's test columns) or a .jsonl of rows")
+    parser.add_argument("--file", help="answer every row of a CSV with a Prompt column (Master_Index and context columns used where present) or a .jsonl")
     parser.add_argument("--out", help="with --file: write the answers here as CSV (default: standard output)")
     parser.add_argument("--report", help="with --file: write per-row timings and the process's peak memory here as JSON")
     parser.add_argument("--export", default=EXPORT, help=f"the exported model's directory (default {EXPORT})")
@@ -75,7 +91,7 @@ def main() -> None:
         print()
         return
     out = model.answer_rows(rows, generation)
-    lines = [[row[ID] if ID in row else str(i), text] for i, (row, text) in enumerate(zip(rows, out.texts), start=1)]
+    lines = [[row[ID], text] for row, text in zip(rows, out.texts)]
     if args.out:
         with io.atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([[ID, TARGET], *lines])

@@ -64,7 +64,8 @@ def main() -> None:
     ms = [s * 1000 for s in answered["row_seconds"]]
     tokens, seconds = sum(answered["new_tokens"]), sum(answered["row_seconds"])
     report = {
-        "engine": info["engine"], "precision": info["precision"], "split": Path(rows_file).stem, "rows": len(rows),
+        # not "engine": predict.json's engine key would then clash in `dvc exp show`
+        "export_engine": info["engine"], "precision": info["precision"], "split": Path(rows_file).stem, "rows": len(rows),
         "decoding": {"num_beams": g.num_beams, "do_sample": g.do_sample, "repetition_penalty": g.repetition_penalty,
                      "max_new_tokens": g.max_new_tokens},
         "parameters": info["parameters"],

@@ -146,6 +146,14 @@ def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tm
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["row_seconds"]) == 2 and 0 < report["peak_rss_mb"] < 2048
     assert report["torch_imported"] is False
+    prompts_only = tmp_path / "mine.csv"  # only a Prompt column: rows are numbered
+    prompts_only.write_text('Prompt\n"A child, 2 years, fever, cough"\n"A woman, 30, headache, BP 170/110"\n')
+    done = ask(root, "--file", str(prompts_only), "--max-new-tokens", "3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(",")[0] for line in done.stdout.splitlines()] == ["Master_Index", "1", "2"]
+    prompts_only.write_text("Prompt\nA child\n  \n")
+    done = ask(root, "--file", str(prompts_only), cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.strip() == f"ERROR stages: {prompts_only}: row 2, column 'Prompt': empty vignette"
     done = ask(root, "   ", cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.strip() == "ERROR stages: the vignette is empty: there is nothing to answer"
     assert not done.stdout
