@@ -14,6 +14,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from core import decoding
 from core.config import GenerationConfig
 from core.predictions import Generations
 from core.scoring import rouge_l_matrix
@@ -34,7 +35,8 @@ def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 
 def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_new_tokens: int,
-                   config, dtype: torch.dtype, free_bytes: int | None, sequences_per_row: int = 1) -> int:
+                   config, dtype: torch.dtype, free_bytes: int | None, sequences_per_row: int = 1,
+                   static_cache: bool = False) -> int:
     """Rows to generate at once: `batch_size` if it is a number; for "auto", as many as
     `free_bytes` of GPU memory hold (AUTO_BATCH_ON_CPU without a GPU), spread evenly over the
     batches so that the last is not a small remainder. A row carries `sequences_per_row`
@@ -44,10 +46,12 @@ def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_
     if free_bytes is None:
         fit = AUTO_BATCH_ON_CPU
     else:
-        # A sequence's KV cache at full length, counted twice: the cache grows by concatenation,
-        # so old and new copies coexist and the allocator cannot reuse the outgrown blocks.
+        # A sequence's KV cache at full length, counted twice where the cache grows by
+        # concatenation (old and new copies coexist and the allocator cannot reuse the outgrown
+        # blocks), once where it is allocated whole (core/decoding.py).
         # Plus the last position's logits in float32, about three copies while sampling.
-        per_sequence = 2 * (longest_prompt + max_new_tokens) * kv_cache_bytes_per_token(config, dtype)
+        copies = 1 if static_cache else 2
+        per_sequence = copies * (longest_prompt + max_new_tokens) * kv_cache_bytes_per_token(config, dtype)
         per_sequence += 3 * 4 * config.vocab_size
         fit = int(free_bytes * AUTO_MEMORY_SHARE) // (per_sequence * sequences_per_row)
     fit = max(1, min(fit, AUTO_BATCH_MAX, n_rows))
@@ -90,15 +94,19 @@ def decoding_settings(generation: GenerationConfig) -> dict:
 
 @torch.inference_mode()
 def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generation: GenerationConfig,
-             dtype: torch.dtype) -> Generations:
+             dtype: torch.dtype, graphs_allowed: bool = False) -> Generations:
     """Answer every prompt in `encoded` (token ids, no padding), in batches of similar length.
 
     With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
-    still runs out of memory is halved and retried; a pinned batch size is never changed."""
+    still runs out of memory is halved and retried; a pinned batch size is never changed.
+    Greedy decoding on a GPU goes through core/decoding.py (static cache, CUDA graphs) where the
+    caller allows it (`graphs_allowed`: a model whose forward transformers owns) and
+    `generation.cuda_graphs` is on."""
     tokenizer.padding_side = "left"
     # Similar lengths in one batch waste less on padding; results go back in input order.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     device = next(model.parameters()).device
+    fast = graphs_allowed and generation.cuda_graphs and device.type == "cuda" and decoding.applies_to(generation)
     settings = decoding_settings(generation)
     per_row = settings["num_return_sequences"]
     auto = generation.batch_size == "auto"
@@ -108,10 +116,12 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     longest = max((len(ids) for ids in encoded), default=0)
     size = rows_per_batch(generation.batch_size, len(encoded), longest, generation.max_new_tokens,
-                          model.config, dtype, free, generation.sequences_per_row)
+                          model.config, dtype, free, generation.sequences_per_row, static_cache=fast)
     if auto:
         log.info("batch_size auto: %d rows a batch of %d sequences each (%s)", size, generation.sequences_per_row,
                  f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU")
+    if fast:
+        log.info("greedy decoding through a static cache and CUDA graphs (generation.cuda_graphs)")
     n = len(encoded)
     texts, counts, stopped = [""] * n, [0] * n, [False] * n
     largest = decoded = 0
@@ -121,28 +131,17 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
     with tqdm(total=n, desc="generating", unit="row") as bar:
         while done < n:
             index = order[done : done + size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in index]}, padding=True, return_tensors="pt")
-            batch = {k: v.to(device) for k, v in batch.items()}
             try:
-                output = model.generate(
-                    **batch,
-                    max_new_tokens=generation.max_new_tokens,
-                    eos_token_id=[stop_id],
-                    pad_token_id=tokenizer.pad_token_id,
-                    use_cache=True,
-                    **settings,
-                )
+                new, steps = _decode(model, tokenizer, [encoded[i] for i in index], stop_id, generation, settings,
+                                     device, fast)
             except torch.cuda.OutOfMemoryError:
                 if not auto or size == 1:
                     raise
-                del batch
                 torch.cuda.empty_cache()
                 size = max(1, size // 2)
                 log.warning("out of GPU memory; trying again with %d rows a batch", size)
                 continue
-            steps = output.shape[1] - batch["input_ids"].shape[1]
             decoded += len(index) * generation.sequences_per_row * steps
-            new = output[:, batch["input_ids"].shape[1] :].tolist()
             for k, i in enumerate(index):
                 candidates = [_trim(ids, stop_id) for ids in new[k * per_row : (k + 1) * per_row]]
                 decoded_texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids, _ in candidates]
@@ -157,6 +156,21 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     return Generations(texts, counts, stopped, time.perf_counter() - start, largest, peak, decoded)
+
+
+def _decode(model, tokenizer, prompts: list[list[int]], stop_id: int, generation: GenerationConfig, settings: dict,
+            device: torch.device, fast: bool) -> tuple[list[list[int]], int]:
+    """One batch: the new token ids of each sequence (num_return_sequences a row, in row order)
+    and the number of decoding steps run."""
+    if fast:
+        return decoding.greedy_decode(model, prompts, stop_id, tokenizer.pad_token_id, generation.max_new_tokens,
+                                      generation.repetition_penalty)
+    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
+    batch = {k: v.to(device) for k, v in batch.items()}
+    output = model.generate(**batch, max_new_tokens=generation.max_new_tokens, eos_token_id=[stop_id],
+                            pad_token_id=tokenizer.pad_token_id, use_cache=True, **settings)
+    width = batch["input_ids"].shape[1]
+    return output[:, width:].tolist(), output.shape[1] - width
 
 
 def _trim(ids: list[int], stop_id: int) -> tuple[list[int], bool]:

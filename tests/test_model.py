@@ -9,7 +9,8 @@ import torch
 from core.config import parse_params
 from core.families import FAMILIES, model_for
 from core.backends import BackendError
-from core.generation import AUTO_MEMORY_SHARE, mbr_choice, rows_per_batch
+from core import decoding
+from core.generation import AUTO_MEMORY_SHARE, decoding_settings, mbr_choice, rows_per_batch
 from core.model import IGNORE_INDEX, BaseUnslothModel, TrainingDiverged
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
@@ -113,6 +114,29 @@ def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(tiny, tmp_path, repo_
     reloaded.cleanup_model()
 
 
+def test_padding_free_and_one_pass_updates_follow_the_same_loss_curve(tiny, tmp_path, repo_params):
+    """The GPU's training settings (a whole update in one pass, rows concatenated without padding),
+    forced here on a CPU: the same losses at every step as padded passes accumulated, so the
+    prompt stays masked and no row attends to another."""
+    model, params = tiny
+    curves = {}
+    for name, settings in {"padded, 2 passes a step": dict(rows_per_pass=2, padding_free=False),
+                           "padded, 1 pass": dict(rows_per_pass=4, padding_free=False),
+                           "padding-free, 1 pass": dict(rows_per_pass=4, padding_free=True)}.items():
+        training = tiny_params(repo_params, params.profile.family, params.profile.name, max_steps=3, batch_size=2,
+                               grad_accum=2, learning_rate=1e-2, **settings).profile.training
+        BaseUnslothModel.clear_cache()
+        run = model_for(params.profile, params.prompt.system)
+        metrics = run.fine_tune(ROWS[:12], ROWS[12:16], training, tmp_path / name)
+        assert metrics["rows_per_pass"] == settings["rows_per_pass"] and metrics["padding_free"] is settings["padding_free"]
+        curves[name] = [e["loss"] for e in run.training_log if "loss" in e] + [metrics["val_loss"]]
+        run.cleanup_model()
+    reference = curves.pop("padded, 2 passes a step")
+    assert len(reference) == 4 and reference[0] != reference[2]  # three steps that moved, and the validation loss
+    for name, curve in curves.items():
+        assert curve == pytest.approx(reference, rel=1e-4), name
+
+
 def test_training_that_turns_nan_stops_at_once_with_a_clear_error(tiny, tmp_path, repo_params):
     model, params = tiny
     training = tiny_params(repo_params, params.profile.family, params.profile.name, max_steps=6).profile.training
@@ -131,6 +155,52 @@ def test_generation_is_batched_greedy_and_order_preserving(tiny):
     assert batched.texts == one_by_one  # left padding does not change what a row gets
     assert all(0 < n <= params.profile.generation.max_new_tokens for n in batched.new_tokens)
     assert model.tokenizer.padding_side == "left"
+
+
+def static_against_generate(model, generation, graphs: bool) -> tuple[list, list]:
+    """Greedy answers of 10 rows of many prompt lengths from core/decoding.py and from
+    transformers' generate(), each cut after the stop token. A random model rarely ends its turn,
+    so the stop token is the one most rows write early: rows end at many lengths, and some have
+    ended at the decoder's first look (so the batch shrinks, if SHRINK_BELOW allows)."""
+    prompts = [model.encode(model.prompt_for(row))[: 20 + 7 * i] for i, row in enumerate(ROWS[:10])]
+    batch = model.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(model.model.device)
+
+    def plain(stop_id):
+        with torch.inference_mode():
+            out = model.model.generate(**batch, max_new_tokens=40, eos_token_id=[stop_id], use_cache=True,
+                                       pad_token_id=model.tokenizer.pad_token_id, **decoding_settings(generation))
+        return out[:, batch["input_ids"].shape[1]:].tolist()
+
+    early = {}
+    for ids in plain(model.tokenizer.convert_tokens_to_ids(model.end_of_turn)):
+        for token in set(ids[: decoding.CHECK_EVERY - 1]):
+            early[token] = early.get(token, 0) + 1
+    stop = min(early, key=lambda t: (-early[t], t))
+
+    def upto_stop(ids):
+        return ids[: ids.index(stop) + 1] if stop in ids else ids
+
+    expected = [upto_stop(ids) for ids in plain(stop)]
+    fast, steps = decoding.greedy_decode(model.model, prompts, stop, model.tokenizer.pad_token_id, 40,
+                                         generation.repetition_penalty, graphs=graphs)
+    assert steps == max(map(len, expected)) or steps % decoding.CHECK_EVERY == 0
+    assert len({len(ids) for ids in expected}) >= 3  # rows stopped at different lengths
+    return [upto_stop(ids) for ids in fast], expected
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_static_cache_decoding_gives_generates_greedy_tokens(tiny, caplog, monkeypatch, penalty):
+    """core/decoding.py (here eagerly, on a CPU; tests/test_gpu.py replays it as a CUDA graph)
+    against transformers' generate(): the same tokens up to each row's stop token, with rows of
+    many prompt lengths, rows that stop early (the batch shrinks) and a repetition penalty."""
+    model, params = tiny
+    model.attach_lora(seed=0)
+    generation = dataclasses.replace(params.profile.generation, num_beams=1, repetition_penalty=penalty)
+    monkeypatch.setattr(decoding, "SHRINK_BELOW", 0.95)  # drop finished rows as soon as one has finished
+    with caplog.at_level("DEBUG", logger="core.decoding"):
+        fast, expected = static_against_generate(model, generation, graphs=False)
+    assert fast == expected
+    assert "the batch shrinks" in caplog.text  # finished rows were dropped, and the rest went on right
 
 
 def test_beam_search_is_batch_independent_and_repeatable(tiny):
@@ -235,6 +305,25 @@ def test_unsloth_without_cuda_fails_in_one_sentence(repo_params):
     message = str(err.value)
     assert "needs an NVIDIA GPU with CUDA" in message and "backend: hf" in message
     assert message.count(". ") == 0 and "\n" not in message
+
+
+def test_auto_answers_with_transformers_on_a_gpu_and_trains_with_unsloth(monkeypatch):
+    """The measured choice (core/backends.py): on a GPU, answering takes transformers+peft (its
+    greedy decoding runs as a CUDA graph) without importing Unsloth; training takes Unsloth."""
+    import sys
+
+    from core import backends
+
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    tried = []
+    monkeypatch.setattr(backends.UnslothBackend, "__init__", lambda self: tried.append("unsloth"))
+    assert backends.resolve_backend("auto", "generate").name == "hf" and tried == []
+    assert backends.resolve_backend("auto", "train").name == "unsloth" and tried == ["unsloth"]
+    assert backends.resolve_backend("unsloth", "generate").name == "unsloth"  # a named backend is taken as named
+    assert backends.resolve_backend("hf", "train").name == "hf"
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    assert backends.resolve_backend("auto", "train").name == "hf"
+    assert "unsloth" not in sys.modules
 
 
 def test_every_family_defines_its_template_tokens():
