@@ -2,7 +2,8 @@
 
   * ``hf``: plain transformers + peft, which also runs on a CPU;
   * ``unsloth``: Unsloth's FastLanguageModel (CUDA only; 4-bit through bitsandbytes).
-``backend: auto`` takes Unsloth when CUDA and the package are there, else transformers.
+``backend: auto`` takes, on a GPU, what was measured faster for the job (resolve_backend: Unsloth
+to train, transformers to answer); transformers elsewhere.
 
 transformers and peft are imported inside functions, not at module level, on purpose: Unsloth
 patches them when it is imported and must come first, so nothing may import them before the
@@ -30,6 +31,10 @@ class HFBackend:
     """transformers + peft: runs anywhere torch runs."""
 
     name = "hf"
+    # How this backend ran before the speed work of issue #16; benchmarks/backends.py's `before`
+    # variant turns them on to measure old against new in one run. Not settings: nothing else should.
+    upcast_kbit_model = False  # peft's prepare_model_for_kbit_training: every unquantized weight in float32
+    adapter_in_float32 = False  # LoRA weights left in float32 when an adapter is loaded for inference
 
     def load(self, checkpoint: str, profile: ModelProfile, dtype: torch.dtype):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -54,11 +59,21 @@ class HFBackend:
         return model, tokenizer
 
     def attach_lora(self, model, profile: ModelProfile, seed: int, gradient_checkpointing: bool):
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import LoraConfig, get_peft_model
 
-        if getattr(model, "is_loaded_in_4bit", False):
+        # A 4-bit base is frozen and trained through as a bf16 base is: peft's
+        # prepare_model_for_kbit_training would also cast every weight that is not quantized
+        # (embeddings, norms, the output layer) to float32, which ran the whole residual stream,
+        # the attention and the KV cache in float32 (measured: 1.3x slower steps, more memory,
+        # and generation after training at half speed). LoRA's own weights stay float32 (peft).
+        if self.upcast_kbit_model and getattr(model, "is_loaded_in_4bit", False):
+            from peft import prepare_model_for_kbit_training
+
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-        elif gradient_checkpointing:
+            gradient_checkpointing = False  # done by it
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         torch.manual_seed(seed)  # LoRA's A matrices are drawn at random
@@ -75,7 +90,15 @@ class HFBackend:
     def load_adapter(self, model, path: Path, trainable: bool = False):
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+        model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+        compute = model.get_base_model().dtype
+        if self.name == "hf" and not self.adapter_in_float32 and not trainable and compute in (torch.bfloat16, torch.float16):
+            # peft keeps LoRA weights in float32, so each LoRA layer would cast its input up and its
+            # output down at every token; training ran them in the compute dtype (autocast) anyway
+            for name, parameter in model.named_parameters():
+                if "lora_" in name and parameter.dtype != compute:
+                    parameter.data = parameter.data.to(compute)
+        return model
 
     def prepare_preference_training(self) -> None:
         """Whatever the backend needs before trl's DPOTrainer is built (nothing here)."""
@@ -133,8 +156,20 @@ class UnslothBackend(HFBackend):
         self.fast.for_training(model)
 
 
-def resolve_backend(choice: str) -> HFBackend:
-    """The backend object for `choice` (auto | unsloth | hf), or a one-sentence BackendError."""
+def resolve_backend(choice: str, job: str = "train") -> HFBackend:
+    """The backend object for `choice` (auto | unsloth | hf) and `job` (train | generate), or a
+    one-sentence BackendError.
+
+    `auto` on a GPU takes what benchmarks/backends.py measured faster on one H100
+    (docs/benchmarks.md, section 4): to answer, transformers+peft, whose greedy decoding runs as
+    a CUDA graph (core/decoding.py; 200 answers in 5.3 s against Unsloth's 22.8 s on the Qwen3
+    shape, 4.3 s against 18.4 s on SmolLM2's; with 4 beams, generate() in both, hf took 91 s and
+    Unsloth over 110 s); to train, Unsloth (its steady rate 1.9x hf's on the Qwen3 shape and 2.2x
+    on SmolLM2's, in less memory; its first steps compile, so hf finishes first below about 70
+    steps). The answering job never imports Unsloth, which patches transformers' model classes."""
+    if choice == "auto" and job == "generate" and cuda_available():
+        log.info("backend auto: transformers+peft to answer on this GPU (measured faster: core/backends.py)")
+        return HFBackend()
     if choice == "hf":
         return HFBackend()
     if choice == "unsloth" and not cuda_available():

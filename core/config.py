@@ -76,6 +76,14 @@ class TrainingConfig:
     save_steps: int
     gradient_checkpointing: bool
     optimizer: str = "adamw_torch"
+    # rows one forward/backward pass carries; the optimiser still steps every batch_size x
+    # grad_accum rows. auto: on a GPU the whole update in one pass (each process its share), on a
+    # CPU batch_size. A number must divide the effective batch (per process)
+    rows_per_pass: int | str = "auto"
+    # concatenate a pass's rows into one sequence without padding (sequence boundaries kept by
+    # the attention mask, loss masking unchanged). auto: on a GPU whose model uses flash attention
+    # (with sdpa the mask costs more than the padding: docs/benchmarks.md)
+    padding_free: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,9 @@ class GenerationConfig:
     # torch: the fine-tuned adapter through PyTorch; onnx: the export stage's quantized model
     # through ONNX Runtime GenAI (core/engine.py), on the CPU
     engine: str = "torch"
+    # greedy decoding on a GPU with the hf backend through a static KV cache, the decode step
+    # replayed as a CUDA graph (core/decoding.py; same tokens). false: transformers' generate()
+    cuda_graphs: bool = True
 
     @property
     def sequences_per_row(self) -> int:
@@ -168,13 +179,15 @@ _CHOICES = {
     "backend": ("auto", "unsloth", "hf"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "batch_size": ("auto",),  # where a string is allowed (generation); a number must meet _AT_LEAST
+    "rows_per_pass": ("auto",),
+    "padding_free": ("auto",),
     "method": ("none", "dpo"),
     "rejected": ("llm", "sft"),  # each item of the list
     "engine": ("torch", "onnx"),
     "precision": ("int8", "int4", "fp32"),
 }
 # Bounds checked wherever a key of that name appears (training and generation alike).
-_AT_LEAST = {"batch_size": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num_beams": 1, "min_new_tokens": 0,
+_AT_LEAST = {"batch_size": 1, "rows_per_pass": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num_beams": 1, "min_new_tokens": 0,
              "no_repeat_ngram_size": 0, "mbr_candidates": 0, "logging_steps": 1, "save_steps": 1, "max_pairs": 0}
 _ABOVE = {"learning_rate": 0, "temperature": 0, "repetition_penalty": 0, "top_p": 0, "alpha": 0, "max_seq_length": 0,
           "beta": 0}

@@ -41,6 +41,25 @@ def per_process_grad_accum(batch_size: int, grad_accum: int) -> int:
     return grad_accum // n
 
 
+def passes(batch_size: int, grad_accum: int, rows_per_pass: int | str, on_gpu: bool) -> tuple[int, int]:
+    """(rows a forward/backward pass carries in each process, passes accumulated per optimiser
+    step) for the effective batch `batch_size` x `grad_accum`, which stays the same on any number
+    of processes and with any pass size. `rows_per_pass` auto: on a GPU the whole update in one
+    pass (a small model's pass of a few rows leaves the GPU waiting on launches), else batch_size."""
+    n, effective = world_size(), batch_size * grad_accum
+    if rows_per_pass == "auto":
+        if on_gpu and effective % n == 0:
+            return effective // n, 1
+        return batch_size, per_process_grad_accum(batch_size, grad_accum)
+    if effective % (rows_per_pass * n):
+        raise ConfigError(
+            f"training.rows_per_pass={rows_per_pass} does not divide the effective batch of {effective} rows "
+            f"(batch_size x grad_accum){f' over {n} processes' if n > 1 else ''}: set it to a divisor of "
+            f"{effective // n if effective % n == 0 else effective}, or auto"
+        )
+    return rows_per_pass, effective // (rows_per_pass * n)
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

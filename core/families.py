@@ -60,12 +60,12 @@ FAMILIES: dict[str, type[BaseUnslothModel]] = {
 }
 
 
-def model_for(profile: ModelProfile, system_prompt: str) -> BaseUnslothModel:
-    """The family class the profile names, ready to load."""
+def model_for(profile: ModelProfile, system_prompt: str, job: str = "train") -> BaseUnslothModel:
+    """The family class the profile names, ready to load for `job` (train | generate)."""
     try:
         family = FAMILIES[profile.family]
     except KeyError:
         raise ValueError(
             f"models.{profile.key}.family: unknown family {profile.family!r} (known: {', '.join(FAMILIES)})"
         ) from None
-    return family(profile, system_prompt)
+    return family(profile, system_prompt, job)

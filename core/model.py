@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -45,12 +46,13 @@ class BaseUnslothModel:
     end_of_turn: str = ""  # the token that closes the assistant's turn: training target and stop token
     pad_token: str = ""  # a token that never occurs in text, distinct from end_of_turn
 
-    def __init__(self, profile: ModelProfile, system_prompt: str) -> None:
+    def __init__(self, profile: ModelProfile, system_prompt: str, job: str = "train") -> None:
+        """`job` (train | generate) is what the instance is for: `backend: auto` picks by it."""
         if not (self.chat_template and self.end_of_turn and self.pad_token):
             raise TypeError(f"{type(self).__name__} must define chat_template, end_of_turn and pad_token")
         self.profile = profile
         self.system_prompt = system_prompt
-        self.backend = resolve_backend(profile.backend)
+        self.backend = resolve_backend(profile.backend, job)
         self.dtype = resolve_dtype(profile.dtype)
         self.model = None
         self.tokenizer = None
@@ -182,21 +184,30 @@ class BaseUnslothModel:
                               f"{self.profile.max_seq_length} tokens with its whole answer; raise it")
         val = self.training_examples(val_rows) if val_rows else None
         on_gpu = cuda_available()
-        grad_accum = distributed.per_process_grad_accum(training.batch_size, training.grad_accum)
+        rows_per_pass, grad_accum = distributed.passes(training.batch_size, training.grad_accum,
+                                                       training.rows_per_pass, on_gpu)
         processes = distributed.world_size()
         effective_batch = training.batch_size * training.grad_accum  # the same on any number of processes
-        if processes > 1:
-            log.info("%d processes: batch %d x grad_accum %d per process, effective batch %d",
-                     processes, training.batch_size, grad_accum, effective_batch)
+        # Without padding a pass costs what its tokens cost (rows were fitted to max_seq_length
+        # above), where the attention takes concatenated rows as they are: flash attention's
+        # variable-length kernels. sdpa instead gets a dense block-diagonal mask over the whole
+        # pass, and on the Qwen3-0.6B shape that cost more than the padding saved (docs/benchmarks.md)
+        packs = "flash" in str(getattr(self.model.config, "_attn_implementation", ""))
+        padding_free = on_gpu and packs if training.padding_free == "auto" else training.padding_free
+        log.info("%d rows a pass x %d passes a step x %d processes = effective batch %d%s", rows_per_pass, grad_accum,
+                 processes, effective_batch, ", padding-free" if padding_free else "")
         args = SFTConfig(
             **common_trainer_arguments(output_dir, seed=training.seed, evaluate=bool(val), dtype=self.dtype,
-                                       max_length=self.profile.max_seq_length, save_steps=training.save_steps,
-                                       logging_steps=training.logging_steps),
+                                       max_length=None if padding_free else self.profile.max_seq_length,
+                                       save_steps=training.save_steps, logging_steps=training.logging_steps),
             num_train_epochs=training.epochs,
             max_steps=training.max_steps,
-            per_device_train_batch_size=training.batch_size,
+            per_device_train_batch_size=rows_per_pass,
+            # the trainer averages the batches' mean losses: a fixed eval batch keeps val_loss
+            # comparable whatever rows_per_pass is
             per_device_eval_batch_size=training.batch_size,
             gradient_accumulation_steps=grad_accum,
+            padding_free=padding_free,
             learning_rate=training.learning_rate,
             lr_scheduler_type=training.lr_scheduler,
             warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of all steps
@@ -240,6 +251,8 @@ class BaseUnslothModel:
             "backend": self.backend.name,
             "processes": processes,
             "effective_batch_size": effective_batch,
+            "rows_per_pass": rows_per_pass,
+            "padding_free": padding_free,
         }
         metrics["trainable_params"], metrics["total_params"] = self.parameter_counts()
         if val:
@@ -258,7 +271,10 @@ class BaseUnslothModel:
         self.backend.for_inference(self.model)
         encoded = [self.encode(self.prompt_for(row)) for row in rows]
         stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
-        return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype)
+        # CUDA graphs need transformers' own forward. Unsloth replaces it, and once imported it
+        # patches the model classes for every model of the process (capture failed there on an H100)
+        graphs_allowed = self.backend.name == "hf" and "unsloth" not in sys.modules
+        return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, graphs_allowed)
 
     # --- adapters ---------------------------------------------------------------------------
     def save_adapter(self, path: str | Path) -> None:

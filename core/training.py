@@ -92,7 +92,7 @@ def divergence_guard(learning_rate: float):
     return StopWhenNotFinite()
 
 
-def common_trainer_arguments(output_dir, *, seed: int, evaluate: bool, dtype, max_length: int, save_steps: int,
+def common_trainer_arguments(output_dir, *, seed: int, evaluate: bool, dtype, max_length: int | None, save_steps: int,
                              logging_steps: int = 1) -> dict:
     """The trainer settings SFT and DPO share: logging every value (NaN included, for the guard),
     resumable checkpoints, one evaluation an epoch, seeds, the device and its dtype."""

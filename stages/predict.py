@@ -23,7 +23,7 @@ def main() -> None:
     else:
         from core.families import model_for
 
-        model = model_for(params.profile, params.prompt.system)
+        model = model_for(params.profile, params.prompt.system, job="generate")
         model.load_adapter(ADAPTER)
         answer = model.generate_responses
     report, files = {}, {}

@@ -49,6 +49,10 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
          "training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' (YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"),
         (lambda r: r["models"]["smollm2"]["training"].update(learning_rate=0), "training (with models.smollm2.training).learning_rate: expected a number above 0, got 0"),
         (lambda r: r["models"]["smollm2"]["training"].update(epochs=0), "training (with models.smollm2.training).epochs: expected a number above 0 (or max_steps above 0), got 0"),
+        (lambda r: r["training"].update(rows_per_pass=0), "training (with models.smollm2.training).rows_per_pass: expected at least 1, got 0"),
+        (lambda r: r["training"].update(rows_per_pass="all"), "rows_per_pass: expected one of auto, got 'all'"),
+        (lambda r: r["training"].update(padding_free="yes"), "padding_free: expected one of auto, got 'yes'"),
+        (lambda r: r["generation"].update(cuda_graphs="auto"), "cuda_graphs: expected true or false, got 'auto'"),
     ],
 )
 def test_bad_params_name_the_key(repo_params, edit, message):
@@ -117,6 +121,23 @@ def test_generation_batch_size_takes_a_number_or_auto(repo_params):
     assert parse_params(raw).profile.generation.batch_size == "auto"
     raw["models"]["smollm2"]["generation"]["batch_size"] = 3
     assert parse_params(raw).profile.generation.batch_size == 3
+
+
+def test_rows_per_pass_keeps_the_effective_batch(monkeypatch):
+    """(rows a pass, passes a step) for batch_size x grad_accum on 1 or 2 processes."""
+    from core.distributed import passes
+
+    assert passes(8, 2, "auto", on_gpu=True) == (16, 1)  # a GPU: the whole update in one pass
+    assert passes(8, 2, "auto", on_gpu=False) == (8, 2)  # a CPU: as written
+    assert passes(8, 2, 4, on_gpu=True) == (4, 4)
+    with pytest.raises(ConfigError, match=r"rows_per_pass=5 does not divide the effective batch of 16 rows"):
+        passes(8, 2, 5, on_gpu=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert passes(8, 2, "auto", on_gpu=True) == (8, 1)  # each process its half
+    assert passes(8, 2, "auto", on_gpu=False) == (8, 1)
+    assert passes(8, 2, 4, on_gpu=True) == (4, 2)
+    with pytest.raises(ConfigError, match=r"does not divide the effective batch of 16 rows \(batch_size x grad_accum\) over 2 processes"):
+        passes(8, 2, 16, on_gpu=True)
 
 
 def test_missing_and_broken_files(tmp_path):
