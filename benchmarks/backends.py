@@ -1,8 +1,15 @@
-"""Benchmark the two backends on one GPU: the same LoRA fine-tuning and generation workload,
-each backend in its own process, then one table.
+"""Benchmark the two backends on one GPU, before and after the speed work of core/decoding.py
+and padding-free one-pass training: the same LoRA fine-tuning and generation workload, each
+(backend, variant) in its own process, then one table.
 
-    python -m benchmarks.backends --shape qwen3            # both backends, prints the table
+    python -m benchmarks.backends --shape qwen3            # hf and unsloth, before and after
+    python -m benchmarks.backends --shape smollm2 --variants after
     python -m benchmarks.backends --write-csv DIR --rows 400  # the scaled data set, as CSVs
+
+Variants: `before` is how the code ran until then (padded passes of batch_size rows,
+accumulated grad_accum times; transformers' generate()); `after` is the profile's settings as
+they are now (rows_per_pass auto, padding_free auto, generation.cuda_graphs). Training runs
+at the profile's settings (4-bit, checkpointing, batch x accumulation) unless flags say otherwise.
 
 The model is a random-init checkpoint with the real shape of Qwen3-0.6B or Llama-3.2-1B
 (tests/checkpoints.py), so no weights are needed: speed and memory do not depend on them.
@@ -54,7 +61,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def params_for(backend: str, checkpoint: str, family: str, args) -> "object":
+def params_for(backend: str, checkpoint: str, family: str, variant: str, args) -> "object":
     import yaml
 
     from core.config import parse_params
@@ -62,12 +69,27 @@ def params_for(backend: str, checkpoint: str, family: str, args) -> "object":
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["model"] = family
     profile = raw["models"][family]
-    profile.update(name=checkpoint, backend=backend, load_in_4bit=args.load_in_4bit, max_seq_length=1024)
-    profile.setdefault("training", {}).update(max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
-                                              gradient_checkpointing=args.gradient_checkpointing, logging_steps=5, save_steps=10_000)
+    profile.update(name=checkpoint, backend=backend, max_seq_length=1024, gguf_package=None, gguf_file=None)
+    training = profile.setdefault("training", {})
+    for key in ("load_in_4bit", "dtype"):
+        if getattr(args, key) is not None:
+            profile[key] = getattr(args, key)
+    for key in ("batch_size", "grad_accum", "gradient_checkpointing"):
+        if getattr(args, key) is not None:
+            training[key] = getattr(args, key)
+    training.update(max_steps=args.steps, logging_steps=1, save_steps=10_000)
     # greedy unless --num-beams says otherwise, whatever the profile decodes with: the figures in
     # docs/benchmarks.md are greedy, and beam search multiplies the work by the beams
-    profile.setdefault("generation", {}).update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    generation = profile.setdefault("generation", {})
+    generation.update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    name, *changes = variant.split("+")
+    if name == "before":
+        batch = training.get("batch_size", raw["training"]["batch_size"])
+        training.update(rows_per_pass=batch, padding_free=False)
+        generation.update(cuda_graphs=False)
+    for change in changes:  # after+padding_free=false: a training or generation key changed
+        key, value = change.split("=", 1)
+        (generation if key in raw["generation"] else training)[key] = yaml.safe_load(value)
     return parse_params(copy.deepcopy(raw))
 
 
@@ -81,8 +103,13 @@ def worker(args) -> None:
     import dataclasses
 
     from core.families import model_for
+    from core.model import BaseUnslothModel
 
-    params = params_for(args.backend, args.checkpoint, args.family, args)
+    params = params_for(args.backend, args.checkpoint, args.family, args.variant, args)
+    if args.variant.startswith("before"):  # the code paths replaced in issue #16, for the comparison
+        from core.backends import HFBackend
+
+        HFBackend.upcast_kbit_model = HFBackend.adapter_in_float32 = True
     rows = scaled_rows(args.rows, labelled=True)
     model = model_for(params.profile, params.prompt.system)  # imports the backend (Unsloth first)
     from transformers import TrainerCallback
@@ -100,13 +127,20 @@ def worker(args) -> None:
     clock = StepClock()
     with tempfile.TemporaryDirectory() as run_dir:
         train = model.fine_tune(rows, [], params.profile.training, run_dir, callbacks=[clock])
+        train["losses"] = [e["loss"] for e in model.training_log if "loss" in e]
+        # generation as the predict stage runs it: a fresh base model with the saved adapter
+        model.save_adapter(Path(run_dir) / "adapter")
+        model.cleanup_model()
+        BaseUnslothModel.clear_cache()
+        model = model_for(params.profile, params.prompt.system)
+        model.load_adapter(Path(run_dir) / "adapter")
     steps, warm = train["steps"], min(args.warmup_steps, train["steps"] - 1)
     if warm > 0:
         # tokens/s x runtime is all tokens trained on; the rows are copies of the sample rows with
         # varied introductions, so every step carries about the same share of them
         tokens_per_step = train["train_tokens_per_s"] * train["train_runtime_s"] / steps
         train["steady_tokens_per_s"] = tokens_per_step * (steps - warm) / (clock.ends[steps] - clock.ends[warm])
-    result = {"backend": model.backend.name, "train": train}
+    result = {"backend": model.backend.name, "variant": args.variant, "train": train}
     generation = params.profile.generation
     prompts = scaled_rows(args.gen_rows, labelled=False)
     result["generate"] = {}
@@ -124,17 +158,22 @@ def worker(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="qwen3", choices=["qwen3", "llama32"])
+    parser.add_argument("--shape", default="qwen3", choices=["qwen3", "llama32", "smollm2"])
     parser.add_argument("--backends", default="hf,unsloth")
+    parser.add_argument("--variants", default="before,after",
+                        help="comma-separated: before, after (see above), each optionally +KEY=VALUE+... "
+                             "(a training or generation key), e.g. after+padding_free=false")
     parser.add_argument("--rows", type=int, default=400, help="training rows")
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps timed")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, help="the profile's unless given")
+    parser.add_argument("--grad-accum", type=int, help="the profile's unless given")
+    parser.add_argument("--dtype", help="the profile's unless given (auto: bfloat16 on a GPU)")
     parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the steady train tokens/s")
-    parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                        help="as the GPU profiles train (Unsloth's own variant offloads activations to the CPU)")
+    parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None, help="the profile's unless given")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="the profile's unless given (Unsloth's own variant offloads activations to the CPU)")
     parser.add_argument("--gen-rows", type=int, default=200)
-    parser.add_argument("--gen-batch-sizes", default="1,auto",
+    parser.add_argument("--gen-batch-sizes", default="auto",
                         help="comma-separated numbers or auto (what the GPU profiles use); batch 1 runs on --batch1-rows rows")
     parser.add_argument("--batch1-rows", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -142,14 +181,20 @@ def main() -> None:
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--tiny", action="store_true", help="a tiny model instead of the real shape (smoke test, CPU)")
     parser.add_argument("--write-csv", metavar="DIR", help="only write the scaled train/test CSVs to DIR")
+    parser.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's --out file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print_table(argparse.Namespace(**saved["args"]), saved["results"])
+        return
     if args.write_csv:
         out = Path(args.write_csv)
         out.mkdir(parents=True, exist_ok=True)
@@ -167,22 +212,32 @@ def main() -> None:
         shape = None if args.tiny else REAL_SHAPES[args.shape]
         checkpoint = build_checkpoint(args.shape, Path(tmp) / args.shape, shape=shape)
         for backend in args.backends.split(","):
-            out = Path(tmp) / f"{backend}.json"
-            # the workload flags as given; each worker writes its own result file
-            command = [sys.executable, "-m", "benchmarks.backends", *sys.argv[1:], "--worker", "--backend", backend,
-                       "--checkpoint", str(checkpoint), "--family", args.shape, "--worker-out", str(out)]
-            subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
-            results[backend] = json.loads(out.read_text())
-    Path(args.out).write_text(json.dumps({"shape": args.shape, "args": vars(args), "results": results}, indent=2))
+            for variant in args.variants.split(","):
+                name = f"{backend} {variant}"
+                out = Path(tmp) / f"{backend}-{variant}.json"
+                # the workload flags as given; each worker writes its own result file
+                command = [sys.executable, "-m", "benchmarks.backends", *sys.argv[1:], "--worker", "--backend", backend,
+                           "--variant", variant, "--checkpoint", str(checkpoint), "--family", args.shape,
+                           "--worker-out", str(out)]
+                done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+                if done.returncode:  # one failed worker leaves the others' figures standing
+                    logging.error("%s: the worker failed (exit %d)", name, done.returncode)
+                    continue
+                results[name] = json.loads(out.read_text())
+                # after each worker, so that a run cut short keeps what it measured
+                Path(args.out).write_text(json.dumps({"shape": args.shape, "args": vars(args), "results": results}, indent=2))
     print_table(args, results)
 
 
 def print_table(args, results: dict) -> None:
+    """One column per (backend, variant), and after / before for each backend that ran both."""
     rows = [
         ("train tokens/s, whole run", lambda r: r["train"]["train_tokens_per_s"], "{:,.0f}"),
         (f"train tokens/s, after {args.warmup_steps} warm-up steps", lambda r: r["train"].get("steady_tokens_per_s", 0.0), "{:,.0f}"),
         ("train peak GPU memory (GiB)", lambda r: r["train"].get("peak_gpu_memory_gb", 0.0), "{:.2f}"),
-        ("train seconds", lambda r: r["train"]["train_runtime_s"], "{:.1f}"),
+        ("rows a pass x passes a step", lambda r: r["train"], None),
+        ("train loss, first / middle / last step", lambda r: r["train"]["losses"], None),
     ]
     for size in batch_sizes(args.gen_batch_sizes):
         key, label = f"batch_{size}", f"batch {size}"
@@ -194,16 +249,31 @@ def print_table(args, results: dict) -> None:
                          lambda r, k=key: r["generate"][k]["seconds"], "{:.1f}"))
             rows.append((f"generate peak GPU memory, {label} (GiB)", lambda r, k=key: r["generate"][k]["peak_gpu_memory_gb"], "{:.2f}"))
     names = list(results)
-    both = set(names) >= {"hf", "unsloth"}
-    print(f"\n{args.shape} shape, {args.rows} rows, {args.steps} steps, batch {args.batch_size}, "
-          f"4-bit={args.load_in_4bit}, gradient checkpointing={args.gradient_checkpointing}")
-    print("| measure | " + " | ".join(names) + (" | unsloth / hf |" if both else " |"))
-    print("|---" * (len(names) + 1 + both) + "|")
-    for label, get, fmt in rows:
-        cells = [fmt.format(get(results[n])) for n in names]
-        ratio = f" | {get(results['unsloth']) / get(results['hf']):.2f}x" if both and get(results["hf"]) else (" | " if both else "")
-        print(f"| {label} | " + " | ".join(cells) + ratio + " |")
+    pairs = [b for b in args.backends.split(",") if f"{b} before" in results and f"{b} after" in results]
+    # a column per variant that ran; the ratio column compares `after` with `before`
 
+    def cell(result, get, fmt):
+        value = get(result)
+        if isinstance(value, list):  # a loss curve
+            return " / ".join(f"{value[i]:.3f}" for i in (0, len(value) // 2, -1)) if value else "-"
+        if fmt is None:
+            t = result["train"]
+            return f"{t['rows_per_pass']} x {t['effective_batch_size'] // t['rows_per_pass']}" + (" padding-free" if t.get("padding_free") else "")
+        return fmt.format(value)
+
+    flags = ("batch_size", "grad_accum", "dtype", "load_in_4bit", "gradient_checkpointing", "num_beams")
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    print(f"\n{args.shape} shape, {args.rows} rows, {args.steps} steps, {args.gen_rows} prompts x up to "
+          f"{args.max_new_tokens} new tokens; the profile's settings{f' except {given}' if given else ''}")
+    print("| measure | " + " | ".join(names) + "".join(f" | {b}: after / before" for b in pairs) + " |")
+    print("|---" * (len(names) + 1 + len(pairs)) + "|")
+    for label, get, fmt in rows:
+        cells = [cell(results[n], get, fmt) for n in names]
+        for b in pairs:
+            before, after = get(results[f"{b} before"]), get(results[f"{b} after"])
+            ok = fmt is not None and not isinstance(before, list) and before
+            cells.append(f"{after / before:.2f}x" if ok else "")
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

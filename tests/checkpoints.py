@@ -26,6 +26,9 @@ REAL_SHAPES = {
     "llama32": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                     num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
                     rms_norm_eps=1e-5, max_position_embeddings=131072),
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                    rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
 }
 
 
