@@ -260,6 +260,9 @@ def test_auto_batch_size_follows_free_memory_and_splits_evenly():
     assert rows_per_batch("auto", 40, 10, 6, config, torch.float32, None) == 14  # no GPU: up to 16, evenly
     assert rows_per_batch(5, 40, 10, 6, config, torch.float32, 1) == 5  # a number is taken as given
     assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=2) == 5  # 2 beams a row: 5 rows fit
+    # a cache allocated whole (core/decoding.py) is counted once: 16 * 128 + 1200 bytes a row
+    # instead of 2 * 16 * 128 + 1200, so 16 rows fit where 10 did: 2 batches of 13 and 12
+    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, static_cache=True) == 13
 
 
 def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatch):
