@@ -6,6 +6,7 @@ the same as the CSVs they came from.
 """
 from __future__ import annotations
 
+import csv
 import io
 import random
 import re
@@ -25,6 +26,24 @@ LLM_COLUMNS = ["GPT4.0", "LLAMA", "GEMINI"]
 
 class DataError(ValueError):
     """Bad input data; the message names the file, and the row and column where there is one."""
+
+
+def read_csv_records(path: str | Path, required: list[str], when_missing: str = "") -> list[dict]:
+    """The records of a UTF-8 CSV whose header has every column in `required`; a DataError naming
+    the file otherwise (`when_missing`: what to do about a missing file, appended to its message).
+    For files this project or a user writes by hand; the challenge CSVs go through read_vignettes."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DataError(f"{path}: column {missing[0]!r} is missing (the header has: {', '.join(header)})")
+            return list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found{f'; {when_missing}' if when_missing else ''}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8; save the file as UTF-8") from None
 
 
 def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:

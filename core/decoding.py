@@ -144,11 +144,10 @@ class _Batch:
                             past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
         self.token.copy_(self._choose(logits).unsqueeze(1))
 
-    def take(self, chosen: torch.Tensor, slot: int, stop_id: int) -> None:
-        """Record the token just chosen (to be written into cache slot `slot` by the next step)."""
-        if chosen.data_ptr() != self.token.data_ptr():
-            self.token.copy_(chosen.view(-1, 1))
-        self.finished |= chosen.view(-1) == stop_id
+    def record(self, slot: int, stop_id: int) -> None:
+        """Book the token in `token` (chosen by the last step; the next step writes it into cache
+        slot `slot`): its row may have finished, its slot becomes visible, the penalty sees it."""
+        self.finished |= self.token.view(-1) == stop_id
         self.keys[:, 0, 0, slot] = True
         if self.seen is not None:
             self.seen.scatter_(1, self.token, True)
@@ -184,9 +183,9 @@ def greedy_decode(model, prompts: list[list[int]], stop_id: int, pad_id: int, ma
 def _decode(inner, prompts, stop_id, pad_id, max_new_tokens, repetition_penalty, graphs, device):
     batch = _Batch(inner, prompts, pad_id, max_new_tokens, repetition_penalty, device)
     out = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long, device=device)
-    first = batch.prefill()
-    out[:, 0] = first
-    batch.take(first, batch.prompt_width, stop_id)
+    batch.token.copy_(batch.prefill().unsqueeze(1))
+    out[:, 0] = batch.token.view(-1)
+    batch.record(batch.prompt_width, stop_id)
     graph, eager_left, steps = None, EAGER_STEPS, 1
     for t in range(1, max_new_tokens):
         if t % CHECK_EVERY == 0:
@@ -215,6 +214,6 @@ def _decode(inner, prompts, stop_id, pad_id, max_new_tokens, repetition_penalty,
             graph.replay()
         batch.advance()
         out[batch.rows, t] = batch.token.view(-1)
-        batch.take(batch.token.view(-1), batch.prompt_width + t, stop_id)
+        batch.record(batch.prompt_width + t, stop_id)
         steps += 1
     return out[:, :steps].tolist(), steps

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import io
-from core.data import ID, TARGET, DataError, normalise, panel_of, prompt_echo
+from core.data import ID, TARGET, DataError, normalise, panel_of, prompt_echo, read_csv_records
 from core.scoring import rouge
 
 # `chars` is the length of the text as generated: an integrity record, so that a text emptied
@@ -76,17 +76,7 @@ def read_predictions(path: str | Path, rows: list[dict]) -> dict[str, Prediction
     each text as long as its generation record says. An empty text is then an answer the model
     really left empty, which the caller decides what to do with."""
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in PREDICTION_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(f"{path}: column {missing[0]!r} is missing")
-            records = list(reader)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; run the predict stage first") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not valid UTF-8") from None
+    records = read_csv_records(path, PREDICTION_COLUMNS, when_missing="run the predict stage first")
     expected = {row[ID] for row in rows}
     found: dict[str, tuple[int, Prediction]] = {}
     for number, record in enumerate(records, start=1):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core import io
 from core.config import GenerationConfig, load_params
-from core.data import ID, PROMPT, TARGET, DataError
+from core.data import ID, PROMPT, TARGET, DataError, read_csv_records
 from core.engine import ExportedModel, peak_rss_mb
 from stages import run
 
@@ -45,19 +45,7 @@ def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, strea
 def read_rows(path: str) -> list[dict]:
     """Rows to answer: a .jsonl of rows, or a CSV with a Prompt column (the challenge's test file
     has it; Master_Index and the context columns are used where present)."""
-    if path.endswith(".jsonl"):
-        rows = io.read_jsonl(path)
-    else:
-        try:
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                reader = csv.DictReader(f)
-                if PROMPT not in (reader.fieldnames or []):
-                    raise DataError(f"{path}: column {PROMPT!r} is missing (the header has: {', '.join(reader.fieldnames or [])})")
-                rows = list(reader)
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not valid UTF-8; save the file as UTF-8") from None
+    rows = io.read_jsonl(path) if path.endswith(".jsonl") else read_csv_records(path, [PROMPT])
     for number, row in enumerate(rows, start=1):
         if not str(row.get(PROMPT) or "").strip():
             raise DataError(f"{path}: row {number}, column {PROMPT!r}: empty vignette")

@@ -15,6 +15,7 @@ from pathlib import Path
 from core import io
 from core.config import load_params
 from core.data import ID, TARGET, prompt_echo
+from core.engine import EDGE_FILE
 from core.export import directory_mb
 from core.predictions import read_predictions
 from core.scoring import rouge
@@ -60,7 +61,7 @@ def main() -> None:
     if not rows:
         rows = io.read_jsonl(TEST)
     answered = answer_in_own_process(rows_file)
-    info = io.read_json(f"{EXPORT}/edge.json")
+    info = io.read_json(f"{EXPORT}/{EDGE_FILE}")
     ms = [s * 1000 for s in answered["row_seconds"]]
     tokens, seconds = sum(answered["new_tokens"]), sum(answered["row_seconds"])
     report = {
