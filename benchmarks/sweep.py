@@ -8,6 +8,7 @@ instead of one experiment per pair, so a grid of T trainings x D decodings costs
 The DVC command that reproduces any row is printed beside it.
 
     python -m benchmarks.sweep --out sweep.jsonl                          # the default grid
+    python -m benchmarks.sweep --seeds 42,1,2 --per-epoch --out sweep.jsonl   # on three splits; every epoch scored
     python -m benchmarks.sweep --train e4:epochs=4 --decode b4:num_beams=4,repetition_penalty=1.2
     python -m benchmarks.sweep --workers 4 --out sweep.jsonl              # trainings in parallel (GPU)
     python -m benchmarks.sweep --table sweep.jsonl                        # the Markdown table
@@ -21,6 +22,7 @@ of `align` for --align variants: each trained adapter is preference-tuned with e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -32,28 +34,32 @@ from pathlib import Path
 
 log = logging.getLogger("sweep")
 
-# Chosen to answer what the real-data figures left open (docs/quality.md): how many epochs,
-# which learning rate, and how much of the gain is the decoding.
-# The grid of docs/quality.md. Every variant names each key it sets, so a row means the same
-# whatever params.yaml's defaults are at the time.
-TRAININGS = [f"e{e}:epochs={e},learning_rate=3e-4" for e in (1, 2, 4, 8)] + \
-    [f"e{e}-lr1e-3:epochs={e},learning_rate=1e-3" for e in (2, 4, 6)]
-_BEAMS = "do_sample=false,mbr_candidates=0,length_penalty=1.0"
+# The grid of docs/quality.md's real-row table. Every variant names each key it sets, so a row
+# means the same whatever params.yaml's defaults are at the time.
+TRAININGS = ["e2-lr1e-3:epochs=2,learning_rate=1e-3", "e3-lr5e-4:epochs=3,learning_rate=5e-4",
+             "e4-lr5e-4:epochs=4,learning_rate=5e-4"]
+_BEAMS = "do_sample=false,mbr_candidates=0,length_penalty=1.0,max_new_tokens=120,length_grid=[80,100,120,140,160]"
 DECODINGS = [
-    f"greedy:num_beams=1,repetition_penalty=1.0,max_new_tokens=160,{_BEAMS}",
-    f"greedy-rp1.2:num_beams=1,repetition_penalty=1.2,max_new_tokens=160,{_BEAMS}",
-    f"b2-rp1.2:num_beams=2,repetition_penalty=1.2,max_new_tokens=160,{_BEAMS}",
-    f"b4:num_beams=4,repetition_penalty=1.0,max_new_tokens=160,{_BEAMS}",
-    f"b4-rp1.2:num_beams=4,repetition_penalty=1.2,max_new_tokens=160,{_BEAMS}",
-    f"b4-rp1.3:num_beams=4,repetition_penalty=1.3,max_new_tokens=160,{_BEAMS}",
-    f"b4-rp1.2-t120:num_beams=4,repetition_penalty=1.2,max_new_tokens=120,{_BEAMS}",
-    f"b4-rp1.2-t200:num_beams=4,repetition_penalty=1.2,max_new_tokens=200,{_BEAMS}",
-    f"b4-rp1.3-t200:num_beams=4,repetition_penalty=1.3,max_new_tokens=200,{_BEAMS}",
-    "b4-rp1.2-t200-lp1.5:num_beams=4,repetition_penalty=1.2,max_new_tokens=200,do_sample=false,mbr_candidates=0,length_penalty=1.5",
-    f"b8-rp1.2-t200:num_beams=8,repetition_penalty=1.2,max_new_tokens=200,{_BEAMS}",
-    "mbr8-beams-t200:num_beams=8,mbr_candidates=8,repetition_penalty=1.2,max_new_tokens=200,do_sample=false,length_penalty=1.0",
-    "mbr8-sampled-t200:do_sample=true,num_beams=1,mbr_candidates=8,repetition_penalty=1.2,max_new_tokens=200",
+    f"b4-rp1.2-ng6:num_beams=4,repetition_penalty=1.2,no_repeat_ngram_size=6,{_BEAMS}",
+    f"b4-rp1.2-ng4:num_beams=4,repetition_penalty=1.2,no_repeat_ngram_size=4,{_BEAMS}",
+    f"b4-rp1.0-ng6:num_beams=4,repetition_penalty=1.0,no_repeat_ngram_size=6,{_BEAMS}",
+    f"b4-rp1.2:num_beams=4,repetition_penalty=1.2,no_repeat_ngram_size=0,{_BEAMS}",
+    f"greedy-rp1.2-ng6:num_beams=1,repetition_penalty=1.2,no_repeat_ngram_size=6,{_BEAMS}",
 ]
+
+
+def _settings(body: str) -> list[str]:
+    """"a=1,b=[2,3],c=x" -> ["a=1", "b=[2,3]", "c=x"]: commas inside brackets belong to a list."""
+    parts, depth, current = [], 0, ""
+    for ch in body:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [p for p in parts + [current] if p]
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -62,7 +68,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
     name, _, body = text.partition(":")
     settings = {}
-    for pair in filter(None, body.split(",")):
+    for pair in _settings(body):
         key, _, value = pair.partition("=")
         value = yaml.safe_load(value)
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 as text; on a command line it means the number
@@ -74,23 +80,25 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, settings
 
 
-def apply(params, training: dict, generation: dict, align: dict | None = None):
-    """The params with a variant's settings on the selected profile, checked like params.yaml."""
-    from core.config import as_dict, parse_params
+def variant_params(params_path: str, training: dict, generation: dict, align: dict | None = None, data: dict | None = None):
+    """params.yaml with a variant's settings on the selected profile (and on `align`, `data`),
+    read and checked by the loader every stage uses, so a section added to params.yaml is here too."""
+    import yaml
 
-    raw = as_dict(params.profile)
-    lora = {k.split(".", 1)[1]: v for k, v in training.items() if k.startswith("lora.")}
-    raw["lora"].update(lora)
-    raw["training"].update({k: v for k, v in training.items() if not k.startswith("lora.")})
-    raw["generation"].update(generation)
-    profile = {k: v for k, v in raw.items() if k not in ("key", "training", "generation")}
-    return parse_params({
-        "model": params.model, "data": as_dict(params.data), "prompt": as_dict(params.prompt),
-        "training": raw["training"], "generation": raw["generation"], "models": {params.model: profile},
-        # a list on the command line: rejected=llm+sft (a comma separates settings)
-        "align": {**as_dict(params.align), **{k: v.split("+") if k == "rejected" and isinstance(v, str) else v
-                                               for k, v in (align or {}).items()}},
-    })
+    from core.config import parse_params
+
+    raw = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
+    profile = raw["models"][raw["model"]]
+    for key, value in training.items():
+        if key.startswith("lora."):
+            profile["lora"][key.split(".", 1)[1]] = value
+        else:
+            profile.setdefault("training", {})[key] = value
+    profile.setdefault("generation", {}).update(generation)
+    # a list on the command line: rejected=llm+sft (a comma separates settings)
+    raw["align"].update({k: v.split("+") if k == "rejected" and isinstance(v, str) else v for k, v in (align or {}).items()})
+    raw["data"].update(data or {})
+    return parse_params(raw, params_path)
 
 
 def dvc_command(params, training: dict, generation: dict, align: dict | None = None) -> str:
@@ -103,7 +111,7 @@ def dvc_command(params, training: dict, generation: dict, align: dict | None = N
     return "dvc exp run " + " ".join(flags)
 
 
-def aligned_models(params, train_rows: list[dict], val_rows: list[dict], sft_model, aligns: list[str]):
+def aligned_models(params_path: str, params, train_rows: list[dict], val_rows: list[dict], sft_model, aligns: list[str]):
     """(align variant name, its settings, model, align metrics) for each --align variant; `none`
     yields the SFT model itself. Each DPO starts from the SFT adapter, saved once."""
     from core.alignment import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
@@ -113,7 +121,7 @@ def aligned_models(params, train_rows: list[dict], val_rows: list[dict], sft_mod
         sft_dir = Path(scratch) / "sft"
         for variant in aligns:
             name, settings = parse_variant(variant)
-            config = apply(params, {}, {}, settings).align
+            config = variant_params(params_path, {}, {}, settings).align
             if config.method == "none":
                 yield name, settings, sft_model, {}
                 continue
@@ -131,65 +139,136 @@ def aligned_models(params, train_rows: list[dict], val_rows: list[dict], sft_mod
             model.cleanup_model()
 
 
-def run_training(params_path: str, train_variant: str, decodings: list[str], out: Path, aligns: list[str] | None = None) -> None:
-    from core.config import load_params
-    from core.data import read_vignettes, split_train_val
-    from core.families import model_for
-    from core.predictions import Prediction, validation_report
+def epoch_snapshots(model):
+    """A trainer callback keeping the trainable weights at every evaluation (each epoch's end)."""
+    from transformers import TrainerCallback
+
+    class Snapshots(TrainerCallback):
+        def __init__(self) -> None:
+            self.taken: list[tuple[float, float, dict]] = []  # epoch, val loss, weights
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            weights = {n: p.detach().to("cpu", copy=True) for n, p in model.model.named_parameters() if p.requires_grad}
+            self.taken.append((round(float(state.epoch or 0), 2), float((metrics or {}).get("eval_loss", "nan")), weights))
+
+    return Snapshots()
+
+
+def score_epochs(model, snapshots, val_rows: list[dict], generation) -> list[dict]:
+    """Validation ROUGE-L (at the decoding's max_new_tokens) of every epoch's weights: does the
+    epoch with the lowest validation loss also answer best? The model's weights are put back after."""
+    import torch
+
+    from core.length import cut
     from core.scoring import rouge
 
-    base = load_params(params_path)
-    labelled = read_vignettes(base.data.train_csv, labelled=True)
-    train_rows, val_rows = split_train_val(labelled, base.data.val_fraction, base.data.seed)
+    current = {n: p.detach().to("cpu", copy=True) for n, p in model.model.named_parameters() if p.requires_grad}
+    references = [row["Clinician"] for row in val_rows]
+    scores = []
+    for epoch, loss, weights in snapshots.taken:
+        with torch.no_grad():
+            for n, p in model.model.named_parameters():
+                if n in weights:
+                    p.copy_(weights[n].to(p.device, p.dtype))
+        out = model.generate_responses(val_rows, dataclasses.replace(generation, length_grid=[]))
+        texts = [p.text for p in cut(out, generation.max_new_tokens, model.decode)]
+        scores.append({"epoch": epoch, "val_loss": loss, "rougeL": rouge(texts, references)["rougeL"]})
+    with torch.no_grad():
+        for n, p in model.model.named_parameters():
+            if n in current:
+                p.copy_(current[n].to(p.device, p.dtype))
+    return scores
+
+
+def run_training(params_path: str, train_variant: str, decodings: list[str], out: Path, aligns: list[str] | None = None,
+                 seed: int | None = None, per_epoch: bool = False, keep_texts: bool = False) -> None:
+    from core.data import read_vignettes, split_train_val
+    from core.families import model_for
+    from core.length import choose_length, cut, for_answering
+    from core.predictions import validation_report
+    from core.scoring import rouge
+
     name, training = parse_variant(train_variant)
-    params = apply(base, training, {})
+    data = {} if seed is None else {"seed": seed}
+    params = variant_params(params_path, training, {}, data=data)
+    labelled = read_vignettes(params.data.train_csv, labelled=True)
+    train_rows, val_rows = split_train_val(labelled, params.data.val_fraction, params.data.seed)
+    references = [row["Clinician"] for row in val_rows]
     model = model_for(params.profile, params.prompt.system)
+    snapshots = epoch_snapshots(model) if per_epoch else None
     with tempfile.TemporaryDirectory() as run_dir:
-        metrics = model.fine_tune(train_rows, val_rows, params.profile.training, run_dir)
-    log.info("%s trained: %d steps in %.0f s, val loss %.3f", name, metrics["steps"], metrics["train_runtime_s"], metrics["val_loss"])
-    for align_name, align, tuned, align_metrics in aligned_models(params, train_rows, val_rows, model, aligns or ["none:method=none"]):
+        metrics = model.fine_tune(train_rows, val_rows, params.profile.training, run_dir, callbacks=[snapshots] if snapshots else [])
+    log.info("%s (split seed %d) trained: %d steps in %.0f s, val loss %.3f (best epoch %s)", name, params.data.seed,
+             metrics["steps"], metrics["train_runtime_s"], metrics["val_loss"], metrics.get("best_epoch"))
+    epochs = None
+    for align_name, align, tuned, align_metrics in aligned_models(params_path, params, train_rows, val_rows, model,
+                                                                  aligns or ["none:method=none"]):
         for decoding in decodings:
             decode_name, generation = parse_variant(decoding)
-            variant = apply(base, training, generation)
-            out_gen = tuned.generate_responses(val_rows, variant.profile.generation)
-            predictions = {row["Master_Index"]: Prediction(text, n, ok) for row, text, n, ok
-                           in zip(val_rows, out_gen.texts, out_gen.new_tokens, out_gen.stopped)}
+            g = variant_params(params_path, training, generation, data=data).profile.generation
+            out_gen = tuned.generate_responses(val_rows, for_answering(g, len(val_rows)))
+            length = choose_length(out_gen, references, g, tuned.decode)
+            predictions = {row["Master_Index"]: p for row, p in zip(val_rows, cut(out_gen, length.max_new_tokens, tuned.decode))}
+            at_params = [p.text for p in cut(out_gen, g.max_new_tokens, tuned.decode)]
             summary, _ = validation_report(val_rows, predictions)
+            texts = [predictions[row["Master_Index"]].text for row in val_rows]
+            if per_epoch and epochs is None and align_name == "none":
+                epochs = score_epochs(tuned, snapshots, val_rows, g)
             record = {
-                "training": name, "align": align_name, "decoding": decode_name, "val_rows": len(val_rows),
-                "train_rows": len(train_rows), "model": summary["model"], "prompt_echo": summary["prompt_echo"],
-                "mean_words": sum(len(t.split()) for t in out_gen.texts) / max(len(val_rows), 1),
+                "training": name, "align": align_name, "decoding": decode_name, "split_seed": params.data.seed,
+                "val_rows": len(val_rows), "train_rows": len(train_rows), "model": summary["model"],
+                "prompt_echo": summary["prompt_echo"], "loop_share": summary["loop_share"]["model"],
+                # at the chosen length (chosen on these rows: optimistic) and at params' max_new_tokens (not chosen)
+                "length": length.as_record(), "rougeL_at_max_new_tokens": rouge(at_params, references)["rougeL"],
+                "mean_words": sum(len(t.split()) for t in texts) / max(len(val_rows), 1),
                 "cut_at_max_new_tokens": summary["cut_at_max_new_tokens"],
-                "val_loss": metrics["val_loss"], "train_s": metrics["train_runtime_s"] + align_metrics.get("train_runtime_s", 0),
+                "val_loss": metrics["val_loss"], "best_epoch": metrics.get("best_epoch"),
+                "val_loss_by_epoch": metrics.get("val_loss_by_epoch"), "epochs_scored": epochs,
+                "train_s": metrics["train_runtime_s"] + align_metrics.get("train_runtime_s", 0),
                 "steps": metrics["steps"], "align_metrics": align_metrics,
                 "generate_s": out_gen.seconds, "decoding_work_ratio": out_gen.decoding_work_ratio,
                 # per row, in validation order: paired comparisons between variants
-                "rows_rougeL": [rouge([text], [row["Clinician"]])["rougeL"] for row, text in zip(val_rows, out_gen.texts)],
+                "rows_rougeL": [rouge([text], [ref])["rougeL"] for text, ref in zip(texts, references)],
                 "command": dvc_command(params, training, generation, align),
             }
+            if keep_texts:  # the answers at the longest length, for reading (real rows: never commit them)
+                record["texts"] = out_gen.texts
+                record["ids"] = [row["Master_Index"] for row in val_rows]
             with open(out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            log.info("%s / %s / %s: ROUGE-L %.4f (echo %.4f), %.0f words, %.1f s", name, align_name, decode_name,
-                     summary["model"]["rougeL"], summary["prompt_echo"]["rougeL"], record["mean_words"], out_gen.seconds)
+            log.info("%s / %s / %s / seed %d: ROUGE-L %.4f at %d tokens (%.4f at %d; echo %.4f), loops %.2f, %.0f words, %.1f s",
+                     name, align_name, decode_name, params.data.seed, summary["model"]["rougeL"], length.max_new_tokens,
+                     record["rougeL_at_max_new_tokens"], g.max_new_tokens, summary["prompt_echo"]["rougeL"],
+                     record["loop_share"], record["mean_words"], out_gen.seconds)
     model.cleanup_model()
 
 
 def table(path: Path) -> str:
-    records, seen = [], set()
+    """The Markdown table of a sweep file: one line a (training, align, decoding), averaged over
+    the splits it ran on (the spread is the lowest and highest split's ROUGE-L)."""
+    import statistics
+
+    groups: dict[tuple, dict] = {}
     for line in filter(str.strip, path.read_text(encoding="utf-8").splitlines()):
         record = json.loads(line)
         key = (record["training"], record.get("align", "none"), record["decoding"])
-        if key not in seen:  # a combination run twice is listed once
-            seen.add(key)
-            records.append(record)
-    lines = ["| training | align | decoding | ROUGE-1 | ROUGE-2 | ROUGE-L | echo ROUGE-L | words | cut | val loss | train s | generate s | work |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(records, key=lambda r: -r["model"]["rougeL"]):
-        m = r["model"]
-        lines.append(f"| {r['training']} | {r.get('align', 'none')} | {r['decoding']} | {m['rouge1']:.3f} | {m['rouge2']:.3f} | **{m['rougeL']:.3f}** | "
-                     f"{r['prompt_echo']['rougeL']:.3f} | {r['mean_words']:.0f} | {r['cut_at_max_new_tokens']} | {r['val_loss']:.3f} | "
-                     f"{r['train_s']:.0f} | {r['generate_s']:.1f} | {r['decoding_work_ratio']:.1f} |")
-    return "\n".join(lines)
+        groups.setdefault(key, {})[record.get("split_seed")] = record  # a split run twice counts once
+    lines = ["| training | align | decoding | splits | ROUGE-L (chosen length) | spread | ROUGE-L at max_new_tokens | "
+             "echo ROUGE-L | model - echo | loops | length chosen | words | val loss | best epoch | generate s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for (training, align, decoding), by_seed in groups.items():
+        rs = list(by_seed.values())
+        chosen = [r["model"]["rougeL"] for r in rs]
+        echo = [r["prompt_echo"]["rougeL"] for r in rs]
+        mean = statistics.mean
+        rows.append((mean(chosen), f"| {training} | {align} | {decoding} | {len(rs)} | **{mean(chosen):.3f}** | "
+                     f"{min(chosen):.3f}-{max(chosen):.3f} | {mean(r.get('rougeL_at_max_new_tokens', r['model']['rougeL']) for r in rs):.3f} | "
+                     f"{mean(echo):.3f} | {mean(chosen) - mean(echo):+.3f} | {mean(r.get('loop_share', 0) for r in rs):.2f} | "
+                     f"{'/'.join(str(r.get('length', {}).get('max_new_tokens', '-')) for r in rs)} | "
+                     f"{mean(r['mean_words'] for r in rs):.0f} | {mean(r['val_loss'] for r in rs):.3f} | "
+                     f"{'/'.join(str(r.get('best_epoch', '-')) for r in rs)} | {mean(r['generate_s'] for r in rs):.1f} |"))
+    return "\n".join(lines + [line for _, line in sorted(rows, key=lambda x: -x[0])])
 
 
 def main() -> None:
@@ -201,25 +280,31 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"))
     parser.add_argument("--workers", type=int, default=1, help="trainings run in this many processes at once")
     parser.add_argument("--table", type=Path, help="print the Markdown table of a finished sweep file and stop")
+    parser.add_argument("--seeds", default="", help="data.seed of each split to run on, comma-separated (default: params.yaml's)")
+    parser.add_argument("--per-epoch", action="store_true", help="also score every epoch's weights (first decoding, ROUGE-L)")
+    parser.add_argument("--keep-texts", action="store_true", help="also write the answers (the data's terms may forbid sharing them)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.table:
         print(table(args.table))
         return
     trainings, decodings = args.train or TRAININGS, args.decode or DECODINGS
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or [None]
     if args.workers <= 1:
         for variant in trainings:
-            run_training(args.params, variant, decodings, args.out, args.align)
-    else:  # one process per training and align variant, at most `workers` at a time (they share the GPU)
+            for seed in seeds:
+                run_training(args.params, variant, decodings, args.out, args.align, seed, args.per_epoch, args.keep_texts)
+    else:  # one process per training, align variant and split, at most `workers` at a time (they share the GPU)
         running: list[subprocess.Popen] = []
-        pending = [(t, a) for t in trainings for a in (args.align or [None])]
+        pending = [(t, a, seed) for t in trainings for a in (args.align or [None]) for seed in seeds]
         while pending or running:
             running = [p for p in running if p.poll() is None]
             while pending and len(running) < args.workers:
-                variant, align = pending.pop(0)
+                variant, align, seed = pending.pop(0)
                 argv = [sys.executable, "-m", "benchmarks.sweep", "--params", args.params, "--out", str(args.out),
                         "--train", variant, *sum((["--decode", d] for d in decodings), []),
-                        *(["--align", align] if align else [])]
+                        *(["--align", align] if align else []), *(["--seeds", str(seed)] if seed is not None else []),
+                        *(["--per-epoch"] if args.per_epoch else []), *(["--keep-texts"] if args.keep_texts else [])]
                 running.append(subprocess.Popen(argv, env=os.environ.copy()))
             time.sleep(2)
     print(table(args.out))

@@ -76,6 +76,9 @@ class TrainingConfig:
     save_steps: int
     gradient_checkpointing: bool
     optimizer: str = "adamw_torch"
+    # keep the weights of the epoch with the lowest validation loss, not those of the last epoch
+    # (needs validation rows; the choice is in metrics/finetune.json)
+    keep_best_epoch: bool = True
     # rows one forward/backward pass carries; the optimiser still steps every batch_size x
     # grad_accum rows. auto: on a GPU the whole update in one pass (each process its share), on a
     # CPU batch_size. A number must divide the effective batch (per process)
@@ -93,8 +96,10 @@ class GenerationConfig:
     do_sample: bool
     temperature: float
     top_p: float
+    # Both repetition rules look at the answer's tokens only, never the prompt's (core/repetition.py):
+    # > 1 discourages tokens the answer already holds (restating the case stays free)
     repetition_penalty: float
-    no_repeat_ngram_size: int = 0  # > 0 forbids repeating any n-gram of this size
+    no_repeat_ngram_size: int = 0  # > 0 forbids repeating an n-gram of the answer's own tokens
     seed: int = 0
     num_beams: int = 1  # 1: greedy (or sampling); > 1: beam search, each row kept as this many beams
     length_penalty: float = 1.0  # beam search: > 1 favours longer finished beams, < 1 shorter ones
@@ -109,6 +114,18 @@ class GenerationConfig:
     # greedy decoding on a GPU with the hf backend through a static KV cache, the decode step
     # replayed as a CUDA graph (core/decoding.py; same tokens). false: transformers' generate()
     cuda_graphs: bool = True
+    # Answer lengths (new tokens) to choose among on the validation split: predict answers it at
+    # the longest, keeps the cut with the best ROUGE-L and cuts the test answers there too
+    # (0, with answer_prefix echo: the prefix alone). Empty, or no validation rows: max_new_tokens.
+    length_grid: list[int] = dataclasses.field(default_factory=list)
+    # echo: every answer starts with "summary" and the prompt echo (core/prompts.py), and the model
+    # writes the rest (the diagnosis and plan); the lengths above count the model's tokens only
+    answer_prefix: str = "none"
+
+    @property
+    def longest_answer(self) -> int:
+        """The most new tokens generation may need: max_new_tokens or the longest grid length."""
+        return max([self.max_new_tokens, *self.length_grid])
 
     @property
     def sequences_per_row(self) -> int:
@@ -184,10 +201,11 @@ _CHOICES = {
     "method": ("none", "dpo"),
     "rejected": ("llm", "sft"),  # each item of the list
     "engine": ("torch", "onnx"),
+    "answer_prefix": ("none", "echo"),
     "precision": ("int8", "int4", "fp32"),
 }
 # Bounds checked wherever a key of that name appears (training and generation alike).
-_AT_LEAST = {"batch_size": 1, "rows_per_pass": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num_beams": 1, "min_new_tokens": 0,
+_AT_LEAST = {"length_grid": 0, "batch_size": 1, "rows_per_pass": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num_beams": 1, "min_new_tokens": 0,
              "no_repeat_ngram_size": 0, "mbr_candidates": 0, "logging_steps": 1, "save_steps": 1, "max_pairs": 0}
 _ABOVE = {"learning_rate": 0, "temperature": 0, "repetition_penalty": 0, "top_p": 0, "alpha": 0, "max_seq_length": 0,
           "beta": 0}
@@ -201,7 +219,8 @@ def _type_name(tp: Any) -> str:
     if tp in names:
         return names[tp]
     if typing.get_origin(tp) is list:
-        return "a list of strings"
+        (item,) = typing.get_args(tp)
+        return "a list of strings" if item is str else f"a list of {_type_name(item).split(' ', 1)[1]}s"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -275,7 +294,8 @@ def _build_field(name: str, tp: Any, raw: Any, where: str) -> Any:
                                   f"{', '.join(_CHOICES[name])}, got {item!r}")
         if isinstance(value, list) and not value:
             raise ConfigError(f"{where}: expected at least one of {', '.join(_CHOICES[name])}, got an empty list")
-    _check_bounds(name, value, where)
+    for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+        _check_bounds(name, item, where if i is None else f"{where}[{i}]")
     return value
 
 
@@ -317,6 +337,8 @@ def _check_generation(g: GenerationConfig, where: str) -> None:
         problems.append(f"{where}.num_beams: beam search with do_sample: true is not supported; set do_sample: false or num_beams: 1")
     if g.num_beams > 1 and g.mbr_candidates and g.do_sample:
         problems.append(f"{where}.mbr_candidates: candidates are either beams (do_sample: false) or samples (num_beams: 1), not both")
+    if 0 in g.length_grid and g.answer_prefix == "none":
+        problems.append(f"{where}.length_grid: 0 (none of the model's tokens) leaves an empty answer without answer_prefix: echo")
     if g.engine == "onnx" and g.mbr_candidates:
         problems.append(f"{where}.mbr_candidates: the onnx engine does not do MBR selection; set mbr_candidates: 0 or engine: torch")
     if problems:

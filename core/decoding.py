@@ -5,7 +5,7 @@ Python and in kernel launches (about 80 ms a step for 200 rows of the Qwen3-0.6B
 H100, the GPU mostly waiting), and its cache grows by concatenation, copying itself every step.
 Here the cache is allocated once at its full length (transformers' StaticCache), the step's
 inputs live in fixed buffers, and the whole step (embedding, every layer, the last position's
-logits, the repetition penalty, the argmax) is captured once as a CUDA graph and then replayed:
+logits, the answer-only repetition rules of core/repetition.py, the argmax) is captured once as a CUDA graph and then replayed:
 one launch a token. Decoding ends when every row has emitted the stop token; once at most half
 of a batch is still going, the finished rows are dropped (their cache rows gathered away and the
 graph captured again for the smaller batch).
@@ -18,8 +18,8 @@ half of each step's time.
 The model is called as generate() calls it (left padding, positions counted from each row's
 first real token, the attention mask as a tensor), so greedy answers are the same tokens:
 tests/test_model.py checks it on a CPU without graphs, tests/test_gpu.py on a GPU with them.
-Only greedy decoding (optionally with a repetition penalty) goes this way; sampling, beams, MBR,
-n-gram bans and minimum lengths stay with generate() (core/generation.py decides).
+Only greedy decoding (optionally with the answer-only repetition penalty and n-gram rule) goes
+this way; sampling, beams, MBR and minimum lengths stay with generate() (core/generation.py decides).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import torch
 
 from core.config import GenerationConfig
+from core.repetition import penalise, repeated_ngram_bans
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,7 @@ SMALLEST_BATCH = 8  # below this many rows a smaller graph saves too little to r
 def applies_to(generation: GenerationConfig) -> bool:
     """Whether this decoder can produce what `generation` asks for: greedy, one sequence a row."""
     g = generation
-    return (not g.do_sample and g.num_beams == 1 and not g.mbr_candidates and not g.no_repeat_ngram_size
-            and not g.min_new_tokens)
-
-
-def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """transformers' repetition penalty: a seen token's logit divided by `penalty` if positive,
-    multiplied if negative."""
-    if penalty == 1.0:
-        return logits
-    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+    return not g.do_sample and g.num_beams == 1 and not g.mbr_candidates and not g.min_new_tokens
 
 
 def _grouped_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -93,10 +85,10 @@ class _Batch:
     """The decoding state of the rows still going: fixed-address buffers the graph reads and writes."""
 
     def __init__(self, model, prompts: list[list[int]], pad_id: int, max_new_tokens: int, penalty: float,
-                 device: torch.device) -> None:
+                 ngram_size: int, device: torch.device) -> None:
         from transformers import StaticCache
 
-        self.model, self.penalty = model, penalty
+        self.model, self.penalty, self.ngram_size = model, penalty, ngram_size
         n, width = len(prompts), max(len(p) for p in prompts)
         self.prompt_width, self.length = width, width + max_new_tokens
         ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -114,10 +106,11 @@ class _Batch:
         self.position = lengths.unsqueeze(1).clone()  # the position of the next token (the first new one: the prompt's length)
         self.token = torch.zeros((n, 1), dtype=torch.long, device=device)
         self.finished = torch.zeros(n, dtype=torch.bool, device=device)
-        self.seen = None
-        if penalty != 1.0:  # generate() penalises every token of the row so far, its padding included
-            self.seen = torch.zeros((n, model.config.get_text_config().vocab_size), dtype=torch.bool, device=device)
-            self.seen.scatter_(1, self.ids, True)
+        vocab = model.config.get_text_config().vocab_size
+        # the repetition rules see the answer's tokens only: `seen` and `history` start empty
+        self.seen = torch.zeros((n, vocab), dtype=torch.bool, device=device) if penalty != 1.0 else None
+        self.history = torch.zeros((n, max_new_tokens), dtype=torch.long, device=device) if ngram_size else None
+        self.written = torch.zeros((), dtype=torch.long, device=device)  # answer tokens in `history` (read inside the graph)
 
     def prefill(self) -> torch.Tensor:
         """Run the prompts, filling the cache; returns the first new token of each row."""
@@ -135,7 +128,10 @@ class _Batch:
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.seen is not None:
-            logits = _penalise(logits, self.seen, self.penalty)
+            logits = penalise(logits, self.seen, self.penalty)
+        if self.history is not None:
+            bans = repeated_ngram_bans(self.history, self.written, self.ngram_size, logits.shape[-1])
+            logits = logits.masked_fill(bans, -float("inf"))
         return logits.argmax(-1)
 
     def step(self) -> None:
@@ -151,13 +147,16 @@ class _Batch:
         self.keys[:, 0, 0, slot] = True
         if self.seen is not None:
             self.seen.scatter_(1, self.token, True)
+        if self.history is not None:
+            self.history[:, slot - self.prompt_width] = self.token.view(-1)
+        self.written.add_(1)
 
     def advance(self) -> None:
         self.position.add_(1)
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (new tensors: a graph must be captured again)."""
-        for name in ("rows", "keys", "position", "token", "finished", "seen"):
+        for name in ("rows", "keys", "position", "token", "finished", "seen", "history"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.index_select(0, index))
@@ -169,7 +168,8 @@ class _Batch:
 
 @torch.inference_mode()
 def greedy_decode(model, prompts: list[list[int]], stop_id: int, pad_id: int, max_new_tokens: int,
-                  repetition_penalty: float = 1.0, graphs: bool | None = None) -> tuple[list[list[int]], int]:
+                  repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                  graphs: bool | None = None) -> tuple[list[list[int]], int]:
     """Greedy answers to `prompts` (token ids, unpadded) in one batch: for each row the new token
     ids (up to its stop token; after that, anything), and the number of steps run. `graphs`:
     capture the decode step as a CUDA graph (default: on a CUDA device)."""
@@ -177,12 +177,12 @@ def greedy_decode(model, prompts: list[list[int]], stop_id: int, pad_id: int, ma
     device = next(inner.parameters()).device
     graphs = device.type == "cuda" if graphs is None else graphs
     with _grouped_attention(inner):
-        return _decode(inner, prompts, stop_id, pad_id, max_new_tokens, repetition_penalty, graphs, device)
+        batch = _Batch(inner, prompts, pad_id, max_new_tokens, repetition_penalty, no_repeat_ngram_size, device)
+        return _run(batch, len(prompts), stop_id, pad_id, max_new_tokens, graphs, device)
 
 
-def _decode(inner, prompts, stop_id, pad_id, max_new_tokens, repetition_penalty, graphs, device):
-    batch = _Batch(inner, prompts, pad_id, max_new_tokens, repetition_penalty, device)
-    out = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long, device=device)
+def _run(batch: _Batch, n: int, stop_id, pad_id, max_new_tokens, graphs, device):
+    out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
     batch.token.copy_(batch.prefill().unsqueeze(1))
     out[:, 0] = batch.token.view(-1)
     batch.record(batch.prompt_width, stop_id)

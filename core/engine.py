@@ -6,10 +6,13 @@ the tokenizer and `edge.json`: what this module needs to build the same prompts 
 export was made from. Nothing here imports torch or transformers, so a device needs only
 onnxruntime-genai, tokenizers and jinja2 (and this repository's core/).
 
-Decoding follows `generation` from params.yaml with ONNX Runtime GenAI's own search. Greedy
-decoding gives the tokens of the PyTorch path for an unquantized export (tested); beam search
-with a repetition penalty differs, because ONNX Runtime GenAI applies the penalty to the logits
-and transformers to the log-probabilities (docs/deploy.md has the measurements).
+Decoding follows `generation` from params.yaml with ONNX Runtime GenAI's own search; the
+repetition rules are ours, on the answer's tokens only (core/repetition.py), applied here to the
+logits before each step (`answer_only_rules`, NumPy). Greedy decoding gives the tokens of the
+PyTorch path for an unquantized export, rules included (tested). Beam search cannot take them:
+ONNX Runtime GenAI 0.18 shows the logits of every beam but the tokens of none but the best, so
+its beams search without the rules and the answer is cut where it first repeats a run of words
+(core.scoring.cut_at_first_loop), the substitute measured in docs/quality.md.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from tqdm.auto import tqdm
 from core.config import GenerationConfig
 from core.data import PROMPT, DataError
 from core.predictions import Generations
-from core.prompts import chat_messages, render_chat, user_message
+from core.prompts import answer_prefix, chat_messages, join_answer, render_chat, user_message
+from core.scoring import cut_at_first_loop
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +74,36 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
+def answer_only_rules(logits, answers: list[list[int]], penalty: float, ngram_size: int):
+    """core/repetition.py's rules in NumPy: `logits` [rows, vocab], each row's answer tokens so far.
+    A token the answer holds is penalised (positive logit / penalty, negative x penalty); a token
+    that would complete an n-gram the answer holds is forbidden."""
+    import numpy as np
+
+    logits = np.array(logits, dtype=np.float32, copy=True)
+    for row, answer in enumerate(answers):
+        if penalty != 1.0 and answer:
+            seen = np.unique(np.asarray(answer))
+            values = logits[row, seen]
+            logits[row, seen] = np.where(values < 0, values * penalty, values / penalty)
+        if ngram_size and len(answer) >= ngram_size:
+            suffix = answer[len(answer) - ngram_size + 1:] if ngram_size > 1 else []
+            for j in range(len(answer) - ngram_size + 1):
+                if answer[j:j + ngram_size - 1] == suffix:
+                    logits[row, answer[j + ngram_size - 1]] = -np.inf
+    return logits
+
+
 def search_options(generation: GenerationConfig, prompt_tokens: int) -> dict:
     """ONNX Runtime GenAI's search options for `generation` (its lengths count the prompt too)."""
     options = dict(
-        max_length=prompt_tokens + generation.max_new_tokens,
+        max_length=prompt_tokens + generation.longest_answer,
         min_length=prompt_tokens + generation.min_new_tokens,
         do_sample=generation.do_sample,
         num_beams=generation.num_beams,
-        repetition_penalty=generation.repetition_penalty,
-        no_repeat_ngram_size=generation.no_repeat_ngram_size,
+        # its own rules would count the prompt's tokens: ours (answer_only_rules) replace them
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
         length_penalty=generation.length_penalty,
         early_stopping=generation.early_stopping,
     )
@@ -123,7 +148,8 @@ class ExportedModel:
         return self.tokenizer.encode(self.prompt_text(row), add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        # a character whose bytes a cut split in two decodes to U+FFFD: it was never written whole
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd").strip()
 
     # --- answering ---------------------------------------------------------------------------
     def answer(self, row: dict, generation: GenerationConfig,
@@ -135,13 +161,26 @@ class ExportedModel:
             raise DataError("the vignette is empty: there is nothing to answer")
         og = self._og
         prompt = self.prompt_ids(row)
+        # an answer's prefix is encoded apart from the prompt, as training encodes the answer
+        prefix_text = answer_prefix(row, generation.answer_prefix)
+        prefix = self.tokenizer.encode(prefix_text, add_special_tokens=False).ids if prefix_text else []
         params = og.GeneratorParams(self.model)
-        params.set_search_options(**search_options(generation, len(prompt)))
+        params.set_search_options(**search_options(generation, len(prompt) + len(prefix)))
         generator = og.Generator(self.model, params)
-        generator.append_tokens(prompt)
+        generator.append_tokens(prompt + prefix)
+        rules = generation.repetition_penalty != 1.0 or generation.no_repeat_ngram_size > 0
+        beams = generation.num_beams > 1
         new: list[int] = []
-        shown = ""
+        shown = ""  # of the model's own text, after the prefix
+        if on_text is not None and prefix_text:
+            on_text(prefix_text + " ")
         while not generator.is_done():
+            if rules and not beams:
+                logits = generator.get_logits()  # [1, 1, vocab]
+                answer = [int(t) for t in generator.get_sequence(0)[len(prompt):]]  # the prefix included
+                shaped = answer_only_rules(logits.reshape(1, -1), [answer], generation.repetition_penalty,
+                                           generation.no_repeat_ngram_size)
+                generator.set_logits(shaped.reshape(logits.shape))
             generator.generate_next_token()
             if generation.num_beams == 1:
                 new.append(int(generator.get_next_tokens()[0]))
@@ -150,25 +189,32 @@ class ExportedModel:
                     if text.startswith(shown) and len(text) > len(shown):
                         on_text(text[len(shown):])
                         shown = text
-        if generation.num_beams > 1:
-            new = [int(t) for t in generator.get_sequence(0)[len(prompt):]]
+        if beams:
+            new = [int(t) for t in generator.get_sequence(0)[len(prompt) + len(prefix):]]
         if self.stop_id in new:
             new = new[: new.index(self.stop_id) + 1]
-        text = self.decode(new)
-        if on_text is not None and text != shown:
-            on_text(text[len(shown):] if text.startswith(shown) else "\n" + text)
-        return text, new
+        own = self.decode(new)
+        if rules and beams:
+            cut = cut_at_first_loop(own)
+            if cut != own:  # the kept tokens: those whose text is the cut answer
+                new = self.tokenizer.encode(cut, add_special_tokens=False).ids
+                own = cut
+        if on_text is not None and own != shown:
+            on_text(own[len(shown):] if own.startswith(shown) else "\n" + own)
+        return join_answer(prefix_text, own), new
 
     def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
         """Answer `rows` one at a time (batch 1, as on a device), timing each."""
-        texts, counts, stopped, seconds = [], [], [], []
+        texts, counts, stopped, seconds, ids = [], [], [], [], []
         start = time.perf_counter()
         for row in tqdm(rows, desc="answering", unit="row", disable=not progress):
             began = time.perf_counter()
             text, new = self.answer(row, generation)
             seconds.append(time.perf_counter() - began)
             texts.append(text)
+            ids.append(new)
             counts.append(len(new))
             stopped.append(bool(new) and new[-1] == self.stop_id)
         return Generations(texts, counts, stopped, time.perf_counter() - start, batch_size=1,
-                           decoded_tokens=sum(counts) * generation.num_beams, row_seconds=seconds)
+                           decoded_tokens=sum(counts) * generation.num_beams, row_seconds=seconds, token_ids=ids,
+                           prefixes=[answer_prefix(row, generation.answer_prefix) for row in rows])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +18,8 @@ from tqdm.auto import tqdm
 from core import decoding
 from core.config import GenerationConfig
 from core.predictions import Generations
+from core.prompts import join_answer
+from core.repetition import AnswerOnlyRepetition
 from core.scoring import rouge_l_matrix
 
 log = logging.getLogger(__name__)
@@ -70,13 +73,23 @@ def mbr_choice(candidates: list[str]) -> int:
     return max(range(n), key=lambda i: (expected[i], -i))
 
 
+def answer_only_rules(generation: GenerationConfig, answer_begins: list[int]) -> list[AnswerOnlyRepetition]:
+    """The logits processors for generate() that apply the repetition rules to the answer only
+    (`answer_begins`: the column of each row of the left-padded batch where its answer starts)."""
+    g = generation
+    if g.repetition_penalty == 1.0 and not g.no_repeat_ngram_size:
+        return []
+    return [AnswerOnlyRepetition(answer_begins, g.repetition_penalty, g.no_repeat_ngram_size)]
+
+
 def decoding_settings(generation: GenerationConfig) -> dict:
     """The keyword arguments of transformers' generate() that the configuration asks for."""
     g = generation
     settings = {
         "do_sample": g.do_sample,
-        "repetition_penalty": g.repetition_penalty,
-        "no_repeat_ngram_size": g.no_repeat_ngram_size,
+        # transformers' own rules would count the prompt's tokens: ours (answer_only_rules) replace them
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
         "min_new_tokens": g.min_new_tokens or None,
         "num_return_sequences": g.mbr_candidates or 1,
     }
@@ -94,8 +107,11 @@ def decoding_settings(generation: GenerationConfig) -> dict:
 
 @torch.inference_mode()
 def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generation: GenerationConfig,
-             dtype: torch.dtype, graphs_allowed: bool = False) -> Generations:
+             dtype: torch.dtype, decode: Callable[[list[int]], str], graphs_allowed: bool = False,
+             prefixes: list[tuple[str, list[int]]] | None = None) -> Generations:
     """Answer every prompt in `encoded` (token ids, no padding), in batches of similar length.
+    `prefixes` (text, token ids), one a row: the start of each answer, written for the model
+    (generation.answer_prefix); the model writes on from there and the repetition rules count it.
 
     With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
     still runs out of memory is halved and retried; a pinned batch size is never changed.
@@ -103,10 +119,13 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
     caller allows it (`graphs_allowed`: a model whose forward transformers owns) and
     `generation.cuda_graphs` is on."""
     tokenizer.padding_side = "left"
+    prefixes = prefixes or [("", [])] * len(encoded)
+    encoded = [ids + prefix for ids, (_, prefix) in zip(encoded, prefixes, strict=True)]
     # Similar lengths in one batch waste less on padding; results go back in input order.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     device = next(model.parameters()).device
-    fast = graphs_allowed and generation.cuda_graphs and device.type == "cuda" and decoding.applies_to(generation)
+    fast = (graphs_allowed and generation.cuda_graphs and device.type == "cuda" and decoding.applies_to(generation)
+            and not any(prefix for _, prefix in prefixes))
     settings = decoding_settings(generation)
     per_row = settings["num_return_sequences"]
     auto = generation.batch_size == "auto"
@@ -115,7 +134,7 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
         torch.cuda.reset_peak_memory_stats(device)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     longest = max((len(ids) for ids in encoded), default=0)
-    size = rows_per_batch(generation.batch_size, len(encoded), longest, generation.max_new_tokens,
+    size = rows_per_batch(generation.batch_size, len(encoded), longest, generation.longest_answer,
                           model.config, dtype, free, generation.sequences_per_row, static_cache=fast)
     if auto:
         log.info("batch_size auto: %d rows a batch of %d sequences each (%s)", size, generation.sequences_per_row,
@@ -123,7 +142,7 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
     if fast:
         log.info("greedy decoding through a static cache and CUDA graphs (generation.cuda_graphs)")
     n = len(encoded)
-    texts, counts, stopped = [""] * n, [0] * n, [False] * n
+    texts, counts, stopped, kept = [""] * n, [0] * n, [False] * n, [[] for _ in range(n)]
     largest = decoded = 0
     torch.manual_seed(generation.seed)
     start = time.perf_counter()
@@ -132,8 +151,8 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
         while done < n:
             index = order[done : done + size]
             try:
-                new, steps = _decode(model, tokenizer, [encoded[i] for i in index], stop_id, generation, settings,
-                                     device, fast)
+                new, steps = _decode(model, tokenizer, [encoded[i] for i in index], [len(prefixes[i][1]) for i in index],
+                                     stop_id, generation, settings, device, fast)
             except torch.cuda.OutOfMemoryError:
                 if not auto or size == 1:
                     raise
@@ -144,10 +163,11 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
             decoded += len(index) * generation.sequences_per_row * steps
             for k, i in enumerate(index):
                 candidates = [_trim(ids, stop_id) for ids in new[k * per_row : (k + 1) * per_row]]
-                decoded_texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids, _ in candidates]
+                decoded_texts = [join_answer(prefixes[i][0], decode(ids)) for ids, _ in candidates]
                 best = mbr_choice(decoded_texts) if per_row > 1 else 0
                 texts[i] = decoded_texts[best]
-                counts[i], stopped[i] = len(candidates[best][0]), candidates[best][1]
+                kept[i], stopped[i] = candidates[best]
+                counts[i] = len(kept[i])
             largest = max(largest, len(index))
             done += len(index)
             bar.update(len(index))
@@ -155,21 +175,26 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(device) / 2**30
-    return Generations(texts, counts, stopped, time.perf_counter() - start, largest, peak, decoded)
+    return Generations(texts, counts, stopped, time.perf_counter() - start, largest, peak, decoded, token_ids=kept,
+                       prefixes=[text for text, _ in prefixes])
 
 
-def _decode(model, tokenizer, prompts: list[list[int]], stop_id: int, generation: GenerationConfig, settings: dict,
-            device: torch.device, fast: bool) -> tuple[list[list[int]], int]:
+def _decode(model, tokenizer, prompts: list[list[int]], prefix_lengths: list[int], stop_id: int,
+            generation: GenerationConfig, settings: dict, device: torch.device, fast: bool) -> tuple[list[list[int]], int]:
     """One batch: the new token ids of each sequence (num_return_sequences a row, in row order)
-    and the number of decoding steps run."""
+    and the number of decoding steps run. Each prompt ends with its answer's prefix (`prefix_lengths` tokens)."""
     if fast:
-        return decoding.greedy_decode(model, prompts, stop_id, tokenizer.pad_token_id, generation.max_new_tokens,
-                                      generation.repetition_penalty)
+        return decoding.greedy_decode(model, prompts, stop_id, tokenizer.pad_token_id, generation.longest_answer,
+                                      generation.repetition_penalty, generation.no_repeat_ngram_size)
+    from transformers import LogitsProcessorList
+
     batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     batch = {k: v.to(device) for k, v in batch.items()}
-    output = model.generate(**batch, max_new_tokens=generation.max_new_tokens, eos_token_id=[stop_id],
-                            pad_token_id=tokenizer.pad_token_id, use_cache=True, **settings)
     width = batch["input_ids"].shape[1]
+    output = model.generate(**batch, max_new_tokens=generation.longest_answer, eos_token_id=[stop_id],
+                            pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                            logits_processor=LogitsProcessorList(answer_only_rules(generation, [width - n for n in prefix_lengths])),
+                            **settings)
     return output[:, width:].tolist(), output.shape[1] - width
 
 

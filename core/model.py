@@ -25,8 +25,8 @@ from core.backends import cuda_available, resolve_backend, resolve_dtype
 from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
 from core.data import ID, TARGET
 from core.generation import Generations, generate
-from core.prompts import chat_messages, user_message
-from core.training import (IGNORE_INDEX, TrainingDiverged, TrainingExamples, common_trainer_arguments,
+from core.prompts import answer_prefix, chat_messages, user_message
+from core.training import (IGNORE_INDEX, TrainingDiverged, TrainingExamples, best_epoch, common_trainer_arguments,
                            divergence_guard, resume_point, run_clock)
 from core.weights import resolve_checkpoint
 
@@ -76,6 +76,11 @@ class BaseUnslothModel:
     def encode(self, text: str) -> list[int]:
         # The chat template writes every special token itself: the tokenizer must add none.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        """An answer's text from its new token ids (the end-of-turn token dropped)."""
+        # a character whose bytes a cut split in two decodes to U+FFFD: it was never written whole
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd").strip()
 
     def training_examples(self, rows: Iterable[dict]) -> TrainingExamples:
         """Token ids and labels for training: prompt tokens are masked out of the loss, the
@@ -231,6 +236,9 @@ class BaseUnslothModel:
             log.info("resuming from %s", resume)
         clock = run_clock(resume)
         trainer.add_callback(clock)
+        keeper = best_epoch(self.model, output_dir, resumed_from_step) if val and training.keep_best_epoch else None
+        if keeper:
+            trainer.add_callback(keeper)
         result = trainer.train(resume_from_checkpoint=resume)
         seconds = clock.seconds  # the whole run, the part before a resume included
         self.tokenizer.padding_side = "left"
@@ -259,6 +267,14 @@ class BaseUnslothModel:
             # the epoch-end pass at the last step has scored the final weights already: not twice
             final = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
             metrics["val_loss"] = final[-1]["eval_loss"] if final else trainer.evaluate()["eval_loss"]
+            metrics["val_loss_by_epoch"] = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+        if keeper and keeper.best:
+            metrics["val_loss_last_epoch"] = metrics["val_loss"]
+            if keeper.restore(trainer.state.global_step):
+                log.info("kept the weights of epoch %g (val loss %.4f), not the last epoch's (%.4f)",
+                         keeper.best["epoch"], keeper.best["val_loss"], metrics["val_loss"])
+            # every evaluation went through the keeper, the final one too: its best is the run's
+            metrics["val_loss"], metrics["best_epoch"] = keeper.best["val_loss"], keeper.best["epoch"]
         if on_gpu:
             metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics
@@ -270,11 +286,15 @@ class BaseUnslothModel:
         self._require_loaded()
         self.backend.for_inference(self.model)
         encoded = [self.encode(self.prompt_for(row)) for row in rows]
+        # an answer's prefix is encoded apart from the prompt, as training encodes the answer
+        prefixes = [(text, self.encode(text) if text else []) for text in
+                    (answer_prefix(row, generation.answer_prefix) for row in rows)]
         stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
         # CUDA graphs need transformers' own forward. Unsloth replaces it, and once imported it
         # patches the model classes for every model of the process (capture failed there on an H100)
         graphs_allowed = self.backend.name == "hf" and "unsloth" not in sys.modules
-        return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, graphs_allowed)
+        return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, self.decode, graphs_allowed,
+                        prefixes)
 
     # --- adapters ---------------------------------------------------------------------------
     def save_adapter(self, path: str | Path) -> None:

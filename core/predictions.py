@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core import io
 from core.data import ID, TARGET, DataError, normalise, panel_of, prompt_echo, read_csv_records
-from core.scoring import rouge
+from core.scoring import loop_share, rouge
 
 # `chars` is the length of the text as generated: an integrity record, so that a text emptied
 # or cut after predict is told apart from an answer the model really left empty.
@@ -35,6 +35,8 @@ class Generations:
     peak_gpu_memory_gb: float = 0.0  # while generating; 0 on a CPU
     decoded_tokens: int = 0  # token positions decoded over every sequence carried (beams, candidates, padding)
     row_seconds: list[float] = field(default_factory=list)  # per row, where rows are answered one at a time
+    token_ids: list[list[int]] = field(default_factory=list)  # per row, the new tokens kept (end-of-turn token included)
+    prefixes: list[str] = field(default_factory=list)  # per row, the text written for the model before its tokens (answer_prefix)
 
     @property
     def tokens_per_second(self) -> float:
@@ -140,6 +142,8 @@ def validation_report(rows: list[dict], predictions: dict[str, Prediction]) -> t
         "rows": len(rows),
         "model": rouge(model, references),
         "prompt_echo": rouge(echo, references),
+        # answers that repeat a run of words (core.scoring.has_loop): the model's, and the clinicians' for scale
+        "loop_share": {"model": loop_share(model), "reference": loop_share(references)},
         "empty_responses": sum(not normalise(t) for t in model),
         "cut_at_max_new_tokens": sum(not predictions[row[ID]].stopped for row in rows),
         "mean_chars": {

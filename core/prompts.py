@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from core.data import PROMPT
+from core.data import PROMPT, prompt_echo
 
 # Row columns that tell the model which specialty is asked; the vignette itself does not say.
 CONTEXT_COLUMNS = (("Clinical panel", "Clinical Panel"), ("Nursing competency", "Nursing Competency"))
@@ -24,6 +24,23 @@ def user_message(row: dict) -> str:
     """
     context = [f"{label}: {row[col]}" for label, col in CONTEXT_COLUMNS if row.get(col)]
     return "\n".join(context + ["", row[PROMPT].strip()]) if context else row[PROMPT].strip()
+
+
+# What an answer begins with under `generation.answer_prefix: echo`: the way clinicians open
+# (most real answers start with "summary" and restate the case), in the case's own words.
+SUMMARY_OPENING = "summary"
+
+
+def answer_prefix(row: dict, kind: str) -> str:
+    """The text every answer to `row` starts with, written for the model before it writes the
+    rest: nothing (`none`), or "summary" and the prompt echo (`echo`: the vignette without the
+    nurse's introduction, normalised as the host scores it, which is how clinicians restate the case)."""
+    return f"{SUMMARY_OPENING} {prompt_echo(row)}" if kind == "echo" else ""
+
+
+def join_answer(prefix: str, text: str) -> str:
+    """An answer's full text: its prefix, then what the model wrote after it."""
+    return f"{prefix} {text}".strip() if prefix else text
 
 
 def chat_messages(system_prompt: str, user: str, response: str | None = None) -> list[dict]:

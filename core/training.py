@@ -5,6 +5,7 @@
 - `divergence_guard`: stop at the first loss or gradient norm that is not finite.
 - `RunClock`: wall-clock time of the whole run, across a resume from a checkpoint.
 - `write_training_log`: the DVCLive log, written from the trainer's history at the true steps.
+- `BestEpoch`: the trainable weights of the epoch with the lowest validation loss, put back at the end.
 
 transformers is imported inside functions (Unsloth must be imported before it; see core/model.py).
 """
@@ -21,6 +22,7 @@ from core import io
 
 IGNORE_INDEX = -100  # label value the loss skips
 CLOCK_FILE = "run_clock.json"  # written into each checkpoint directory
+BEST_FILE = "best_epoch.pt"  # the best epoch's trainable weights, in the run directory (for a resumed run)
 
 
 class TrainingDiverged(RuntimeError):
@@ -188,3 +190,53 @@ def write_training_log(path: str | Path, history: list[dict]) -> None:
             shutil.copytree(scratch / "log", tmp)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def best_epoch(model, output_dir, resumed_from_step: int):
+    """A trainer callback that keeps the trainable (LoRA) weights of the evaluation with the
+    lowest validation loss; `restore()` puts them back into `model` after training.
+
+    On real rows the validation loss bottoms out after 2-3 epochs and then climbs while the
+    training loss still falls (docs/quality.md): the last epoch is rarely the best one. The best
+    weights are also written to the run directory, so that a run resumed from a checkpoint keeps
+    the best of the part before the interruption (only if that part reached the checkpoint)."""
+    import torch
+    from transformers import TrainerCallback
+
+    saved = Path(output_dir) / BEST_FILE
+
+    class BestEpoch(TrainerCallback):
+        def __init__(self) -> None:
+            self.best: dict | None = None  # val_loss, epoch, step of the best evaluation so far
+            self.weights: dict | None = None
+            self.losses: list[dict] = []  # every evaluation: epoch, step, val_loss
+            if resumed_from_step and saved.exists():
+                record = torch.load(saved, map_location="cpu", weights_only=True)
+                if record["best"]["step"] <= resumed_from_step:
+                    self.best, self.weights = record["best"], record["weights"]
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            loss = (metrics or {}).get("eval_loss")
+            if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+                return
+            current = {"epoch": round(float(state.epoch or 0), 2), "step": state.global_step, "val_loss": float(loss)}
+            self.losses.append(current)
+            if self.best is not None and loss >= self.best["val_loss"]:
+                return
+            self.best = current
+            self.weights = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+            if state.is_world_process_zero:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"best": self.best, "weights": self.weights}, saved)
+
+        def restore(self, final_step: int) -> bool:
+            """Put the best weights back if they are not the final ones; whether it did."""
+            if self.best is None or self.best["step"] == final_step:
+                return False
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name in self.weights:
+                        p.copy_(self.weights[name].to(p.device, p.dtype))
+            return True
+
+    return BestEpoch()

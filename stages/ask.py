@@ -30,8 +30,10 @@ def load(export: str | Path = EXPORT, adapter: str | Path | None = ADAPTER) -> E
 
 
 def decoding(params_path: str | Path = "params.yaml", max_new_tokens: int | None = None) -> GenerationConfig:
+    """The profile's decoding at one answer length: `max_new_tokens` if given, else params.yaml's
+    (ask chooses no length: the length grid is predict's, on the validation split)."""
     generation = load_params(params_path).profile.generation
-    return replace(generation, max_new_tokens=max_new_tokens) if max_new_tokens else generation
+    return replace(generation, max_new_tokens=max_new_tokens or generation.max_new_tokens, length_grid=[])
 
 
 def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, stream=None) -> str:

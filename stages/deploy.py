@@ -41,11 +41,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def answer_in_own_process(rows_file: str) -> dict:
+def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
         report = Path(tmp) / "report.json"
         command = [sys.executable, "-m", "stages.ask", "--file", rows_file, "--export", EXPORT,
-                   "--out", str(Path(tmp) / "answers.csv"), "--report", str(report)]
+                   "--out", str(Path(tmp) / "answers.csv"), "--report", str(report),
+                   "--max-new-tokens", str(max_new_tokens)]
         # the child's own error line, if any, reaches the console as it is
         if subprocess.run(command).returncode != 0:
             logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, EXPORT)
@@ -60,7 +61,10 @@ def main() -> None:
     rows_file = VAL if rows else TEST  # data.val_fraction 0: timed on the test rows, not scored
     if not rows:
         rows = io.read_jsonl(TEST)
-    answered = answer_in_own_process(rows_file)
+    # the answer length predict chose on the validation split (or params.yaml's, where it chose none)
+    predicted = io.read_json("metrics/predict.json")
+    max_new_tokens = predicted.get("length", {}).get("max_new_tokens", g.max_new_tokens)
+    answered = answer_in_own_process(rows_file, max_new_tokens)
     info = io.read_json(f"{EXPORT}/{EDGE_FILE}")
     ms = [s * 1000 for s in answered["row_seconds"]]
     tokens, seconds = sum(answered["new_tokens"]), sum(answered["row_seconds"])
@@ -68,7 +72,7 @@ def main() -> None:
         # not "engine": predict.json's engine key would then clash in `dvc exp show`
         "export_engine": info["engine"], "precision": info["precision"], "split": Path(rows_file).stem, "rows": len(rows),
         "decoding": {"num_beams": g.num_beams, "do_sample": g.do_sample, "repetition_penalty": g.repetition_penalty,
-                     "max_new_tokens": g.max_new_tokens},
+                     "no_repeat_ngram_size": g.no_repeat_ngram_size, "max_new_tokens": max_new_tokens},
         "parameters": info["parameters"],
         "export_mb": directory_mb(EXPORT), "merged_mb": directory_mb(MERGED),
         "peak_rss_mb": answered["peak_rss_mb"],
@@ -87,7 +91,7 @@ def main() -> None:
         references = [row[TARGET] for row in rows]
         report["rougeL"] = {"export": rouge(answered["texts"], references)["rougeL"],
                             "prompt_echo": rouge([prompt_echo(r) for r in rows], references)["rougeL"]}
-        predicted_with = io.read_json("metrics/predict.json").get("engine", "torch")
+        predicted_with = predicted.get("engine", "torch")
         if predicted_with == "torch":
             predictions = read_predictions(PREDICTIONS, rows)
             torch_l = rouge([predictions[r[ID]].text for r in rows], references)["rougeL"]

@@ -14,7 +14,7 @@ LIVE = "dvclive/finetune"
 METRICS = "metrics/finetune.json"
 # The run's record beside the settings `dvc exp show` compares; the adapter directory holds
 # nothing of the run itself, so that the same inputs give the same adapter.
-RECORDED = ("train_loss", "val_loss", "train_runtime_s", "train_tokens_per_s", "resumed_from_step", "steps",
+RECORDED = ("train_loss", "val_loss", "best_epoch", "val_loss_last_epoch", "val_loss_by_epoch", "train_runtime_s", "train_tokens_per_s", "resumed_from_step", "steps",
             "effective_batch_size", "processes", "peak_gpu_memory_gb", "train_examples", "prompts_cut", "rows_dropped",
             "backend")
 
@@ -24,7 +24,8 @@ def run_card(params) -> dict:
     params.yaml, so without these one table of runs across profiles would need every profile's columns."""
     profile, training = params.profile, params.profile.training
     return {"lora_r": profile.lora.r, "learning_rate": training.learning_rate,
-            "epochs": training.epochs, "max_steps": training.max_steps, "load_in_4bit": profile.load_in_4bit}
+            "epochs": training.epochs, "max_steps": training.max_steps, "load_in_4bit": profile.load_in_4bit,
+            "keep_best_epoch": training.keep_best_epoch}
 
 
 def main() -> None:

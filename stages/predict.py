@@ -1,9 +1,12 @@
-"""predict: generate responses for the validation and test splits with the fine-tuned (and aligned) adapter."""
+"""predict: answer the validation and test splits with the fine-tuned (and aligned) adapter; the
+answer length is chosen on the validation answers and the test answers are cut at the same length."""
 import logging
 
 from core import io
 from core.config import load_params
-from core.predictions import Prediction, predictions_csv
+from core.data import TARGET
+from core.length import choose_length, cut, for_answering
+from core.predictions import predictions_csv
 from stages import run
 
 ADAPTER = "models/aligned"  # the align stage's output: the SFT adapter, preference-tuned or as it is
@@ -26,30 +29,40 @@ def main() -> None:
         model = model_for(params.profile, params.prompt.system, job="generate")
         model.load_adapter(ADAPTER)
         answer = model.generate_responses
+    splits = {split: io.read_jsonl(f"data/prepared/{split}.jsonl") for split in ("val", "test")}
+    decoding = for_answering(g, len(splits["val"]))
+    answers = {}
+    for split, rows in splits.items():
+        out = answers[split] = answer(rows, decoding)
+        logging.info("%s: %d responses in %.1f s, %.1f tokens/s, %.1f positions decoded per answer token",
+                     split, len(rows), out.seconds, out.tokens_per_second, out.decoding_work_ratio)
+    # the validation answers choose the length; the test answers are cut by the same rule
+    length = choose_length(answers["val"], [row[TARGET] for row in splits["val"]], decoding, model.decode)
     report, files = {}, {}
     # Both splits are answered before anything is written: a run stopped half-way leaves the
     # last good predictions and their metrics as they were, not a new val.csv beside an old test.csv.
-    for split in ("val", "test"):
-        rows = io.read_jsonl(f"data/prepared/{split}.jsonl")
-        out = answer(rows, g)
-        predictions = [Prediction(*fields) for fields in zip(out.texts, out.new_tokens, out.stopped)]
+    for split, rows in splits.items():
+        out = answers[split]
+        predictions = cut(out, length.max_new_tokens, model.decode)
         files[f"{split}.csv"] = predictions_csv(rows, predictions)
         report[split] = {
             "rows": len(rows),
             "seconds": out.seconds,
             "seconds_per_row": out.seconds / max(len(rows), 1),
             "tokens_per_s": out.tokens_per_second,
-            "mean_new_tokens": sum(out.new_tokens) / max(len(rows), 1),
+            "mean_new_tokens": sum(p.new_tokens for p in predictions) / max(len(rows), 1),
             # beam search's and MBR's extra cost: positions decoded per answer token (greedy: about 1)
             "decoding_work_ratio": out.decoding_work_ratio,
             "batch_size": out.batch_size,
             "peak_gpu_memory_gb": out.peak_gpu_memory_gb,
         }
-        logging.info("%s: %d responses in %.1f s, %.1f tokens/s, %.1f positions decoded per answer token",
-                     split, len(rows), out.seconds, out.tokens_per_second, out.decoding_work_ratio)
     # the decoding that made these answers, beside their cost, for a compact `dvc exp show`
-    report.update(engine=g.engine, num_beams=g.num_beams, mbr_candidates=g.mbr_candidates, max_new_tokens=g.max_new_tokens,
-                  repetition_penalty=g.repetition_penalty)
+    report.update(engine=g.engine, num_beams=g.num_beams, mbr_candidates=g.mbr_candidates,
+                  repetition_penalty=g.repetition_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size,
+                  answer_prefix=g.answer_prefix,
+                  length=length.as_record())
+    if length.chosen_by != "validation ROUGE-L":
+        logging.warning("answer length: max_new_tokens %d from params.yaml (%s)", length.max_new_tokens, length.chosen_by)
     io.write_files(OUT, files)
     io.write_json(METRICS, report)
 

@@ -35,3 +35,33 @@ def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and
     assert any(line.startswith("| generate tokens/s, batch 4 | ") for line in table)
     assert any(line.startswith("| auto: rows a batch | 4 | 4 | 1.00x |") for line in table)
     assert any(line.startswith("| rows a pass x passes a step | 2 x 2 | 2 x 2 |") for line in table)  # CPU: auto is batch_size
+
+
+def test_sweep_runs_through_the_stages_loader_on_several_splits_and_scores_every_epoch(tmp_path, repo_params, tiny_checkpoints):
+    import yaml
+
+    from tests.conftest import tiny_raw_params
+
+    raw = tiny_raw_params(repo_params, "qwen3", tiny_checkpoints["qwen3"])
+    raw["data"]["train_csv"] = str(REPO / "data/sample/train.csv")
+    raw["data"]["test_csv"] = str(REPO / "data/sample/test.csv")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "sweep.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sweep", "--params", str(params), "--out", str(out), "--seeds", "42,1", "--per-epoch",
+         "--train", "e2:epochs=2,learning_rate=1e-3,batch_size=16",
+         "--decode", "b2:num_beams=2,repetition_penalty=1.2,no_repeat_ngram_size=3,max_new_tokens=6,length_grid=[3,6]"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["split_seed"] for r in records) == [1, 42]
+    for r in records:
+        assert r["length"]["chosen_by"] == "validation ROUGE-L" and r["length"]["max_new_tokens"] in (3, 6)
+        assert set(r["length"]["rougeL_by_length"]) == {"3", "6"}
+        assert r["length"]["rougeL_by_length"][str(r["length"]["max_new_tokens"])] == r["model"]["rougeL"]
+        assert [e["epoch"] for e in r["epochs_scored"]] == [1.0, 2.0] and len(r["val_loss_by_epoch"]) == 2
+        assert r["val_loss"] == min(r["val_loss_by_epoch"]) and 0 <= r["loop_share"] <= 1
+        assert "-S models.qwen3.generation.length_grid=[3, 6]" in r["command"] or "length_grid" in r["command"]
+    assert "| e2 | none | b2 | 2 |" in done.stdout  # the table: one line, averaged over the two splits

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def short(family: str) -> list[str]:
     """Two steps and 8 greedy tokens: the profile's own generation keys win over the shared ones."""
     return ["-S", "training.max_steps=2", "-S", f"models.{family}.generation.max_new_tokens=8",
-            "-S", f"models.{family}.generation.num_beams=1"]
+            "-S", f"models.{family}.generation.num_beams=1", "-S", f"models.{family}.generation.length_grid=[0,4,8]"]
 
 
 def table(workspace):

@@ -72,6 +72,24 @@ def test_unquantized_export_answers_with_the_pytorch_tokens(exported):
     assert len(answers.row_seconds) == len(ROWS) and answers.batch_size == 1
 
 
+def test_unquantized_export_applies_the_answer_only_rules_and_the_prefix_as_pytorch_does(exported):
+    """Greedy decoding with the repetition rules on the answer only and the echo prefix: the engine
+    sets them on the logits itself (ONNX Runtime GenAI's own rules would count the prompt), and
+    gives PyTorch's tokens."""
+    params, model, root = exported
+    engine = ExportedModel(root / "fp32", adapter=root / "adapter")
+    for prefix in ("none", "echo"):
+        g = dataclasses.replace(greedy(params, max_new_tokens=24), repetition_penalty=1.3, no_repeat_ngram_size=3,
+                                answer_prefix=prefix)
+        reference = model.generate_responses(ROWS, g)
+        answers = engine.answer_rows(ROWS, g, progress=False)
+        assert answers.texts == reference.texts and answers.token_ids == reference.token_ids, prefix
+        assert answers.prefixes == reference.prefixes
+    assert all(text.startswith("summary ") for text in answers.texts)
+    plain = model.generate_responses(ROWS, dataclasses.replace(g, repetition_penalty=1.0, no_repeat_ngram_size=0))
+    assert plain.texts != reference.texts  # the rules changed what was written
+
+
 def test_int8_export_stays_close_to_the_pytorch_logits(exported):
     """int8 weights move the logits a little, which can flip a near tie between two tokens (a random
     model has many). The bound documented in docs/deploy.md: at each prompt's first answer token the

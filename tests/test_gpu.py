@@ -46,13 +46,13 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
     model.load_adapter(tmp_path / "adapter")  # as predict loads it
     if dtype == "float32":  # token for token, rows stopping at many lengths (the batch shrinks)
         monkeypatch.setattr(decoding, "SHRINK_BELOW", 0.95)
-        for penalty in (1.0, 1.2):
-            greedy = dataclasses.replace(profile.generation, num_beams=1, repetition_penalty=penalty)
+        for penalty, ngram in ((1.0, 0), (1.2, 0), (1.2, 4)):  # the answer-only rules inside the graph
+            greedy = dataclasses.replace(profile.generation, num_beams=1, repetition_penalty=penalty, no_repeat_ngram_size=ngram)
             with caplog.at_level("DEBUG", logger="core.decoding"):
                 fast, expected = static_against_generate(model, greedy, graphs=True)
-            assert fast == expected, penalty
+            assert fast == expected, (penalty, ngram)
         assert "the batch shrinks" in caplog.text
-    greedy = dataclasses.replace(profile.generation, num_beams=1, batch_size="auto")
+    greedy = dataclasses.replace(profile.generation, num_beams=1, batch_size="auto", no_repeat_ngram_size=4)
     graphs = model.generate_responses(ROWS[20:60], greedy)
     plain = model.generate_responses(ROWS[20:60], dataclasses.replace(greedy, cuda_graphs=False))
     differ = sum(a != b for a, b in zip(graphs.texts, plain.texts))

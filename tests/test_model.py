@@ -10,7 +10,7 @@ from core.config import parse_params
 from core.families import FAMILIES, model_for
 from core.backends import BackendError
 from core import decoding
-from core.generation import AUTO_MEMORY_SHARE, decoding_settings, mbr_choice, rows_per_batch
+from core.generation import AUTO_MEMORY_SHARE, answer_only_rules, decoding_settings, mbr_choice, rows_per_batch
 from core.model import IGNORE_INDEX, BaseUnslothModel, TrainingDiverged
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
@@ -166,9 +166,13 @@ def static_against_generate(model, generation, graphs: bool) -> tuple[list, list
     batch = model.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(model.model.device)
 
     def plain(stop_id):
+        from transformers import LogitsProcessorList
+
+        rules = LogitsProcessorList(answer_only_rules(generation, [batch["input_ids"].shape[1]] * len(prompts)))
         with torch.inference_mode():
             out = model.model.generate(**batch, max_new_tokens=40, eos_token_id=[stop_id], use_cache=True,
-                                       pad_token_id=model.tokenizer.pad_token_id, **decoding_settings(generation))
+                                       pad_token_id=model.tokenizer.pad_token_id, logits_processor=rules,
+                                       **decoding_settings(generation))
         return out[:, batch["input_ids"].shape[1]:].tolist()
 
     early = {}
@@ -182,20 +186,21 @@ def static_against_generate(model, generation, graphs: bool) -> tuple[list, list
 
     expected = [upto_stop(ids) for ids in plain(stop)]
     fast, steps = decoding.greedy_decode(model.model, prompts, stop, model.tokenizer.pad_token_id, 40,
-                                         generation.repetition_penalty, graphs=graphs)
+                                         generation.repetition_penalty, generation.no_repeat_ngram_size, graphs=graphs)
     assert steps == max(map(len, expected)) or steps % decoding.CHECK_EVERY == 0
     assert len({len(ids) for ids in expected}) >= 3  # rows stopped at different lengths
     return [upto_stop(ids) for ids in fast], expected
 
 
-@pytest.mark.parametrize("penalty", [1.0, 1.3])
-def test_static_cache_decoding_gives_generates_greedy_tokens(tiny, caplog, monkeypatch, penalty):
+@pytest.mark.parametrize("penalty, ngram", [(1.0, 0), (1.3, 0), (1.3, 3)])
+def test_static_cache_decoding_gives_generates_greedy_tokens(tiny, caplog, monkeypatch, penalty, ngram):
     """core/decoding.py (here eagerly, on a CPU; tests/test_gpu.py replays it as a CUDA graph)
     against transformers' generate(): the same tokens up to each row's stop token, with rows of
-    many prompt lengths, rows that stop early (the batch shrinks) and a repetition penalty."""
+    many prompt lengths, rows that stop early (the batch shrinks) and the answer-only repetition rules."""
     model, params = tiny
     model.attach_lora(seed=0)
-    generation = dataclasses.replace(params.profile.generation, num_beams=1, repetition_penalty=penalty)
+    generation = dataclasses.replace(params.profile.generation, num_beams=1, repetition_penalty=penalty,
+                                     no_repeat_ngram_size=ngram)
     monkeypatch.setattr(decoding, "SHRINK_BELOW", 0.95)  # drop finished rows as soon as one has finished
     with caplog.at_level("DEBUG", logger="core.decoding"):
         fast, expected = static_against_generate(model, generation, graphs=False)
@@ -332,3 +337,39 @@ def test_auto_answers_with_transformers_on_a_gpu_and_trains_with_unsloth(monkeyp
 def test_every_family_defines_its_template_tokens():
     for name, family in FAMILIES.items():
         assert family.chat_template and family.end_of_turn and family.pad_token != family.end_of_turn, name
+
+
+def test_the_best_epoch_by_validation_loss_is_kept(tiny, tmp_path, repo_params):
+    """Three epochs; the third is spoilt on purpose (its LoRA weights scrambled before it is
+    evaluated), so its validation loss is the worst: the weights kept are an earlier epoch's,
+    exactly, and the metrics say which."""
+    from transformers import TrainerCallback
+
+    model, params = tiny
+    training = tiny_params(repo_params, params.profile.family, params.profile.name, epochs=3, learning_rate=1e-3,
+                           batch_size=8).profile.training
+    assert training.keep_best_epoch
+
+    class SpoilLastEpochAndRecord(TrainerCallback):
+        weights = {}
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if round(state.epoch) == 3:
+                with torch.no_grad():
+                    for name, p in model.model.named_parameters():
+                        if "lora_B" in name:
+                            p.add_(torch.randn_like(p) * 5)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.weights[round(state.epoch)] = {n: p.detach().clone() for n, p in model.model.named_parameters() if p.requires_grad}
+
+    record = SpoilLastEpochAndRecord()
+    metrics = model.fine_tune(ROWS[:16], ROWS[16:24], training, tmp_path / "run", callbacks=[record])
+    losses = metrics["val_loss_by_epoch"]
+    assert len(losses) == 3 and losses[2] > min(losses[:2])
+    best = 1 + losses.index(min(losses))
+    assert metrics["best_epoch"] == best and metrics["val_loss"] == min(losses) and metrics["val_loss_last_epoch"] == losses[2]
+    kept = {n: p for n, p in model.model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(kept[n], w) for n, w in record.weights[best].items())
+    assert not all(torch.equal(kept[n], w) for n, w in record.weights[3].items())
+    assert (tmp_path / "run" / "best_epoch.pt").exists()  # for a run resumed from a checkpoint

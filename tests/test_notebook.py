@@ -31,7 +31,7 @@ def two_runs(tmp_path_factory, repo_params, tiny_checkpoints):
     run_dvc(repo, "exp", "run", "-n", "tiny-llama")
     run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", "model=qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}",
             "-S", "models.qwen3.training.epochs=1", "-S", "+models.qwen3.training.max_steps=3",
-            "-S", "models.qwen3.generation.max_new_tokens=12", "-S", "models.qwen3.generation.num_beams=1",
+            "-S", "models.qwen3.generation.max_new_tokens=12", "-S", "models.qwen3.generation.num_beams=1", "-S", "models.qwen3.generation.length_grid=[0,6,12]",
             "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2")  # SFT + DPO
     return repo
 

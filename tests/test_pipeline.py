@@ -18,7 +18,7 @@ def shorten(workspace: Path, **generation) -> None:
     path = workspace / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["models"]["smollm2"]["training"].update(max_steps=2)
-    params["models"]["smollm2"]["generation"].update({"max_new_tokens": 16, "num_beams": 2, **generation})
+    params["models"]["smollm2"]["generation"].update({"max_new_tokens": 16, "length_grid": [0, 8, 16], "num_beams": 2, **generation})
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
