@@ -81,7 +81,8 @@ def params_for(backend: str, checkpoint: str, family: str, variant: str, args) -
     # greedy unless --num-beams says otherwise, whatever the profile decodes with: the figures in
     # docs/benchmarks.md are greedy, and beam search multiplies the work by the beams
     generation = profile.setdefault("generation", {})
-    generation.update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    # and at one length, without the echo prefix: the speed of writing max_new_tokens tokens
+    generation.update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, length_grid=[], answer_prefix="none")
     name, *changes = variant.split("+")
     if name == "before":
         batch = training.get("batch_size", raw["training"]["batch_size"])

@@ -15,19 +15,13 @@ import dataclasses
 import json
 import logging
 
-import yaml
-
+from benchmarks.sweep import parse_variant
 from core import io
 from core.config import load_params
 from core.data import TARGET, prompt_echo
 from core.engine import ExportedModel
 from core.families import model_for
-from core.scoring import rouge
-
-
-def parse_decode(text: str) -> tuple[str, dict]:
-    name, _, settings = text.partition(":")
-    return name, {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in settings.split(",") if item)}
+from core.scoring import loop_share, rouge
 
 
 def main() -> None:
@@ -46,22 +40,24 @@ def main() -> None:
     model = model_for(params.profile, params.prompt.system)
     model.load_adapter(args.adapter)
     records = []
-    for name, overrides in map(parse_decode, args.decode):
-        generation = dataclasses.replace(params.profile.generation, **overrides)
+    for name, overrides in map(parse_variant, args.decode):
+        # one length, max_new_tokens: the length choice is predict's (both engines cut alike)
+        generation = dataclasses.replace(params.profile.generation, **{"length_grid": [], **overrides})
         record = {"decoding": name, **overrides, "rows": len(rows), "prompt_echo": echo,
                   "precision": exported.info["precision"]}
         for engine, answer in (("torch", model.generate_responses), ("export", exported.answer_rows)):
             out = answer(rows, generation)
             record[engine] = rouge(out.texts, references)["rougeL"]
+            record[f"{engine}_loop_share"] = loop_share(out.texts)
             record[f"{engine}_seconds_per_row"] = out.seconds / len(rows)
         record["loss"] = record["torch"] - record["export"]
         logging.info("%s", record)
         records.append(record)
-    print("| decoding | PyTorch | export | loss | prompt echo | s/row PyTorch (batched) | s/row export (batch 1) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| decoding | PyTorch | export | loss | prompt echo | loops PyTorch / export | s/row PyTorch (batched) | s/row export (batch 1) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in records:
         print(f"| {r['decoding']} | {r['torch']:.3f} | {r['export']:.3f} | {r['loss']:+.3f} | {r['prompt_echo']:.3f} | "
-              f"{r['torch_seconds_per_row']:.1f} | {r['export_seconds_per_row']:.1f} |")
+              f"{r['torch_loop_share']:.2f} / {r['export_loop_share']:.2f} | {r['torch_seconds_per_row']:.1f} | {r['export_seconds_per_row']:.1f} |")
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)

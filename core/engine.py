@@ -160,9 +160,13 @@ class ExportedModel:
         if not row.get(PROMPT, "").strip():
             raise DataError("the vignette is empty: there is nothing to answer")
         og = self._og
-        prompt = self.prompt_ids(row)
         # an answer's prefix is encoded apart from the prompt, as training encodes the answer
         prefix_text = answer_prefix(row, generation.answer_prefix)
+        if generation.longest_answer == 0:  # the length chosen on validation: the prefix alone
+            if on_text is not None:
+                on_text(prefix_text)
+            return prefix_text, []
+        prompt = self.prompt_ids(row)
         prefix = self.tokenizer.encode(prefix_text, add_special_tokens=False).ids if prefix_text else []
         params = og.GeneratorParams(self.model)
         params.set_search_options(**search_options(generation, len(prompt) + len(prefix)))

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import io
-from core.config import GenerationConfig, load_params
+from core.config import ConfigError, GenerationConfig, load_params
 from core.data import ID, PROMPT, TARGET, DataError, read_csv_records
 from core.engine import ExportedModel, peak_rss_mb
 from stages import run
@@ -31,9 +31,13 @@ def load(export: str | Path = EXPORT, adapter: str | Path | None = ADAPTER) -> E
 
 def decoding(params_path: str | Path = "params.yaml", max_new_tokens: int | None = None) -> GenerationConfig:
     """The profile's decoding at one answer length: `max_new_tokens` if given, else params.yaml's
-    (ask chooses no length: the length grid is predict's, on the validation split)."""
+    (ask chooses no length: the length grid is predict's, on the validation split). 0 new tokens
+    (the length predict may choose) is the answer prefix alone, so it needs one."""
     generation = load_params(params_path).profile.generation
-    return replace(generation, max_new_tokens=max_new_tokens or generation.max_new_tokens, length_grid=[])
+    if max_new_tokens == 0 and generation.answer_prefix == "none":
+        raise ConfigError("--max-new-tokens 0 leaves an empty answer: it needs generation.answer_prefix: echo")
+    length = generation.max_new_tokens if max_new_tokens is None else max_new_tokens
+    return replace(generation, max_new_tokens=length, length_grid=[])
 
 
 def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, stream=None) -> str:
@@ -64,12 +68,12 @@ def main() -> None:
     parser.add_argument("--report", help="with --file: write per-row timings and the process's peak memory here as JSON")
     parser.add_argument("--export", default=EXPORT, help=f"the exported model's directory (default {EXPORT})")
     parser.add_argument("--params", default="params.yaml", help="where the decoding settings are read")
-    parser.add_argument("--max-new-tokens", type=int, help="overrides generation.max_new_tokens")
+    parser.add_argument("--max-new-tokens", type=int, help="overrides generation.max_new_tokens (0: the answer prefix alone)")
     args = parser.parse_args()
     if (args.vignette is None) == (args.file is None):
         parser.error("give one vignette's text, or --file")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        parser.error("--max-new-tokens: expected at least 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 0:
+        parser.error("--max-new-tokens: expected at least 0")
     if args.vignette is not None and not args.vignette.strip():
         raise DataError("the vignette is empty: there is nothing to answer")
     generation = decoding(args.params, args.max_new_tokens)

@@ -28,7 +28,14 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
         engine = ["-S", "models.llama32.generation.engine=onnx"] if family == "llama32" else []  # predict with the export
         run_dvc(workspace, "exp", "run", "-n", f"tiny-{family}", "-S", f"model={family}",
                 "-S", f"models.{family}.name={tiny_checkpoints[family]}", *short(family), *engine)
-    assert json.loads((workspace / "metrics/predict.json").read_text())["engine"] == "onnx"
+    predicted = json.loads((workspace / "metrics/predict.json").read_text())
+    assert predicted["engine"] == "onnx" and predicted["answer_prefix"] == "echo"
+    # the answer length chosen on the validation answers, each grid length scored
+    assert predicted["length"]["chosen_by"] == "validation ROUGE-L" and set(predicted["length"]["rougeL_by_length"]) == {"0", "4", "8"}
+    assert predicted["length"]["rougeL_by_length"][str(predicted["length"]["max_new_tokens"])] == \
+        max(predicted["length"]["rougeL_by_length"].values())
+    evaluation = json.loads((workspace / "metrics/eval.json").read_text())
+    assert 0 <= evaluation["loop_share"]["model"] <= 1 and abs(evaluation["model"]["rougeL"] - max(predicted["length"]["rougeL_by_length"].values())) < 1e-9
     deploy = json.loads((workspace / "metrics/deploy.json").read_text())
     assert deploy["rougeL"]["torch"] is None and "rougeL_loss" not in deploy["limits"]  # nothing to compare with
 
@@ -54,14 +61,17 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
     assert row["train_loss"] > 0 and row["val_rougeL"] != row["val_rougeL"]  # NaN: nothing was scored
     deploy = json.loads((workspace / "metrics/deploy.json").read_text())
     assert deploy["split"] == "test" and "rougeL" not in deploy and deploy["rows"] == 12  # timed, not scored
+    # no validation rows to choose the answer length on: params.yaml's max_new_tokens, and the record says so
+    length = json.loads((workspace / "metrics/predict.json").read_text())["length"]
+    assert length == {"max_new_tokens": 8, "chosen_by": "params: no validation rows (data.val_fraction is 0)", "rougeL_by_length": {}}
 
     # the README's compact `dvc exp show`: the compared columns, none of every profile's keys
     noise = re.search(r"export KCR_NOISE='(.+)'", (REPO / "README.md").read_text()).group(1)
     shown = list(csv.DictReader(io.StringIO(run_dvc(workspace, "exp", "show", "--drop", noise, "--csv").stdout)))
     columns = set(shown[0])
     model = "model" if "model" in columns else "params.yaml:model"  # DVC qualifies a name it sees twice
-    assert {model, "lora_r", "learning_rate", "epochs", "effective_batch_size", "train_loss", "val_loss",
-            "model.rougeL", "prompt_echo.rougeL", "train_runtime_s", "test.seconds", "all_limits_pass", "peak_rss_mb",
+    assert {model, "lora_r", "learning_rate", "epochs", "effective_batch_size", "train_loss", "val_loss", "best_epoch",
+            "model.rougeL", "prompt_echo.rougeL", "loop_share.model", "length.max_new_tokens", "train_runtime_s", "test.seconds", "all_limits_pass", "peak_rss_mb",
             "ms_per_vignette.median", "rougeL.export"} <= columns, columns
     assert not [c for c in columns if c.startswith(("models.", "training.", "generation.")) or "/" in c], columns
     assert {row[model] for row in shown if row["Experiment"]} == {"qwen3", "llama32"}

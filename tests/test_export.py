@@ -169,6 +169,10 @@ def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tm
     done = ask(root, "--file", str(prompts_only), "--max-new-tokens", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert [line.split(",")[0] for line in done.stdout.splitlines()] == ["Master_Index", "1", "2"]
+    # 0 new tokens (a length predict may choose): the echo prefix alone, without running the model
+    done = ask(root, "--file", str(prompts_only), "--max-new-tokens", "0", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.splitlines()[1:] == ["1,summary a child 2 years fever cough",
+                                                                     "2,summary a woman 30 headache bp 170110"], done.stderr
     prompts_only.write_text("Prompt\nA child\n  \n")
     done = ask(root, "--file", str(prompts_only), cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.strip() == f"ERROR stages: {prompts_only}: row 2, column 'Prompt': empty vignette"
