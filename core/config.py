@@ -329,8 +329,9 @@ def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, w
 def _check_generation(g: GenerationConfig, where: str) -> None:
     """What no single key can say: settings that only make sense together."""
     problems = []
-    if g.min_new_tokens > g.max_new_tokens:
-        problems.append(f"{where}.min_new_tokens: {g.min_new_tokens} is more than max_new_tokens ({g.max_new_tokens})")
+    if g.min_new_tokens > g.longest_answer:
+        problems.append(f"{where}.min_new_tokens: {g.min_new_tokens} is more than the longest answer "
+                        f"({g.longest_answer} tokens: max_new_tokens and length_grid)")
     if g.mbr_candidates == 1:
         problems.append(f"{where}.mbr_candidates: expected 0 (off) or at least 2 candidates to choose among, got 1")
     if g.num_beams > 1 and g.do_sample and g.mbr_candidates == 0:

@@ -75,7 +75,7 @@ G = "generation (with models.smollm2.generation)"
         ("length_penalty", "long", f"{G}.length_penalty: expected a number, got 'long'"),
         ("early_stopping", "yes", f"{G}.early_stopping: expected true or false, got 'yes'"),
         ("min_new_tokens", -1, f"{G}.min_new_tokens: expected at least 0, got -1"),
-        ("min_new_tokens", 500, f"{G}.min_new_tokens: 500 is more than max_new_tokens (200)"),
+        ("min_new_tokens", 500, f"{G}.min_new_tokens: 500 is more than the longest answer (40 tokens: max_new_tokens and length_grid)"),
         ("mbr_candidates", 1, f"{G}.mbr_candidates: expected 0 (off) or at least 2 candidates"),
         ("mbr_candidates", -2, f"{G}.mbr_candidates: expected at least 0, got -2"),
         ("max_new_tokens", 0, f"{G}.max_new_tokens: expected at least 1, got 0"),
