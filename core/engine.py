@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from core.config import GenerationConfig
 from core.data import PROMPT, DataError
 from core.predictions import Generations
-from core.prompts import answer_prefix, chat_messages, join_answer, render_chat, user_message
+from core.prompts import answer_prefix, chat_messages, join_answer, render_chat, tidy_answer, user_message
 from core.scoring import cut_at_first_loop
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,7 @@ class ExportedModel:
         return self.tokenizer.encode(self.prompt_text(row), add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
-        # a character whose bytes a cut split in two decodes to U+FFFD: it was never written whole
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd").strip()
+        return tidy_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     # --- answering ---------------------------------------------------------------------------
     def answer(self, row: dict, generation: GenerationConfig,

@@ -10,6 +10,7 @@ or an empty grid, the length is `generation.max_new_tokens`, and the record says
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -65,6 +66,4 @@ def choose_length(answers: Generations, references: list[str], generation: Gener
 def for_answering(generation: GenerationConfig, validation_rows: int) -> GenerationConfig:
     """The decoding to generate with: up to the grid's longest length where a choice will be made,
     else only up to max_new_tokens (no need to generate what would be cut)."""
-    import dataclasses
-
     return generation if validation_rows else dataclasses.replace(generation, length_grid=[])

@@ -25,7 +25,7 @@ from core.backends import cuda_available, resolve_backend, resolve_dtype
 from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
 from core.data import ID, TARGET
 from core.generation import Generations, generate
-from core.prompts import answer_prefix, chat_messages, user_message
+from core.prompts import answer_prefix, chat_messages, tidy_answer, user_message
 from core.training import (IGNORE_INDEX, TrainingDiverged, TrainingExamples, best_epoch, common_trainer_arguments,
                            divergence_guard, resume_point, run_clock)
 from core.weights import resolve_checkpoint
@@ -79,8 +79,7 @@ class BaseUnslothModel:
 
     def decode(self, ids: list[int]) -> str:
         """An answer's text from its new token ids (the end-of-turn token dropped)."""
-        # a character whose bytes a cut split in two decodes to U+FFFD: it was never written whole
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd").strip()
+        return tidy_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def training_examples(self, rows: Iterable[dict]) -> TrainingExamples:
         """Token ids and labels for training: prompt tokens are masked out of the loss, the

@@ -38,6 +38,12 @@ def answer_prefix(row: dict, kind: str) -> str:
     return f"{SUMMARY_OPENING} {prompt_echo(row)}" if kind == "echo" else ""
 
 
+def tidy_answer(decoded: str) -> str:
+    """A decoded answer without the edges a cut leaves: surrounding space, and a U+FFFD where the
+    cut split a character's bytes (it was never written whole)."""
+    return decoded.strip().rstrip("\ufffd").strip()
+
+
 def join_answer(prefix: str, text: str) -> str:
     """An answer's full text: its prefix, then what the model wrote after it."""
     return f"{prefix} {text}".strip() if prefix else text
