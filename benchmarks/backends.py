@@ -8,7 +8,7 @@ and padding-free one-pass training: the same LoRA fine-tuning and generation wor
 
 Variants: `before` is how the code ran until then (padded passes of batch_size rows,
 accumulated grad_accum times; transformers' generate()); `after` is the profile's settings as
-they are now (rows_per_pass auto, padding_free auto, generation.cuda_graphs). Training runs
+they are now (rows_per_pass auto, padding_free auto, generation.static_cache). Training runs
 at the profile's settings (4-bit, checkpointing, batch x accumulation) unless flags say otherwise.
 
 The model is a random-init checkpoint with the real shape of Qwen3-0.6B or Llama-3.2-1B
@@ -78,16 +78,18 @@ def params_for(backend: str, checkpoint: str, family: str, variant: str, args) -
         if getattr(args, key) is not None:
             training[key] = getattr(args, key)
     training.update(max_steps=args.steps, logging_steps=1, save_steps=10_000)
-    # greedy unless --num-beams says otherwise, whatever the profile decodes with: the figures in
-    # docs/benchmarks.md are greedy, and beam search multiplies the work by the beams
+    # at one length (max_new_tokens, no length grid); with --decoding profile, the profile's own
+    # decoding (its beams, repetition rules and answer prefix), else greedy without the prefix
+    # (--num-beams to change the beams): the speed of writing max_new_tokens tokens
     generation = profile.setdefault("generation", {})
-    # and at one length, without the echo prefix: the speed of writing max_new_tokens tokens
-    generation.update(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, length_grid=[], answer_prefix="none")
+    generation.update(max_new_tokens=args.max_new_tokens, length_grid=[])
+    if args.decoding == "greedy":
+        generation.update(num_beams=args.num_beams, answer_prefix="none")
     name, *changes = variant.split("+")
     if name == "before":
         batch = training.get("batch_size", raw["training"]["batch_size"])
         training.update(rows_per_pass=batch, padding_free=False)
-        generation.update(cuda_graphs=False)
+        generation.update(static_cache=False)
     for change in changes:  # after+padding_free=false: a training or generation key changed
         key, value = change.split("=", 1)
         (generation if key in raw["generation"] else training)[key] = yaml.safe_load(value)
@@ -178,7 +180,9 @@ def main() -> None:
                         help="comma-separated numbers or auto (what the GPU profiles use); batch 1 runs on --batch1-rows rows")
     parser.add_argument("--batch1-rows", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--num-beams", type=int, default=1, help="1: greedy (default); more: beam search")
+    parser.add_argument("--decoding", default="greedy", choices=["greedy", "profile"],
+                        help="greedy (without the answer prefix), or the profile's own decoding (beams, rules, prefix)")
+    parser.add_argument("--num-beams", type=int, default=1, help="with --decoding greedy: 1 (default), or beam search")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--tiny", action="store_true", help="a tiny model instead of the real shape (smoke test, CPU)")
     parser.add_argument("--write-csv", metavar="DIR", help="only write the scaled train/test CSVs to DIR")
@@ -263,9 +267,11 @@ def print_table(args, results: dict) -> None:
         return fmt.format(value)
 
     flags = ("batch_size", "grad_accum", "dtype", "load_in_4bit", "gradient_checkpointing", "num_beams")
-    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    decoding = getattr(args, "decoding", "greedy")  # runs saved before --decoding existed were greedy
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None and not (k == "num_beams" and decoding == "profile")}
     print(f"\n{args.shape} shape, {args.rows} rows, {args.steps} steps, {args.gen_rows} prompts x up to "
-          f"{args.max_new_tokens} new tokens; the profile's settings{f' except {given}' if given else ''}")
+          f"{args.max_new_tokens} new tokens, {'the profile' if decoding == 'profile' else 'greedy'} decoding; "
+          f"the profile's settings{f' except {given}' if given else ''}")
     print("| measure | " + " | ".join(names) + "".join(f" | {b}: after / before" for b in pairs) + " |")
     print("|---" * (len(names) + 1 + len(pairs)) + "|")
     for label, get, fmt in rows:

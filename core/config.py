@@ -111,9 +111,10 @@ class GenerationConfig:
     # torch: the fine-tuned adapter through PyTorch; onnx: the export stage's quantized model
     # through ONNX Runtime GenAI (core/engine.py), on the CPU
     engine: str = "torch"
-    # greedy decoding on a GPU with the hf backend through a static KV cache, the decode step
-    # replayed as a CUDA graph (core/decoding.py; same tokens). false: transformers' generate()
-    cuda_graphs: bool = True
+    # greedy and beam search with the hf backend through a static KV cache, each prompt run once
+    # whatever its beams, each step replayed as a CUDA graph on a GPU (core/decoding.py; the
+    # tokens of generate()). false: transformers' generate()
+    static_cache: bool = True
     # Answer lengths (new tokens) to choose among on the validation split: predict answers it at
     # the longest, keeps the cut with the best ROUGE-L and cuts the test answers there too
     # (0, with answer_prefix echo: the prefix alone). Empty, or no validation rows: max_new_tokens.

@@ -107,7 +107,7 @@ def decoding_settings(generation: GenerationConfig) -> dict:
 
 @torch.inference_mode()
 def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generation: GenerationConfig,
-             dtype: torch.dtype, decode: Callable[[list[int]], str], graphs_allowed: bool = False,
+             dtype: torch.dtype, decode: Callable[[list[int]], str], static_allowed: bool = False,
              prefixes: list[tuple[str, list[int]]] | None = None) -> Generations:
     """Answer every prompt in `encoded` (token ids, no padding), in batches of similar length.
     `prefixes` (text, token ids), one a row: the start of each answer, written for the model
@@ -115,17 +115,16 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
 
     With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
     still runs out of memory is halved and retried; a pinned batch size is never changed.
-    Greedy decoding on a GPU goes through core/decoding.py (static cache, CUDA graphs) where the
-    caller allows it (`graphs_allowed`: a model whose forward transformers owns) and
-    `generation.cuda_graphs` is on."""
+    Greedy and beam-search decoding go through core/decoding.py (a static cache, each prompt run
+    once whatever its beams; each step a CUDA graph on a GPU) where the caller allows it
+    (`static_allowed`: a model whose forward transformers owns) and `generation.static_cache` is on."""
     tokenizer.padding_side = "left"
     prefixes = prefixes or [("", [])] * len(encoded)
     encoded = [ids + prefix for ids, (_, prefix) in zip(encoded, prefixes, strict=True)]
     # Similar lengths in one batch waste less on padding; results go back in input order.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     device = next(model.parameters()).device
-    fast = (graphs_allowed and generation.cuda_graphs and device.type == "cuda" and decoding.applies_to(generation)
-            and not any(prefix for _, prefix in prefixes))
+    fast = static_allowed and generation.static_cache and decoding.applies_to(generation)
     settings = decoding_settings(generation)
     per_row = settings["num_return_sequences"]
     auto = generation.batch_size == "auto"
@@ -140,7 +139,8 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
         log.info("batch_size auto: %d rows a batch of %d sequences each (%s)", size, generation.sequences_per_row,
                  f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU")
     if fast:
-        log.info("greedy decoding through a static cache and CUDA graphs (generation.cuda_graphs)")
+        log.info("decoding through a static cache%s (generation.static_cache)",
+                 ", each step a CUDA graph" if device.type == "cuda" else "")
     n = len(encoded)
     texts, counts, stopped, kept = [""] * n, [0] * n, [False] * n, [[] for _ in range(n)]
     largest = decoded = 0
@@ -184,8 +184,8 @@ def _decode(model, tokenizer, prompts: list[list[int]], prefix_lengths: list[int
     """One batch: the new token ids of each sequence (num_return_sequences a row, in row order)
     and the number of decoding steps run. Each prompt ends with its answer's prefix (`prefix_lengths` tokens)."""
     if fast:
-        return decoding.greedy_decode(model, prompts, stop_id, tokenizer.pad_token_id, generation.longest_answer,
-                                      generation.repetition_penalty, generation.no_repeat_ngram_size)
+        return decoding.decode(model, prompts, prefix_lengths, stop_id, tokenizer.pad_token_id, generation,
+                               generation.longest_answer)
     from transformers import LogitsProcessorList
 
     batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")

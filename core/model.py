@@ -289,10 +289,10 @@ class BaseUnslothModel:
         prefixes = [(text, self.encode(text) if text else []) for text in
                     (answer_prefix(row, generation.answer_prefix) for row in rows)]
         stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
-        # CUDA graphs need transformers' own forward. Unsloth replaces it, and once imported it
-        # patches the model classes for every model of the process (capture failed there on an H100)
-        graphs_allowed = self.backend.name == "hf" and "unsloth" not in sys.modules
-        return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, self.decode, graphs_allowed,
+        # The static-cache decoder needs transformers' own forward. Unsloth replaces it, and once imported
+        # it patches the model classes for every model of the process (capture failed there on an H100)
+        static_allowed = self.backend.name == "hf" and "unsloth" not in sys.modules
+        return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, self.decode, static_allowed,
                         prefixes)
 
     # --- adapters ---------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
         (lambda r: r["training"].update(rows_per_pass=0), "training (with models.smollm2.training).rows_per_pass: expected at least 1, got 0"),
         (lambda r: r["training"].update(rows_per_pass="all"), "rows_per_pass: expected one of auto, got 'all'"),
         (lambda r: r["training"].update(padding_free="yes"), "padding_free: expected one of auto, got 'yes'"),
-        (lambda r: r["generation"].update(cuda_graphs="auto"), "cuda_graphs: expected true or false, got 'auto'"),
+        (lambda r: r["generation"].update(static_cache="auto"), "static_cache: expected true or false, got 'auto'"),
     ],
 )
 def test_bad_params_name_the_key(repo_params, edit, message):

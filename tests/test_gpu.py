@@ -9,7 +9,7 @@ from core.model import BaseUnslothModel
 from tests.checkpoints import REPO, build_checkpoint
 from tests.conftest import tiny_params
 from core.data import read_vignettes
-from tests.test_model import static_against_generate
+from tests.test_model import STATIC_CASES, static_against_generate
 
 pytestmark = pytest.mark.gpu
 ROWS = read_vignettes(REPO / "data" / "sample" / "train.csv", labelled=True)
@@ -25,7 +25,7 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
     """The fast generation path (hf backend: static cache, decode step replayed as a CUDA graph,
     grouped decode attention, finished rows dropped) against transformers' generate() on a small
     model, without and with a repetition penalty; and through generate_responses with
-    generation.cuda_graphs on and off. In float32 the tokens are the same. In bfloat16 the two
+    generation.static_cache on and off. In float32 the tokens are the same. In bfloat16 the two
     paths' attention kernels round differently, so a near-tie between two tokens can go either
     way; the share of rows that differ at all is bounded here and measured in docs/benchmarks.md."""
     import sys
@@ -46,19 +46,28 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
     model.load_adapter(tmp_path / "adapter")  # as predict loads it
     if dtype == "float32":  # token for token, rows stopping at many lengths (the batch shrinks)
         monkeypatch.setattr(decoding, "SHRINK_BELOW", 0.95)
-        for penalty, ngram in ((1.0, 0), (1.2, 0), (1.2, 4)):  # the answer-only rules inside the graph
-            greedy = dataclasses.replace(profile.generation, num_beams=1, repetition_penalty=penalty, no_repeat_ngram_size=ngram)
+        # greedy and beams, the answer-only rules and the answers' prefixes inside the graph
+        shrunk = set()
+        for beams, returned, penalty, ngram, prefixes in STATIC_CASES:
+            decoding_ = dataclasses.replace(profile.generation, num_beams=beams, repetition_penalty=penalty,
+                                            no_repeat_ngram_size=ngram, mbr_candidates=returned if returned > 1 else 0)
+            caplog.clear()
             with caplog.at_level("DEBUG", logger="core.decoding"):
-                fast, expected = static_against_generate(model, greedy, graphs=True)
-            assert fast == expected, (penalty, ngram)
-        assert "the batch shrinks" in caplog.text
-    greedy = dataclasses.replace(profile.generation, num_beams=1, batch_size="auto", no_repeat_ngram_size=4)
-    graphs = model.generate_responses(ROWS[20:60], greedy)
-    plain = model.generate_responses(ROWS[20:60], dataclasses.replace(greedy, cuda_graphs=False))
-    differ = sum(a != b for a, b in zip(graphs.texts, plain.texts))
-    assert any(plain.texts)  # the comparison is not between empty answers
-    # float32: the same answers; bfloat16: at most 1 in 10 differs (0 of 40 when measured)
-    assert differ <= (0 if dtype == "float32" else 4), f"{differ} of 40 answers differ"
+                fast, expected = static_against_generate(model, decoding_, graphs=True, with_prefixes=prefixes,
+                                                         max_new_tokens=40 if beams == 1 else 72)
+            assert fast == expected, (beams, returned, penalty, ngram, prefixes)
+            if "the batch shrinks" in caplog.text:
+                shrunk.add("greedy" if beams == 1 else "beams")
+        assert shrunk == {"greedy", "beams"}  # a graph captured again for fewer rows went on right
+    for beams in (1, 4):  # greedy, and the profiles' beam search with their rules and echo prefix
+        settings = dataclasses.replace(profile.generation, num_beams=beams, batch_size="auto", no_repeat_ngram_size=4,
+                                       length_grid=[], max_new_tokens=32, answer_prefix="echo")
+        graphs = model.generate_responses(ROWS[20:60], settings)
+        plain = model.generate_responses(ROWS[20:60], dataclasses.replace(settings, static_cache=False))
+        differ = sum(a != b for a, b in zip(graphs.texts, plain.texts))
+        assert any(plain.texts)  # the comparison is not between empty answers
+        # float32: the same answers; bfloat16: at most 1 in 10 differs (0 of 40 when measured, greedy)
+        assert differ <= (0 if dtype == "float32" else 4), f"{beams} beams: {differ} of 40 answers differ"
     model.cleanup_model()
     BaseUnslothModel.clear_cache()
 

@@ -157,23 +157,28 @@ def test_generation_is_batched_greedy_and_order_preserving(tiny):
     assert model.tokenizer.padding_side == "left"
 
 
-def static_against_generate(model, generation, graphs: bool) -> tuple[list, list]:
-    """Greedy answers of 10 rows of many prompt lengths from core/decoding.py and from
-    transformers' generate(), each cut after the stop token. A random model rarely ends its turn,
-    so the stop token is the one most rows write early: rows end at many lengths, and some have
-    ended at the decoder's first look (so the batch shrinks, if SHRINK_BELOW allows)."""
+def static_against_generate(model, generation, graphs: bool, with_prefixes: bool = False,
+                            max_new_tokens: int = 40) -> tuple[list, list]:
+    """Answers of 10 rows of many prompt lengths from core/decoding.py and from transformers'
+    generate() (greedy or beams, as `generation` says; every returned sequence), each cut after
+    the stop token. A random model rarely ends its turn, so the stop token is the one most rows
+    write early: rows end at many lengths, and some have ended at the decoder's first look (so
+    the batch shrinks, if SHRINK_BELOW allows). `with_prefixes`: the last 0-4 tokens of each
+    prompt are its answer's prefix, which the repetition rules count."""
     prompts = [model.encode(model.prompt_for(row))[: 20 + 7 * i] for i, row in enumerate(ROWS[:10])]
+    prefix_lengths = [(3 * i) % 5 if with_prefixes else 0 for i in range(len(prompts))]
     batch = model.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(model.model.device)
+    width = batch["input_ids"].shape[1]
 
     def plain(stop_id):
         from transformers import LogitsProcessorList
 
-        rules = LogitsProcessorList(answer_only_rules(generation, [batch["input_ids"].shape[1]] * len(prompts)))
+        rules = LogitsProcessorList(answer_only_rules(generation, [width - m for m in prefix_lengths]))
         with torch.inference_mode():
-            out = model.model.generate(**batch, max_new_tokens=40, eos_token_id=[stop_id], use_cache=True,
+            out = model.model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=[stop_id], use_cache=True,
                                        pad_token_id=model.tokenizer.pad_token_id, logits_processor=rules,
                                        **decoding_settings(generation))
-        return out[:, batch["input_ids"].shape[1]:].tolist()
+        return out[:, width:].tolist()
 
     early = {}
     for ids in plain(model.tokenizer.convert_tokens_to_ids(model.end_of_turn)):
@@ -185,25 +190,36 @@ def static_against_generate(model, generation, graphs: bool) -> tuple[list, list
         return ids[: ids.index(stop) + 1] if stop in ids else ids
 
     expected = [upto_stop(ids) for ids in plain(stop)]
-    fast, steps = decoding.greedy_decode(model.model, prompts, stop, model.tokenizer.pad_token_id, 40,
-                                         generation.repetition_penalty, generation.no_repeat_ngram_size, graphs=graphs)
-    assert steps == max(map(len, expected)) or steps % decoding.CHECK_EVERY == 0
+    fast, steps = decoding.decode(model.model, prompts, prefix_lengths, stop, model.tokenizer.pad_token_id, generation,
+                                  max_new_tokens, graphs=graphs)
+    if generation.sequences_per_row == 1:  # greedy stops at the first look after the last row's stop token
+        assert steps == max(map(len, expected)) or steps % decoding.CHECK_EVERY == 0
     assert len({len(ids) for ids in expected}) >= 3  # rows stopped at different lengths
     return [upto_stop(ids) for ids in fast], expected
 
 
-@pytest.mark.parametrize("penalty, ngram", [(1.0, 0), (1.3, 0), (1.3, 3)])
-def test_static_cache_decoding_gives_generates_greedy_tokens(tiny, caplog, monkeypatch, penalty, ngram):
+# (beams, answers returned, penalty, n-gram size, answer prefixes)
+STATIC_CASES = [(1, 1, 1.0, 0, False), (1, 1, 1.3, 0, False), (1, 1, 1.3, 3, True),
+                (4, 1, 1.0, 0, False), (4, 1, 1.2, 3, True), (3, 2, 1.2, 0, True)]
+
+
+@pytest.mark.parametrize("beams, returned, penalty, ngram, prefixes", STATIC_CASES)
+def test_static_cache_decoding_gives_generates_tokens(tiny, caplog, monkeypatch, beams, returned, penalty, ngram, prefixes):
     """core/decoding.py (here eagerly, on a CPU; tests/test_gpu.py replays it as a CUDA graph)
-    against transformers' generate(): the same tokens up to each row's stop token, with rows of
-    many prompt lengths, rows that stop early (the batch shrinks) and the answer-only repetition rules."""
+    against transformers' generate(), greedy and beam search (each prompt run once, its cache
+    copied to its beams; the N best beams for MBR): the same tokens up to each row's stop token,
+    with rows of many prompt lengths, rows that stop early (the batch shrinks), answer prefixes
+    and the answer-only repetition rules."""
     model, params = tiny
     model.attach_lora(seed=0)
-    generation = dataclasses.replace(params.profile.generation, num_beams=1, repetition_penalty=penalty,
-                                     no_repeat_ngram_size=ngram)
+    generation = dataclasses.replace(params.profile.generation, num_beams=beams, mbr_candidates=returned if returned > 1 else 0,
+                                     repetition_penalty=penalty, no_repeat_ngram_size=ngram)
     monkeypatch.setattr(decoding, "SHRINK_BELOW", 0.95)  # drop finished rows as soon as one has finished
     with caplog.at_level("DEBUG", logger="core.decoding"):
-        fast, expected = static_against_generate(model, generation, graphs=False)
+        # beams finish later than greedy rows (a prompt is done once its beams cannot improve)
+        fast, expected = static_against_generate(model, generation, graphs=False, with_prefixes=prefixes,
+                                                 max_new_tokens=40 if beams == 1 else 72)
+    assert len(fast) == 10 * returned
     assert fast == expected
     assert "the batch shrinks" in caplog.text  # finished rows were dropped, and the rest went on right
 
