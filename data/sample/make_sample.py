@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SEED = 20261126
-N_TRAIN, N_TEST = 160, 12
+N_TRAIN, N_TEST = 64, 8
 HERE = Path(__file__).resolve().parent
 
 COUNTIES = ["Kiambu", "Kakamega", "Uasin Gishu", "Nairobi", "Nakuru", "Meru", "Kisumu", "Machakos", "Bungoma",
