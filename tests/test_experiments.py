@@ -9,6 +9,7 @@ import time
 import pytest
 
 from notebooks.experiments import experiments_table
+from core.data import read_vignettes
 from tests.checkpoints import REPO
 from tests.dvc_helpers import run_dvc
 
@@ -56,11 +57,12 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
     assert (workspace / "data/prepared/val.jsonl").read_text() == ""
     evaluation = json.loads((workspace / "metrics/eval.json").read_text())
     assert evaluation["rows"] == 0 and evaluation["validation"].startswith("none") and "model" not in evaluation
-    assert (workspace / "submissions/submission.csv").read_text().count("\n") == 1 + 12  # header + every test row
+    test_rows = len(read_vignettes(REPO / "data/sample/test.csv", labelled=False))
+    assert (workspace / "submissions/submission.csv").read_text().count("\n") == 1 + test_rows  # header + every test row
     row = table(workspace).set_index("experiment").loc["tiny-all-rows"]
     assert row["train_loss"] > 0 and row["val_rougeL"] != row["val_rougeL"]  # NaN: nothing was scored
     deploy = json.loads((workspace / "metrics/deploy.json").read_text())
-    assert deploy["split"] == "test" and "rougeL" not in deploy and deploy["rows"] == 12  # timed, not scored
+    assert deploy["split"] == "test" and "rougeL" not in deploy and deploy["rows"] == test_rows  # timed, not scored
     # no validation rows to choose the answer length on: params.yaml's max_new_tokens, and the record says so
     length = json.loads((workspace / "metrics/predict.json").read_text())["length"]
     assert length == {"max_new_tokens": 8, "chosen_by": "params: no validation rows (data.val_fraction is 0)", "rougeL_by_length": {}}
