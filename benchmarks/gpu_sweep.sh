@@ -33,7 +33,9 @@ p = yaml.safe_load(open("params.yaml"))
 p["models"]["smollm2"].update(backend="hf", dtype="float32")  # as on a CPU
 p["models"]["smollm2"]["generation"]["batch_size"] = 32
 if os.environ.get("TRAIN_CSV"):  # real rows, carried in a git-ignored folder (../shared/real/README.md)
-    p["data"].update(train_csv=os.environ["TRAIN_CSV"], test_csv=os.environ.get("TEST_CSV", os.environ["TRAIN_CSV"]))
+    # and the real rows' split (the sample's 0.5 is for its 64 rows): VAL_FRACTION, 0.2 unless set
+    p["data"].update(train_csv=os.environ["TRAIN_CSV"], test_csv=os.environ.get("TEST_CSV", os.environ["TRAIN_CSV"]),
+                     val_fraction=float(os.environ.get("VAL_FRACTION", "0.2")))
 yaml.safe_dump(p, open("/tmp/sweep_params.yaml", "w"), sort_keys=False)
 from core.config import load_params
 from core.weights import resolve_checkpoint

@@ -9,8 +9,9 @@ the same order, on tensors whose shapes never change, so that core/decoding.py c
 decode step (forward, rules, this selection, the cache reorder) as one CUDA graph: the step
 number is a tensor, and nothing here reads a value back to the host.
 
-Only the tokens a beam generates are kept here (`running`, `finished`: [prompts, K, max_new]);
-the caller keeps the key/value cache and reorders it with `beam_rows`.
+Only the tokens a beam generates are kept here (`running`, `finished`: [prompts, K, max_new]).
+The caller keeps the key/value cache; `assign_rows` says which of its rows each new beam takes,
+so that only a beam that forks from another copies that beam's cache.
 """
 from __future__ import annotations
 
@@ -37,12 +38,11 @@ class BeamState:
         self.is_finished = torch.zeros((prompts, k), dtype=torch.bool, device=device)
         self.can_improve = torch.ones((prompts, 1), dtype=torch.bool, device=device)
         self.in_top_k = torch.arange(2 * k, device=device) < k  # of the 2K candidates, the first K
-        self.offsets = torch.arange(prompts, device=device).unsqueeze(1) * k
 
     def select(self, log_probs: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step: `log_probs` [prompts x K, vocab] (after the logits processors), `step` the
-        number of tokens each beam holds (a 0-d tensor). Returns the cache row each new beam
-        continues (flat, [prompts x K]) and its new token."""
+        """One step: `log_probs` [prompts x K, vocab] (after the logits processors; row j of a
+        prompt's K is its beam j), `step` the number of tokens each beam holds (a 0-d tensor).
+        Returns, for each new beam [prompts, K], the beam it continues and its new token."""
         prompts, k = self.running_scores.shape
         vocab = log_probs.shape[-1]
         scores = (log_probs.view(prompts, k, vocab) + self.running_scores[:, :, None]).view(prompts, k * vocab)
@@ -80,7 +80,7 @@ class BeamState:
         best_running = self.running_scores[:, :1] / (generated ** self.length_penalty).to(torch.float32)
         worst_finished = torch.where(self.is_finished, self.finished_scores.min(1, keepdim=True)[0], NEVER)
         self.can_improve &= (best_running > worst_finished).any(-1, keepdim=True)
-        return (new_parent + self.offsets).view(-1), new_token.view(-1)
+        return new_parent, new_token
 
     def done(self) -> torch.Tensor:
         """[prompts] bool: the prompts whose finished answers can no longer change."""
@@ -95,4 +95,26 @@ class BeamState:
         """Keep only the prompts in `index` (new tensors: a graph must be captured again)."""
         for name in ("running", "finished", "running_scores", "finished_scores", "is_finished", "can_improve"):
             setattr(self, name, getattr(self, name).index_select(0, index))
-        self.offsets = torch.arange(len(index), device=index.device).unsqueeze(1) * self.beams
+
+
+def assign_rows(rows: torch.Tensor, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each new beam lives, so that few cache rows are copied: `rows` [prompts, K] is the
+    row (of its prompt's K) holding each beam, `parents` [prompts, K] the beam each new beam
+    continues. A new beam takes its parent's row if it is the parent's first child (in beam
+    order); its other children take the rows that no new beam continues. Returns the new beams'
+    rows and, for each row, the row it must copy (itself, unless a second child moved in).
+
+    A copy never reads a row that another copy writes: the rows written are those no beam
+    continues, the rows read are those of continued beams."""
+    k = rows.shape[1]
+    parent_rows = torch.gather(rows, 1, parents)
+    same = parent_rows[:, :, None] == parent_rows[:, None, :]
+    earlier = torch.ones((k, k), dtype=torch.bool, device=rows.device).tril(-1)
+    first = ~(same & earlier).any(-1)  # no earlier new beam continues the same row
+    kept = torch.zeros_like(rows).scatter_add_(1, parent_rows, first.long()) > 0
+    columns = torch.arange(k, device=rows.device)
+    free = torch.argsort(kept.long() * k + columns, dim=1)  # the rows nobody continues first, in order
+    later = (~first).long().cumsum(1) - 1  # a later child's rank among the later children
+    new_rows = torch.where(first, parent_rows, torch.gather(free, 1, later.clamp(min=0)))
+    source = columns.expand_as(rows).clone().scatter_(1, new_rows, parent_rows)
+    return new_rows, source

@@ -7,9 +7,11 @@ beam search runs each prompt once per beam. Here the cache is allocated once at 
 (transformers' StaticCache), each prompt runs once and its cache rows are copied to its beams,
 the step's inputs live in fixed buffers, and the whole step (embedding, every layer, the last
 position's logits, the answer-only repetition rules of core/repetition.py, the choice of tokens:
-argmax, or core/beam_search.py's selection and the reorder of the beams' cache rows) is captured
-once as a CUDA graph and then replayed: one launch a token. Only the generated part of the cache
-is reordered: the prompt's part is the same in every beam of a prompt. Decoding ends when every
+argmax, or core/beam_search.py's selection and the copy of forked beams' cache rows) is captured
+once as a CUDA graph and then replayed: one launch a token. A beam stays in its row while it
+continues itself (rows are assigned as beams go on, generate()'s beam order kept apart), so a
+step copies only the forked beams' generated columns (core/kernels.py); the prompt's part of
+the cache is the same in every beam of a prompt and never moves. Decoding ends when every
 prompt is done (greedy: its stop token; beams: its finished answers can no longer change); once at
 most half of a batch is still going, the finished prompts are dropped (their cache rows gathered
 away and the graph captured again for the smaller batch). On a CPU the same steps run eagerly.
@@ -32,7 +34,8 @@ from contextlib import contextmanager
 
 import torch
 
-from core.beam_search import BeamState
+from core.beam_search import BeamState, assign_rows
+from core.kernels import copy_rows
 from core.config import GenerationConfig
 from core.repetition import penalise, repeated_ngram_bans
 
@@ -44,6 +47,9 @@ EAGER_STEPS = 2  # decode steps run eagerly before a capture: lazy initialisatio
 CHECK_EVERY = 8  # steps between looks at which rows have finished (each look waits for the GPU)
 SHRINK_BELOW = 0.5  # drop finished rows once this share of the batch or less is still going
 SMALLEST_BATCH = 8  # below this many rows a smaller graph saves too little to recapture
+# beams: generated columns the attention reads, rounded up to a multiple of this (a graph each):
+# not the whole answer's length from the first token on
+GENERATED_BUCKET = 64
 
 
 def applies_to(generation: GenerationConfig) -> bool:
@@ -70,21 +76,83 @@ def _grouped_decode_attention(module, query, key, value, attention_mask, dropout
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 
+class _SharedPrompt:
+    """Beam search's prompts' keys and values, one copy a prompt (not one a beam), by layer:
+    every beam of a prompt reads the same prompt; only what each beam generated is its own."""
+
+    def __init__(self, beams: int, width: int) -> None:
+        self.beams, self.width = beams, width
+        self.keys: list[torch.Tensor] | None = None  # [prompts, kv heads, width, head size] a layer
+        self.values: list[torch.Tensor] | None = None
+        self.generated = 0  # the generated columns a step reads (at least those written)
+
+
+def _float_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b (batched, 3-d) in float32: half-precision inputs multiply at full speed and
+    accumulate in float32 (as flash attention does), without a float32 copy of the cache."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
+
+
+def _beam_decode_attention(shared: _SharedPrompt, module, query, key, value, attention_mask, scaling=None):
+    """A one-token query of every beam [prompts x beams, heads, 1, dim] against its prompt (in
+    `shared`, read once for all beams of the prompt, their query heads side by side) and its own
+    generated keys (`key`, `value`: [rows, kv heads, new tokens, dim]); one softmax over both.
+    `attention_mask` [rows, 1, 1, prompt width + new tokens]: the prompt's real tokens, then the
+    generated ones written so far."""
+    rows, heads, _, dim = query.shape
+    new, beams, width = shared.generated, shared.beams, shared.width
+    key, value, kv_heads = key[:, :, :new], value[:, :, :new], key.shape[1]
+    prompts, per_kv = rows // beams, heads // kv_heads
+    scale = scaling if scaling is not None else dim ** -0.5
+    prompt_keys, prompt_values = shared.keys[module.layer_idx], shared.values[module.layer_idx]
+    # the prompt: [prompts x kv heads, beams x query heads a kv head, width]
+    folded = query.reshape(prompts, beams, kv_heads, per_kv, dim).transpose(1, 2).reshape(prompts * kv_heads, beams * per_kv, dim)
+    prompt_scores = _float_bmm(folded, prompt_keys.reshape(prompts * kv_heads, width, dim).transpose(1, 2)) * scale
+    prompt_scores = prompt_scores.view(prompts, kv_heads, beams, per_kv, width)
+    prompt_scores = prompt_scores.masked_fill(~attention_mask[::beams, :, None, :, :width], -float("inf"))
+    # the generated tokens: [rows x kv heads, query heads a kv head, new]
+    own = query.reshape(rows * kv_heads, per_kv, dim)
+    generated_scores = _float_bmm(own, key.reshape(rows * kv_heads, new, dim).transpose(1, 2)) * scale
+    generated_scores = generated_scores.view(rows, kv_heads, per_kv, new)
+    generated_scores = generated_scores.masked_fill(~attention_mask[:, :, :, width: width + new], -float("inf"))
+    generated_scores = generated_scores.view(prompts, beams, kv_heads, per_kv, new).transpose(1, 2)
+    top = torch.maximum(prompt_scores.amax(-1), generated_scores.amax(-1))  # a prompt token is always there: finite
+    prompt_weights = torch.exp(prompt_scores - top[..., None])
+    generated_weights = torch.exp(generated_scores - top[..., None])
+    total = prompt_weights.sum(-1) + generated_weights.sum(-1)  # [prompts, kv heads, beams, per kv]
+    out = _float_bmm(prompt_weights.reshape(prompts * kv_heads, beams * per_kv, width).to(value.dtype),
+                     prompt_values.reshape(prompts * kv_heads, width, dim)).view(prompts, kv_heads, beams, per_kv, dim)
+    own_weights = generated_weights.transpose(1, 2).reshape(rows * kv_heads, per_kv, new).to(value.dtype)
+    own_out = _float_bmm(own_weights, value.reshape(rows * kv_heads, new, dim)).view(prompts, beams, kv_heads, per_kv, dim)
+    out = (out + own_out.transpose(1, 2)) / total[..., None]
+    return out.transpose(1, 2).reshape(rows, 1, heads, dim).to(query.dtype), None
+
+
 @contextmanager
-def _grouped_attention(model):
-    """The model's sdpa attention replaced by _grouped_decode_attention while decoding."""
+def _decode_attention(model, shared: _SharedPrompt | None):
+    """The model's attention while decoding: for beams (`shared`), each prompt read once by all
+    its beams (_beam_decode_attention); for greedy decoding with sdpa, _grouped_decode_attention.
+    Prompts themselves (more than one query token) run through sdpa as ever."""
     config = model.config
-    if config._attn_implementation != "sdpa":
+    if shared is None and config._attn_implementation != "sdpa":
         yield
         return
     from transformers import AttentionInterface
 
-    AttentionInterface.register(GROUPED_ATTENTION, _grouped_decode_attention)
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        if shared is not None and query.shape[2] == 1 and shared.keys is not None:
+            return _beam_decode_attention(shared, module, query, key, value, attention_mask, scaling=scaling)
+        return _grouped_decode_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+    before = config._attn_implementation
+    AttentionInterface.register(GROUPED_ATTENTION, attention)
     config._attn_implementation = GROUPED_ATTENTION
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = before
 
 
 class _Batch:
@@ -92,7 +160,8 @@ class _Batch:
     buffers that the graph reads and writes."""
 
     def __init__(self, model, prompts: list[list[int]], prefix_lengths: list[int], pad_id: int, stop_id: int,
-                 generation: GenerationConfig, max_new_tokens: int, device: torch.device) -> None:
+                 generation: GenerationConfig, max_new_tokens: int, device: torch.device,
+                 shared: _SharedPrompt | None = None) -> None:
         from transformers import StaticCache
 
         g = generation
@@ -108,7 +177,11 @@ class _Batch:
             real[i, width - len(prompt):] = True
         self.ids, self.real = ids.to(device), real.to(device)
         self.prompts = torch.arange(n, device=device)  # which input prompt each group of rows answers
-        self.cache = StaticCache(config=model.config, max_cache_len=self.length)
+        # greedy: one cache, prompt then answer; beams: the prompts in a cache of their own (one
+        # copy a prompt, `shared`), and each row's generated tokens in `cache`
+        self.shared = shared
+        self.prompt_cache = StaticCache(config=model.config, max_cache_len=width) if shared else None
+        self.cache = StaticCache(config=model.config, max_cache_len=max_new_tokens if shared else self.length)
         # keys each row may attend to: its real prompt tokens now, each new token as it is written
         self.keys = torch.zeros((n * k, 1, 1, self.length), dtype=torch.bool, device=device)
         self.keys[:, 0, 0, :width] = self.real.repeat_interleave(k, 0)
@@ -134,29 +207,32 @@ class _Batch:
             self.seen = torch.zeros((n * k, vocab), device=device).scatter_add_(1, self.answer[:, : self.prefix_width], inside) > 0
         self.search = (BeamState(n, k, max_new_tokens, stop_id, pad_id, g.length_penalty, g.early_stopping, device)
                        if k > 1 else None)
+        # beams: the row (of its prompt's K) that holds each beam (generate()'s beam order is the search's)
+        self.beam_rows = torch.arange(k, device=device).repeat(n, 1)
         self.finished = torch.zeros(n, dtype=torch.bool, device=device)  # greedy: the stop token written
-        # cache columns a beam reorder copies: the generated part (a graph copies all of it)
-        self.reorder_until = self.length
 
     def prefill(self) -> None:
         """Run each prompt once, fill the cache (copied to the prompt's beams) and choose the first token."""
         width = self.prompt_width
+        cache = self.prompt_cache if self.shared else self.cache
         causal = torch.ones((width, width), dtype=torch.bool, device=self.ids.device).tril()
-        mask = torch.zeros((len(self.ids), 1, width, self.length), dtype=torch.bool, device=self.ids.device)
+        mask = torch.zeros((len(self.ids), 1, width, width if self.shared else self.length), dtype=torch.bool,
+                           device=self.ids.device)
         mask[:, 0, :, :width] = causal & self.real[:, None, :]
         # a padding position attends to nothing and sdpa would fill it with NaN, which masked
         # keys still carry into sums (0 x NaN): let it see itself; no real token ever sees it
         mask[:, 0, :, :width] |= torch.eye(width, dtype=torch.bool, device=self.ids.device) & ~self.real[:, None, :]
         positions = (self.real.long().cumsum(1) - 1).masked_fill(~self.real, 1)
-        logits = self.model(input_ids=self.ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
+        logits = self.model(input_ids=self.ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1].float()
-        if self.beams > 1:
-            for layer in self.cache.layers:
-                layer.keys = layer.keys.repeat_interleave(self.beams, 0)
-                layer.values = layer.values.repeat_interleave(self.beams, 0)
-                layer.batch_size = len(layer.keys)
+        if self.shared:
+            self._share_prompts()
             logits = logits.repeat_interleave(self.beams, 0)
         self._choose(logits)
+
+    def _share_prompts(self) -> None:
+        self.shared.keys = [layer.keys for layer in self.prompt_cache.layers]
+        self.shared.values = [layer.values for layer in self.prompt_cache.layers]
 
     def step(self) -> None:
         """One decode step on the buffers: feeds `token`, chooses the next."""
@@ -181,8 +257,14 @@ class _Batch:
             token = self._rules(logits).argmax(-1)
             self.finished |= token == self.stop_id
         else:
-            rows, token = self.search.select(self._rules(torch.log_softmax(logits, -1)), self.written)
-            self._reorder(rows)
+            scores = self._rules(torch.log_softmax(logits, -1))
+            offsets = torch.arange(len(self.beam_rows), device=scores.device).unsqueeze(1) * self.beams
+            in_beam_order = scores.index_select(0, (self.beam_rows + offsets).view(-1))
+            parents, tokens = self.search.select(in_beam_order, self.written)
+            rows, source = assign_rows(self.beam_rows, parents)
+            self._copy_forks((source + offsets).view(-1))
+            self.beam_rows.copy_(rows)
+            token = torch.empty_like(tokens).scatter_(1, rows, tokens).view(-1)  # each beam's token in its row
         self.token.copy_(token.unsqueeze(1))
         self.answer.scatter_(1, (self.prefix_width + self.written).expand(len(token), 1), self.token)
         if self.seen is not None:
@@ -191,15 +273,17 @@ class _Batch:
         self.keys.index_fill_(3, (self.prompt_width + self.written).view(1), True)
         self.written.add_(1)
 
-    def _reorder(self, rows: torch.Tensor) -> None:
-        """Each beam takes over the generated cache, answer and seen tokens of the row it continues."""
+    def _copy_forks(self, source: torch.Tensor) -> None:
+        """A row whose new beam forked from another beam takes that beam's generated cache columns,
+        answer and seen tokens (`source`: each row's, flat; most rows are their own)."""
         for layer in self.cache.layers:
+            if layer.keys is None:  # the first choice (from the prompt): nothing generated, no cache yet
+                continue
             for cache in (layer.keys, layer.values):
-                generated = cache[:, :, self.prompt_width: self.reorder_until]
-                generated.copy_(generated.index_select(0, rows))
-        self.answer.copy_(self.answer.index_select(0, rows))
+                copy_rows(cache, source, 0, self.written, self.max_new_tokens)
+        self.answer.copy_(self.answer.index_select(0, source))
         if self.seen is not None:
-            self.seen.copy_(self.seen.index_select(0, rows))
+            self.seen.copy_(self.seen.index_select(0, source))
 
     def done(self) -> torch.Tensor:
         """[prompts] bool: the prompts whose answers can no longer change."""
@@ -215,6 +299,7 @@ class _Batch:
         """Keep only the prompts in `index` (new tensors: a graph must be captured again)."""
         rows = (index[:, None] * self.beams + torch.arange(self.beams, device=index.device)).view(-1)
         self.prompts, self.finished = self.prompts.index_select(0, index), self.finished.index_select(0, index)
+        self.beam_rows = self.beam_rows.index_select(0, index)
         for name in ("keys", "position", "token", "answer", "begin", "seen"):
             value = getattr(self, name)
             if value is not None:
@@ -225,6 +310,12 @@ class _Batch:
             layer.keys = layer.keys.index_select(0, rows)
             layer.values = layer.values.index_select(0, rows)
             layer.batch_size = len(rows)
+        if self.shared:
+            for layer in self.prompt_cache.layers:
+                layer.keys = layer.keys.index_select(0, index)
+                layer.values = layer.values.index_select(0, index)
+                layer.batch_size = len(index)
+            self._share_prompts()
 
 
 @torch.inference_mode()
@@ -238,8 +329,9 @@ def decode(model, prompts: list[list[int]], prefix_lengths: list[int], stop_id: 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers live in it
     device = next(inner.parameters()).device
     graphs = device.type == "cuda" if graphs is None else graphs
-    with _grouped_attention(inner):
-        batch = _Batch(inner, prompts, prefix_lengths, pad_id, stop_id, generation, max_new_tokens, device)
+    shared = _SharedPrompt(generation.sequences_per_row, max(map(len, prompts))) if generation.sequences_per_row > 1 else None
+    with _decode_attention(inner, shared):
+        batch = _Batch(inner, prompts, prefix_lengths, pad_id, stop_id, generation, max_new_tokens, device, shared)
         return _run(batch, generation.mbr_candidates or 1, graphs, device)
 
 
@@ -260,8 +352,11 @@ def _run(batch: _Batch, returned: int, graphs: bool, device: torch.device):
                 out[batch.prompts[ended]] = batch.answers(returned).index_select(0, ended)
                 batch.keep(going)
                 graph, eager_left = None, EAGER_STEPS if graphs else 0
+        if batch.shared:  # the step writes column t-1 and reads columns 0 .. t-1
+            generated = t if not graphs else min(max_new_tokens, -(-t // GENERATED_BUCKET) * GENERATED_BUCKET)
+            if generated != batch.shared.generated:
+                batch.shared.generated, graph = generated, None
         if not graphs:
-            batch.reorder_until = batch.prompt_width + t  # eagerly, only the columns written so far
             batch.step()
         elif eager_left > 0:  # warm-up steps run on a side stream, as capture wants
             side = torch.cuda.Stream(device)

@@ -51,12 +51,16 @@ def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_
     else:
         # A sequence's KV cache at full length, counted twice where the cache grows by
         # concatenation (old and new copies coexist and the allocator cannot reuse the outgrown
-        # blocks), once where it is allocated whole (core/decoding.py).
-        # Plus the last position's logits in float32, about three copies while sampling.
-        copies = 1 if static_cache else 2
-        per_sequence = copies * (longest_prompt + max_new_tokens) * kv_cache_bytes_per_token(config, dtype)
-        per_sequence += 3 * 4 * config.vocab_size
-        fit = int(free_bytes * AUTO_MEMORY_SHARE) // (per_sequence * sequences_per_row)
+        # blocks), once where it is allocated whole (core/decoding.py), where a row's beams also
+        # share one copy of its prompt. Plus the last position's logits in float32, about three
+        # copies while sampling or choosing beams.
+        per_token = kv_cache_bytes_per_token(config, dtype)
+        if static_cache:
+            per_row = (longest_prompt + sequences_per_row * max_new_tokens) * per_token
+        else:
+            per_row = 2 * (longest_prompt + max_new_tokens) * per_token * sequences_per_row
+        per_row += sequences_per_row * 3 * 4 * config.vocab_size
+        fit = int(free_bytes * AUTO_MEMORY_SHARE) // per_row
     fit = max(1, min(fit, AUTO_BATCH_MAX, n_rows))
     return math.ceil(n_rows / math.ceil(n_rows / fit)) if n_rows else fit
 

@@ -28,21 +28,25 @@ def write_csv(path, rows, fieldnames=None, delimiter=","):
 def test_sample_files_meet_the_contract():
     train = read_vignettes(TRAIN, labelled=True)
     test = read_vignettes(TEST, labelled=False)
-    assert len(train) >= 150 and len(test) >= 10
+    assert len(train) >= 60 and len(test) >= 8
     assert not {r["Master_Index"] for r in train} & {r["Master_Index"] for r in test}
-    assert sum(1 for r in test if not r["Years of Experience"]) >= 2  # optional fields really are optional
+    assert sum(1 for r in test if not r["Years of Experience"]) >= 1  # optional fields really are optional
 
 
 def test_sample_behaves_like_the_real_rows_and_is_regenerated_byte_for_byte(tmp_path):
-    """The sample's purpose (data/sample/README.md): enough validation rows to rank settings,
-    and answers that restate the case, so the prompt echo scores about as on real rows (0.31)."""
+    """The sample's purpose (data/sample/README.md): every path of the pipeline, at least 30
+    validation rows to choose an answer length on, and answers that restate the case, so the
+    prompt echo scores about as on real rows (0.31)."""
     import importlib.util
+
+    import yaml
 
     from core.predictions import rouge
 
     rows = read_vignettes(TRAIN, labelled=True)
-    train, val = split_train_val(rows, 0.2, seed=42)  # params.yaml's data settings
-    assert len(val) >= 30
+    data = yaml.safe_load((REPO / "params.yaml").read_text())["data"]
+    train, val = split_train_val(rows, data["val_fraction"], seed=data["seed"])  # params.yaml's data settings
+    assert len(val) >= 30 and len(train) >= 30
     echo = rouge([prompt_echo(r) for r in val], [r["Clinician"] for r in val])["rougeL"]
     assert 0.25 < echo < 0.35, echo
     assert sum(normalise(r["Clinician"]).startswith("summary") for r in rows) / len(rows) > 0.9

@@ -284,22 +284,24 @@ def test_auto_batch_size_follows_free_memory_and_splits_evenly():
     # a cache allocated whole (core/decoding.py) is counted once: 16 * 128 + 1200 bytes a row
     # instead of 2 * 16 * 128 + 1200, so 16 rows fit where 10 did: 2 batches of 13 and 12
     assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, static_cache=True) == 13
+    # and a row's beams share its prompt there: (10 + 4 x 6) x 128 + 4 x 1200 bytes a row with 4 beams, so 5 rows fit
+    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=4, static_cache=True) == 5
 
 
 def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatch):
     model, params = tiny
     rows = ROWS[:5]
     pinned = model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size=2))
-    generate = model.model.generate
+    decode = decoding.decode
     tried = []
 
-    def generate_within_two_rows(**batch):
-        tried.append(len(batch["input_ids"]))
-        if len(batch["input_ids"]) > 2:
+    def decode_within_two_rows(model, prompts, *args, **kwargs):
+        tried.append(len(prompts))
+        if len(prompts) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return generate(**batch)
+        return decode(model, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(model.model, "generate", generate_within_two_rows)
+    monkeypatch.setattr(decoding, "decode", decode_within_two_rows)
     auto = model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size="auto"))
     assert tried == [5, 2, 2, 1]  # 5 rows at once, then halved: the same batches as batch_size 2
     assert auto.texts == pinned.texts and auto.batch_size == 2

@@ -1,0 +1,129 @@
+"""Where a decode step of core/decoding.py spends its time on a GPU: one step replayed as a CUDA
+graph, beside the same step without the beams' cache reorder and without the repetition rules,
+and greedy; plus a torch.profiler table of the eager step's kernels.
+
+    python -m benchmarks.decode_profile                       # qwen3 shape, bf16, 200 prompts x 4 beams
+    python -m benchmarks.decode_profile --prompts 100 --prompt-tokens 500
+
+Random-init weights of the real shape (tests/checkpoints.py) and random prompt tokens: speed does
+not depend on them. The decoding settings are the profile's (params.yaml), at 256 new tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+
+log = logging.getLogger("benchmarks.decode_profile")
+
+
+def step_ms(model, prompts, prefix_tokens: int, generation, stop_id: int, pad_id: int, max_new_tokens: int,
+            without_reorder: bool = False, table: bool = False) -> tuple[float, float, float]:
+    """(prefill seconds, milliseconds a graph-replayed step, peak GiB) for one batch."""
+    import torch
+
+    from core import decoding
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    copies = decoding._Batch._copy_forks
+    if without_reorder:  # the answers' and seen tokens' copies stay: only the cache's are left out
+        def answers_only(batch, source):
+            batch.answer.copy_(batch.answer.index_select(0, source))
+            if batch.seen is not None:
+                batch.seen.copy_(batch.seen.index_select(0, source))
+        decoding._Batch._copy_forks = answers_only
+    try:
+        k = generation.sequences_per_row
+        shared = decoding._SharedPrompt(k, max(map(len, prompts))) if k > 1 else None
+        with torch.inference_mode(), decoding._decode_attention(model, shared):
+            batch = decoding._Batch(model, prompts, [prefix_tokens] * len(prompts), pad_id, stop_id, generation,
+                                    max_new_tokens, torch.device("cuda"), shared)
+            if shared:  # a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
+                shared.generated = max_new_tokens // 2
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            batch.prefill()
+            torch.cuda.synchronize()
+            prefill = time.perf_counter() - start
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up, as capture wants
+                batch.step()
+                batch.step()
+            torch.cuda.current_stream().wait_stream(side)
+            if table:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(3):
+                        batch.step()
+                    torch.cuda.synchronize()
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70))
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                batch.step()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(20):
+                graph.replay()
+            torch.cuda.synchronize()
+            return prefill, (time.perf_counter() - start) / 20 * 1000, torch.cuda.max_memory_allocated() / 2**30
+    finally:
+        decoding._Batch._copy_forks = copies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="qwen3", choices=["qwen3", "llama32", "smollm2"])
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--prompt-tokens", type=int, default=350, help="the longest prompt (they range 40 tokens below it)")
+    parser.add_argument("--prefix-tokens", type=int, default=140, help="of each prompt, the answer's prefix (the echo)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import yaml
+
+    from core.config import parse_params
+    from tests.checkpoints import REAL_SHAPES, build_checkpoint
+
+    raw = yaml.safe_load(open("params.yaml", encoding="utf-8"))
+    raw["model"] = args.shape  # the shape's profile, through the stages' own loader
+    generation = dataclasses.replace(parse_params(raw).profile.generation, length_grid=[], max_new_tokens=args.max_new_tokens)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = build_checkpoint(args.shape, f"{tmp}/{args.shape}", shape=REAL_SHAPES[args.shape])
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    vocab = model.config.vocab_size
+    noise = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(100, vocab - 100, (args.prompt_tokens - i % 40,), generator=noise).tolist() for i in range(args.prompts)]
+    stop, pad = vocab - 1, vocab - 2  # never chosen by random weights in practice: every step runs
+    variants = [("the profile's decoding", generation, False),
+                ("without the cache copies", generation, True),
+                ("without the repetition rules", dataclasses.replace(generation, repetition_penalty=1.0, no_repeat_ngram_size=0), False),
+                ("greedy, the same rules", dataclasses.replace(generation, num_beams=1, mbr_candidates=0), False)]
+    print(f"{args.shape} shape, bf16, {args.prompts} prompts of up to {args.prompt_tokens} tokens, {args.max_new_tokens} new tokens")
+    print("| variant | prefill s | ms a step | x steps (s) | peak GiB |\n|---|---|---|---|---|")
+    # the whole decoding as predict runs it, twice in this process: the first call pays one-off
+    # costs (kernel compilation, the first large allocations, lazy initialisations)
+    from core import decoding
+
+    for call in ("first call", "second call"):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        _, steps = decoding.decode(model, prompts, [args.prefix_tokens] * len(prompts), stop, pad, generation, args.max_new_tokens)
+        torch.cuda.synchronize()
+        print(f"decode, {call}: {time.perf_counter() - start:.2f} s for {steps} steps", flush=True)
+    for i, (name, decoding_, without_reorder) in enumerate(variants):
+        prefill, ms, peak = step_ms(model, prompts, args.prefix_tokens, decoding_, stop, pad, args.max_new_tokens,
+                                    without_reorder=without_reorder, table=i == 0)
+        print(f"| {name} | {prefill:.2f} | {ms:.1f} | {ms * (args.max_new_tokens - 1) / 1000:.1f} | {peak:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
