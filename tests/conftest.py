@@ -14,6 +14,11 @@ from tests.checkpoints import REPO, build_checkpoint
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    # The longest files first, then the other slow ones (whole pipelines under DVC), then the quick
+    # tests: the two worker processes (pytest.ini) start on the long ones and the rest fill in
+    # around them, rather than the longest file starting last.
+    longest = ["test_pipeline.py", "test_experiments.py", "test_notebook.py"]
+    items.sort(key=lambda item: (longest.index(item.path.name) if item.path.name in longest else len(longest) + ("slow" not in item.keywords)))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
