@@ -75,7 +75,8 @@ stages)
   done
   ;;
 tests)
-  python3 -m pytest -m gpu -p no:cacheprovider -q tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
+  # one process (-n 0): the CUDA-graph test must run before the Unsloth tests import unsloth
+  python3 -m pytest -m gpu -n 0 -p no:cacheprovider -q tests/test_gpu.py 2>&1 | tail -15 | tee "$OUT/gpu-tests.log"
   ;;
 bench)
   tag=${TAG:-qwen3}

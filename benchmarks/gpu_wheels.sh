@@ -21,7 +21,7 @@ skip = {"torch", "transformers", "peft", "accelerate", "numpy", "pandas", "pyyam
         "sympy", "jinja2", "markupsafe", "filelock", "fsspec", "packaging", "requests",
         "urllib3", "idna", "certifi", "charset-normalizer", "tqdm", "typing-extensions",
         "mpmath", "python-dateutil", "six", "pytz", "tzdata", "psutil", "pyarrow"}
-seen, todo = {}, ["dvclive", "rouge-score", "pytest", "trl"]
+seen, todo = {}, ["dvclive", "rouge-score", "pytest", "pytest-xdist", "trl"]
 while todo:
     name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
     if name in seen or name in skip:
