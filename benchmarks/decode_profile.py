@@ -35,13 +35,12 @@ def step_ms(model, prompts, prefix_tokens: int, generation, stop_id: int, pad_id
                 batch.seen.copy_(batch.seen.index_select(0, source))
         decoding._Batch._copy_forks = answers_only
     try:
-        k = generation.sequences_per_row
-        shared = decoding._SharedPrompt(k, max(map(len, prompts))) if k > 1 else None
-        with torch.inference_mode(), decoding._decode_attention(model, shared):
+        with torch.inference_mode():
             batch = decoding._Batch(model, prompts, [prefix_tokens] * len(prompts), pad_id, stop_id, generation,
-                                    max_new_tokens, torch.device("cuda"), shared)
-            if shared:  # a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
-                shared.generated = max_new_tokens // 2
+                                    max_new_tokens, torch.device("cuda"))
+        if batch.shared:  # a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
+            batch.shared.generated = max_new_tokens // 2
+        with torch.inference_mode(), decoding._decode_attention(model, batch.shared):
             torch.cuda.synchronize()
             start = time.perf_counter()
             batch.prefill()

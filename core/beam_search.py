@@ -26,7 +26,7 @@ class BeamState:
 
     def __init__(self, prompts: int, beams: int, max_new_tokens: int, stop_id: int, pad_id: int,
                  length_penalty: float, early_stopping: bool, device: torch.device) -> None:
-        self.beams, self.max_new_tokens, self.stop_id = beams, max_new_tokens, stop_id
+        self.max_new_tokens, self.stop_id = max_new_tokens, stop_id
         self.length_penalty, self.early_stopping = length_penalty, early_stopping
         k = beams
         self.running = torch.full((prompts, k, max_new_tokens), pad_id, dtype=torch.long, device=device)

@@ -160,8 +160,7 @@ class _Batch:
     buffers that the graph reads and writes."""
 
     def __init__(self, model, prompts: list[list[int]], prefix_lengths: list[int], pad_id: int, stop_id: int,
-                 generation: GenerationConfig, max_new_tokens: int, device: torch.device,
-                 shared: _SharedPrompt | None = None) -> None:
+                 generation: GenerationConfig, max_new_tokens: int, device: torch.device) -> None:
         from transformers import StaticCache
 
         g = generation
@@ -179,9 +178,9 @@ class _Batch:
         self.prompts = torch.arange(n, device=device)  # which input prompt each group of rows answers
         # greedy: one cache, prompt then answer; beams: the prompts in a cache of their own (one
         # copy a prompt, `shared`), and each row's generated tokens in `cache`
-        self.shared = shared
-        self.prompt_cache = StaticCache(config=model.config, max_cache_len=width) if shared else None
-        self.cache = StaticCache(config=model.config, max_cache_len=max_new_tokens if shared else self.length)
+        self.shared = _SharedPrompt(k, width) if k > 1 else None
+        self.prompt_cache = StaticCache(config=model.config, max_cache_len=width) if self.shared else None
+        self.cache = StaticCache(config=model.config, max_cache_len=max_new_tokens if self.shared else self.length)
         # keys each row may attend to: its real prompt tokens now, each new token as it is written
         self.keys = torch.zeros((n * k, 1, 1, self.length), dtype=torch.bool, device=device)
         self.keys[:, 0, 0, :width] = self.real.repeat_interleave(k, 0)
@@ -306,16 +305,18 @@ class _Batch:
                 setattr(self, name, value.index_select(0, rows))
         if self.search is not None:
             self.search.keep(index)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, rows)
-            layer.values = layer.values.index_select(0, rows)
-            layer.batch_size = len(rows)
+        _keep_cache_rows(self.cache, rows)
         if self.shared:
-            for layer in self.prompt_cache.layers:
-                layer.keys = layer.keys.index_select(0, index)
-                layer.values = layer.values.index_select(0, index)
-                layer.batch_size = len(index)
+            _keep_cache_rows(self.prompt_cache, index)
             self._share_prompts()
+
+
+def _keep_cache_rows(cache, rows: torch.Tensor) -> None:
+    """A StaticCache with only the batch rows in `rows` (new tensors)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+        layer.batch_size = len(rows)
 
 
 @torch.inference_mode()
@@ -329,9 +330,8 @@ def decode(model, prompts: list[list[int]], prefix_lengths: list[int], stop_id: 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers live in it
     device = next(inner.parameters()).device
     graphs = device.type == "cuda" if graphs is None else graphs
-    shared = _SharedPrompt(generation.sequences_per_row, max(map(len, prompts))) if generation.sequences_per_row > 1 else None
-    with _decode_attention(inner, shared):
-        batch = _Batch(inner, prompts, prefix_lengths, pad_id, stop_id, generation, max_new_tokens, device, shared)
+    batch = _Batch(inner, prompts, prefix_lengths, pad_id, stop_id, generation, max_new_tokens, device)
+    with _decode_attention(inner, batch.shared):
         return _run(batch, generation.mbr_candidates or 1, graphs, device)
 
 
