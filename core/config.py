@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
+from core.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """One or more params.yaml problems; each line names the file and the key."""
 
     def __init__(self, *problems: str) -> None:
@@ -26,7 +28,7 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """The configured backend cannot run on this machine."""
 
 
@@ -193,7 +195,11 @@ class Params:
     export: ExportConfig
 
 
+# The model families core/families.py defines (kept here so that checking params needs no torch).
+FAMILY_NAMES = ("smollm2", "qwen3", "llama32")
+
 _CHOICES = {
+    "family": FAMILY_NAMES,
     "backend": ("auto", "unsloth", "hf"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "batch_size": ("auto",),  # where a string is allowed (generation); a number must meet _AT_LEAST

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.errors import UserError
+
 ID, PROMPT, TARGET, PANEL = "Master_Index", "Prompt", "Clinician", "Clinical Panel"
 CONTEXT_COLUMNS = ["County", "Health level", "Years of Experience", "Nursing Competency", PANEL]
 INPUT_COLUMNS = [ID, PROMPT, *CONTEXT_COLUMNS]
@@ -24,7 +26,7 @@ INPUT_COLUMNS = [ID, PROMPT, *CONTEXT_COLUMNS]
 LLM_COLUMNS = ["GPT4.0", "LLAMA", "GEMINI"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file, and the row and column where there is one."""
 
 

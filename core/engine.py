@@ -27,10 +27,12 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from core import io
 from core.config import GenerationConfig
-from core.data import PROMPT, DataError
+from core.data import ID, PROMPT, DataError
+from core.errors import ArtifactError, how_to_restore
 from core.predictions import Generations
-from core.prompts import answer_prefix, chat_messages, join_answer, render_chat, tidy_answer, user_message
+from core.prompts import answer_prefix, chat_messages, fit_to_window, join_answer, render_chat, tidy_answer, user_message
 from core.scoring import cut_at_first_loop
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ EDGE_FILE = "edge.json"  # written by the export stage beside the ONNX model
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-class StaleExport(FileNotFoundError):
+class StaleExport(ArtifactError):
     """The exported model is missing, or was made from another adapter than the current one."""
 
 
@@ -49,7 +51,9 @@ def adapter_digest(adapter_dir: str | Path) -> str:
     for name in ADAPTER_FILES:
         path = Path(adapter_dir) / name
         if not path.exists():
-            raise FileNotFoundError(f"{adapter_dir}: no LoRA adapter here ({name} is missing); run the finetune stage first")
+            raise ArtifactError(f"{adapter_dir}: no LoRA adapter here ({name} is missing); run the finetune stage first")
+        if path.suffix == ".safetensors":  # a damaged adapter is not "another adapter": say which file and how to restore it
+            io.check_safetensors(path, how_to_restore(adapter_dir))
         digest.update(name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -72,6 +76,10 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
+def og_context_length(directory: Path) -> int:
+    return json.loads((directory / "genai_config.json").read_text(encoding="utf-8"))["model"]["context_length"]
 
 
 def answer_only_rules(logits, answers: list[list[int]], penalty: float, ngram_size: int):
@@ -137,6 +145,8 @@ class ExportedModel:
         self.model = og.Model(config)
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.stop_id = self.info["end_of_turn_id"]
+        # the window the model was tuned in (an export made before edge.json recorded it: the model's own)
+        self.max_seq_length = self.info.get("max_seq_length") or og_context_length(directory)
 
     # --- prompts: the text training used, rendered without transformers -----------------------
     def prompt_text(self, row: dict) -> str:
@@ -165,8 +175,9 @@ class ExportedModel:
             if on_text is not None:
                 on_text(prefix_text)
             return prefix_text, []
-        prompt = self.prompt_ids(row)
         prefix = self.tokenizer.encode(prefix_text, add_special_tokens=False).ids if prefix_text else []
+        (prompt,), (prefix,) = fit_to_window([self.prompt_ids(row)], [prefix], generation.longest_answer, self.max_seq_length,
+                                             [str(row.get(ID, "the vignette"))])
         params = og.GeneratorParams(self.model)
         params.set_search_options(**search_options(generation, len(prompt) + len(prefix)))
         generator = og.Generator(self.model, params)

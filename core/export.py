@@ -19,13 +19,14 @@ from pathlib import Path
 from core import io
 from core.config import ModelProfile
 from core.engine import EDGE_FILE, adapter_digest
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 ENGINE = "onnxruntime-genai"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The conversion to the exported engine failed."""
 
 
@@ -81,6 +82,7 @@ def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: st
             "chat_template": model.chat_template,
             "end_of_turn": model.end_of_turn,
             "end_of_turn_id": end_of_turn_id,
+            "max_seq_length": model.profile.max_seq_length,  # the window it was tuned in: longer prompts are cut to it
         })
 
 

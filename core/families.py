@@ -7,7 +7,7 @@ to emit and generation stops on.
 """
 from __future__ import annotations
 
-from core.config import ModelProfile
+from core.config import ConfigError, ModelProfile
 from core.model import BaseUnslothModel
 
 # ChatML, as SmolLM2 and Qwen use it. (No Jinja whitespace control: every newline is literal.)
@@ -65,7 +65,7 @@ def model_for(profile: ModelProfile, system_prompt: str, job: str = "train") -> 
     try:
         family = FAMILIES[profile.family]
     except KeyError:
-        raise ValueError(
-            f"models.{profile.key}.family: unknown family {profile.family!r} (known: {', '.join(FAMILIES)})"
+        raise ConfigError(
+            f"params.yaml: models.{profile.key}.family: unknown family {profile.family!r} (known: {', '.join(FAMILIES)})"
         ) from None
     return family(profile, system_prompt, job)

@@ -9,6 +9,29 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from core.errors import ArtifactError
+
+
+def check_safetensors(path: str | Path, fix: str) -> None:
+    """An ArtifactError naming `path` and `fix` unless it is a whole safetensors file: its header
+    (a length, then JSON giving each tensor's byte range) must read, and the file must hold every
+    byte the header promises. Read without torch, in a moment whatever the file's size."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if 0 < size < 100_000_000 else None
+        ends = [entry["data_offsets"][1] for key, entry in (header or {}).items() if key != "__metadata__"]
+        expected = 8 + size + max(ends, default=0)
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; {fix}") from None
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({type(err).__name__}); {fix}") from None
+    if header is None or actual != expected:
+        what = "no header" if header is None else f"{actual} bytes where its header promises {expected}"
+        raise ArtifactError(f"{path}: damaged ({what}); {fix}")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -24,7 +47,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield target
         if not target.exists():
-            raise FileNotFoundError(f"nothing was written for {path}")
+            raise ArtifactError(f"nothing was written for {path}")
         if target.is_dir() and path.is_dir():
             # a directory cannot be renamed over a non-empty one: move the old aside first
             old = tmp / ".old"

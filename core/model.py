@@ -24,8 +24,9 @@ from core import distributed, io
 from core.backends import cuda_available, resolve_backend, resolve_dtype
 from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
 from core.data import ID, TARGET
+from core.errors import ArtifactError, CheckpointError, how_to_restore
 from core.generation import Generations, generate
-from core.prompts import answer_prefix, chat_messages, tidy_answer, user_message
+from core.prompts import answer_prefix, chat_messages, fit_to_window, tidy_answer, user_message
 from core.training import (IGNORE_INDEX, TrainingDiverged, TrainingExamples, best_epoch, common_trainer_arguments,
                            divergence_guard, resume_point, run_clock)
 from core.weights import resolve_checkpoint
@@ -130,7 +131,7 @@ class BaseUnslothModel:
         vocab = tokenizer.get_vocab()
         for token in (self.end_of_turn, self.pad_token):
             if token not in vocab:
-                raise ValueError(f"{self.checkpoint}: the tokenizer has no {token!r} token, which the {type(self).__name__} template needs")
+                raise CheckpointError(f"{self.checkpoint}: the tokenizer has no {token!r} token, which the {type(self).__name__} template needs")
         tokenizer.chat_template = self.chat_template
         # eos = end of turn: generation stops there, and whoever loads the saved adapter's tokenizer gets the same stop.
         tokenizer.eos_token = self.end_of_turn
@@ -284,10 +285,15 @@ class BaseUnslothModel:
         sampled or beam search, with MBR selection among candidates if configured."""
         self._require_loaded()
         self.backend.for_inference(self.model)
-        encoded = [self.encode(self.prompt_for(row)) for row in rows]
-        # an answer's prefix is encoded apart from the prompt, as training encodes the answer
-        prefixes = [(text, self.encode(text) if text else []) for text in
-                    (answer_prefix(row, generation.answer_prefix) for row in rows)]
+        prefix_texts = [answer_prefix(row, generation.answer_prefix) for row in rows]
+        # an answer's prefix is encoded apart from the prompt, as training encodes the answer; an
+        # over-long vignette is cut to the window the model was tuned in, as in training, rather
+        # than run past it (and for minutes on a CPU)
+        encoded, prefix_ids = fit_to_window([self.encode(self.prompt_for(row)) for row in rows],
+                                            [self.encode(text) if text else [] for text in prefix_texts],
+                                            generation.longest_answer, self.profile.max_seq_length,
+                                            [str(row.get(ID, i + 1)) for i, row in enumerate(rows)])
+        prefixes = list(zip(prefix_texts, prefix_ids))
         stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
         # The static-cache decoder needs transformers' own forward. Unsloth replaces it, and once imported
         # it patches the model classes for every model of the process (capture failed there on an H100)
@@ -320,7 +326,9 @@ class BaseUnslothModel:
         if `trainable`: the align stage tunes the SFT adapter further)."""
         path = Path(path)
         if not (path / "adapter_config.json").exists():
-            raise FileNotFoundError(f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first")
+            raise ArtifactError(f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first")
+        # a damaged file gets one line naming it, not a traceback from deep in safetensors
+        io.check_safetensors(path / "adapter_model.safetensors", how_to_restore(path))
         saved = io.read_json(path / "profile.json") if (path / "profile.json").exists() else {}
         if saved and (saved.get("name"), saved.get("family")) != (self.profile.name, self.profile.family):
             raise ConfigError(

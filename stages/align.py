@@ -16,6 +16,7 @@ CHECKPOINTS = "models/checkpoints"
 LIVE = "dvclive/align"
 METRICS = "metrics/align.json"
 TRAIN = "data/prepared/train.jsonl"
+MARGIN_PLOTS = ("rewards/margins", "eval/rewards/margins")  # dvc.yaml's DPO plot: present, empty without DPO
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
         # The same files under another name: the same DVC hash, so predict's inputs do not change.
         with io.atomic_path(ALIGNED) as tmp:
             shutil.copytree(ADAPTER, tmp)
-        write_training_log(LIVE, [])
+        write_training_log(LIVE, [], always=MARGIN_PLOTS)
         io.write_json(METRICS, {"align_method": "none"})
         logging.info("align.method is none: %s is the SFT adapter", ALIGNED)
         return
@@ -50,7 +51,7 @@ def main() -> None:
     run_dir = f"{CHECKPOINTS}/align-{io.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
     metrics = direct_preference_optimisation(model, pairs, val_sample, config, run_dir)
     model.save_adapter(ALIGNED)
-    write_training_log(LIVE, model.training_log)
+    write_training_log(LIVE, model.training_log, always=MARGIN_PLOTS)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
     io.write_json(METRICS, {"align_method": config.method, "dpo": {
         "beta": config.beta, "learning_rate": config.learning_rate, "rows_without_pair": len(train_pairs.skipped),

@@ -4,6 +4,7 @@ import logging
 from core import io
 from core.config import load_params
 from core.data import read_vignettes, split_train_val
+from core.weights import check_available
 from stages import run
 
 OUT = "data/prepared"
@@ -11,6 +12,8 @@ OUT = "data/prepared"
 
 def main() -> None:
     params = load_params()
+    # the base weights too, so that a profile that cannot run fails here, before DVC records its params
+    check_available(params.profile)
     labelled = read_vignettes(params.data.train_csv, labelled=True)
     test = read_vignettes(params.data.test_csv, labelled=False)
     train, val = split_train_val(labelled, params.data.val_fraction, params.data.seed)

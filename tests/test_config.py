@@ -34,6 +34,7 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
         (lambda r: r["models"]["smollm2"]["lora"].update(r="sixteen"), "models.smollm2.lora.r: expected an integer, got 'sixteen'"),
         (lambda r: r["models"]["smollm2"].update(load_in_4bit="yes"), "models.smollm2.load_in_4bit: expected true or false"),
         (lambda r: r["models"]["smollm2"].update(backend="cuda"), "models.smollm2.backend: expected one of auto, unsloth, hf"),
+        (lambda r: r["models"]["smollm2"].update(family="gpt"), "models.smollm2.family: expected one of smollm2, qwen3, llama32, got 'gpt'"),
         (lambda r: r["models"]["smollm2"]["training"].update(lr=1), "models.smollm2.training.lr: unknown key"),
         (lambda r: r["data"].update(val_fraction=1.5), "data.val_fraction: expected a number from 0 (train on every labelled row) up to but not including 1, got 1.5"),
         (lambda r: r["data"].update(val_fraction=-0.1), "data.val_fraction: expected a number from 0"),
@@ -173,3 +174,10 @@ def test_an_unknown_profile_names_the_known_ones(repo_params):
     raw["model"] = "gpt5"
     with pytest.raises(ConfigError, match=r"^params.yaml: model: unknown model 'gpt5'; the profiles under models: are smollm2, qwen3, llama32$"):
         parse_params(raw)
+
+
+def test_the_families_params_yaml_accepts_are_those_the_code_defines():
+    from core.config import FAMILY_NAMES
+    from core.families import FAMILIES
+
+    assert FAMILY_NAMES == tuple(FAMILIES)

@@ -1,6 +1,7 @@
 """The export stage's model (core/export.py) and its engine (core/engine.py, stages/ask.py), on tiny checkpoints."""
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -9,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from core.data import read_vignettes
+from core.data import prompt_echo, read_vignettes
 from core.engine import ExportedModel, StaleExport
+from core.errors import ArtifactError
 from core.export import build_onnx, export_profile, merge
 from core.families import model_for
 from core.model import BaseUnslothModel
@@ -176,6 +178,70 @@ def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tm
     prompts_only.write_text("Prompt\nA child\n  \n")
     done = ask(root, "--file", str(prompts_only), cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.strip() == f"ERROR stages: {prompts_only}: row 2, column 'Prompt': empty vignette"
+    # a vignette far beyond the window: its middle cut, one warning, an answer
+    done = ask(root, "A 3 year old with fever. " + "The mother adds more history. " * 800 + "What should I do?",
+               "--max-new-tokens", "4", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    assert [line.split(":")[0] for line in done.stderr.splitlines()] == ["WARNING core.prompts"], done.stderr
     done = ask(root, "   ", cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.strip() == "ERROR stages: the vignette is empty: there is nothing to answer"
     assert not done.stdout
+
+
+def test_a_damaged_adapter_is_named_with_its_fix_by_both_engines(exported, tmp_path):
+    """A truncated adapter_model.safetensors: one line naming the file and `dvc checkout`, from the
+    engine (ask, deploy) and from the PyTorch model (predict, export) alike, not 'stale export'."""
+    params, _, root = exported
+    damaged = tmp_path / "aligned"
+    shutil.copytree(root / "adapter", damaged)
+    weights = damaged / "adapter_model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    with pytest.raises(ArtifactError) as engine_error:
+        ExportedModel(root / "int8", adapter=damaged)
+    model = model_for(params.profile, params.prompt.system)
+    with pytest.raises(ArtifactError) as torch_error:
+        model.load_adapter(damaged)
+    for error in (engine_error.value, torch_error.value):
+        message = str(error)
+        assert not isinstance(error, StaleExport) and "\n" not in message
+        assert message.startswith(f"{weights}: damaged (") and f"dvc checkout {damaged}" in message
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ArtifactError, match="not a readable safetensors file"):
+        ExportedModel(root / "int8", adapter=damaged)
+
+
+def test_an_over_long_vignette_loses_its_middle_in_both_engines_as_in_training(exported, caplog):
+    """A vignette far beyond the window the model was tuned in (max_seq_length, recorded in
+    edge.json): both engines cut the middle of its prompt to fit the window with the answer, warn
+    once, and give the same answer."""
+    params, model, root = exported
+    long_row = {**ROWS[0], "Prompt": ROWS[0]["Prompt"] + " The mother adds more history." * 600}
+    engine = ExportedModel(root / "fp32", adapter=root / "adapter")
+    assert engine.max_seq_length == params.profile.max_seq_length
+    assert len(engine.prompt_ids(long_row)) > 3 * params.profile.max_seq_length
+    g = greedy(params, 8)
+    with caplog.at_level(logging.WARNING):
+        reference = model.generate_responses([long_row], g)
+        text, ids = engine.answer(long_row, g)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"1 of 1 prompts do not fit in max_seq_length={params.profile.max_seq_length} with their answer: "
+                      f"the middle of each was cut, as training cuts it ({long_row['Master_Index']})"] * 2
+    assert ids == reference.token_ids[0] and text == reference.texts[0]
+    # with the echo prefix, as long as the vignette: the model sees its end, the answer holds it whole
+    g = dataclasses.replace(g, answer_prefix="echo")
+    reference = model.generate_responses([long_row], g)
+    text, ids = engine.answer(long_row, g)
+    assert ids == reference.token_ids[0] and text == reference.texts[0] and text.endswith(reference.texts[0][-20:])
+    assert text.startswith("summary " + prompt_echo(long_row))
+
+
+def test_an_answer_holds_no_replacement_character(exported):
+    """A byte-level token alone (half of a character's UTF-8 bytes) decodes to U+FFFD: neither
+    engine lets it into an answer."""
+    _, model, root = exported
+    engine = ExportedModel(root / "int8")
+    stray = model.tokenizer.convert_tokens_to_ids("Ã")  # byte 0xC3: the first half of é, alone
+    ids = model.encode("fever") + [stray] + model.encode(" and cough") + [stray]
+    assert "\ufffd" in model.tokenizer.decode(ids)
+    assert model.decode(ids) == engine.decode(ids) == "fever and cough"

@@ -60,3 +60,8 @@ def test_dvc_plots_render_loss_and_per_panel_charts(two_runs, tmp_path):
         assert "PAEDIATRICS" in html  # the per-panel data is in the page, not just the titles
         assert "Preference tuning: reward margin" in html  # the DPO run's reward margins
     assert "tiny-qwen3" in (tmp_path / "diff" / "index.html").read_text()
+    # without DPO (align.method: none) the reward-margin plot has no data, and no warning either
+    run_dvc(two_runs, "exp", "apply", "tiny-llama")
+    done = run_dvc(two_runs, "plots", "show", "-o", str(tmp_path / "sft"))
+    assert "failed to load" not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "Training loss" in (tmp_path / "sft" / "index.html").read_text()

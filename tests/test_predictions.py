@@ -105,6 +105,14 @@ def test_an_empty_generation_becomes_the_prompt_echo_and_is_counted(tmp_path):
     assert submission[1] == ["ID_1", prompt_echo(ROWS[1])] and submission[1][1].startswith("case 1 fever cough")
 
 
+def test_a_submission_holds_no_replacement_character(tmp_path):
+    """U+FFFD (bytes a decoder could not make a character of) is not the model's text: a prediction
+    file that holds one (made before answers were tidied) still gives a clean submission."""
+    path = _predictions_file(tmp_path, ["Fever\ufffd and cough\ufffd", "\ufffd", "Refer."])
+    submission, replaced = build_submission(ROWS, read_predictions(path, ROWS))
+    assert [text for _, text in submission] == ["fever and cough", prompt_echo(ROWS[1]), "refer"] and replaced == 1
+
+
 def test_write_submission_checks_ids_and_text(tmp_path):
     out = tmp_path / "submission.csv"
     good = [[r["Master_Index"], "text"] for r in ROWS]

@@ -4,12 +4,12 @@ import csv
 import hashlib
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -102,7 +102,8 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(workspace, repo_par
     assert snapshot(workspace) == good
     git(workspace, "checkout", "params.yaml")
 
-    # 4. predict stopped (SIGTERM to dvc and the stage) after the validation answers, before the test ones.
+    # 4. `dvc repro` itself killed (SIGKILL: it can do nothing about it) while predict is between the
+    # validation answers and the test ones: the stage ends too, before it writes anything.
     edit_params(workspace, lambda raw: raw["models"]["qwen3"]["generation"].update(max_new_tokens=300))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=env, text=True,
@@ -111,12 +112,15 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(workspace, repo_par
     for line in repro.stderr:
         seen.append(line)
         if "val: " in line and "responses in" in line:
-            os.killpg(repro.pid, signal.SIGTERM)
+            stage = psutil.Process(repro.pid).children(recursive=True)
+            repro.kill()
             break
-    repro.stderr.read()
     repro.wait(timeout=120)
     assert any("responses in" in line for line in seen), "".join(seen)
-    assert repro.returncode != 0
+    assert any("stages.predict" in " ".join(process.cmdline()) for process in stage)
+    _, alive = psutil.wait_procs(stage, timeout=60)
+    assert not alive, "the stage outlived the dvc repro that started it"
+    assert "dvc (pid" in repro.stderr.read()  # the stage's own line on why it stopped
     assert snapshot(workspace) == good and not leftovers(workspace)
 
     # 5. The same inputs give the same adapter, byte for byte: downstream stages see no change.
@@ -125,3 +129,47 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(workspace, repo_par
     run_dvc(workspace, "repro", "--force", "finetune")
     assert adapter_hash(workspace) == adapter
     assert run_dvc(workspace, "status").stdout.strip().startswith("Data and pipelines are up to date")
+
+    # 6. A change to core/data.py alone (the host's normalisation, the prompt echo) reruns every stage that
+    # runs it: prepare, and evaluate and submit, whose scores and submission it decides (dvc.yaml lists it).
+    data_module = workspace / "core/data.py"
+    data_module.write_text(data_module.read_text(encoding="utf-8") + "\n# normalised differently\n", encoding="utf-8")
+    out = run_dvc(workspace, "repro", "--dry").stdout
+    rerun = [stage for stage in ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy")
+             if f"Running stage '{stage}'" in out]
+    assert {"prepare", "evaluate", "submit"} <= set(rerun), out
+
+
+def test_a_stage_run_by_hand_says_how_to_keep_its_outputs_through_dvc_exp_run(workspace, tmp_path):
+    """`dvc exp run` checks out dvc.lock's outputs first: one a stage wrote when run by hand is not in
+    DVC's cache and would be deleted. The stage says so and names the command that keeps it."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DVC_STAGE", None)
+    done = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=workspace, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("WARNING")] == [
+        "WARNING stages: prepare ran outside DVC: DVC's cache has no copy of data/prepared, which the next `dvc exp run` or "
+        "`dvc checkout` would replace or delete; to keep them, record them with: dvc commit -f prepare"]
+    run_dvc(workspace, "commit", "-f", "prepare")
+    prepared = {p.name: p.read_bytes() for p in (workspace / "data/prepared").iterdir()}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Master_Index,Prompt\nID_1,a child with fever\n")
+    done = run_dvc(workspace, "exp", "run", "-S", f"data.train_csv={bad}", "prepare", check=False)
+    assert done.returncode != 0 and f"{bad}: column" in done.stderr
+    assert {p.name: p.read_bytes() for p in (workspace / "data/prepared").iterdir()} == prepared
+
+
+def test_a_hub_model_out_of_reach_stops_at_once_in_one_line_naming_the_key(workspace, tmp_path, repo_params):
+    """`dvc exp run -S model=qwen3` with the hub unreachable and nothing cached: one line naming
+    models.qwen3.name and the way to a local checkout, from prepare, before dvc.lock records qwen3."""
+    offline = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens on port 9
+    began = time.monotonic()
+    done = run_dvc(workspace, "exp", "run", "-S", "model=qwen3", check=False, env=offline)
+    assert done.returncode != 0 and time.monotonic() - began < 60
+    [line] = errors(done)
+    name = repo_params["models"]["qwen3"]["name"]
+    assert line.startswith(f"ERROR stages: params.yaml: models.qwen3.name: '{name}' is neither a local directory "
+                           "nor in the Hugging Face cache, and the hub did not give it (ConnectError"), line
+    assert line.endswith("set models.qwen3.name to a local directory holding its config.json and weights")
+    assert "Traceback" not in done.stderr and "Running stage 'finetune'" not in done.stdout
+    assert not (workspace / "dvc.lock").exists()

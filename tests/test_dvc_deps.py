@@ -1,0 +1,94 @@
+"""dvc.yaml's deps cannot drift from the code: each stage lists every project module it runs.
+
+A stage runs its own module, every project module that one imports (at the top or inside a
+function, directly or through other modules) and any module it starts as `python -m` in a
+process of its own. The shared runner (stages/__init__.py: logging, signals, error lines) is
+left out on purpose: changing how a stage is run does not change what it computes.
+"""
+import ast
+import re
+from pathlib import Path
+
+import yaml
+
+from tests.checkpoints import REPO
+
+PACKAGES = ("core", "stages")
+RUNNER = "stages/__init__.py"
+
+
+def module_file(name: str) -> str | None:
+    """The project file of a dotted module name (a package's __init__.py), or None outside the project."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    path = Path(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if (REPO / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+def modules_used(path: str) -> set[str]:
+    """Project modules the file at `path` imports or starts, with the packages they sit in."""
+    names = set()
+    for node in ast.walk(ast.parse((REPO / path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from core import io`
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", node.value):
+            names.add(node.value)  # `python -m stages.ask`, run in a process of its own
+    files = set()
+    for name in names:
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py too
+            found = module_file(".".join(parts[:depth]))
+            if found:
+                files.add(found)
+    return files
+
+
+def import_closure(path: str) -> set[str]:
+    seen, todo = set(), [path]
+    while todo:
+        current = todo.pop()
+        if current in seen or current == RUNNER:
+            continue
+        seen.add(current)
+        todo.extend(modules_used(current) - seen)
+    return seen
+
+
+def covered(file: str, deps: list[str]) -> bool:
+    return any(file == dep or file.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def missing_deps(dvc_yaml: dict) -> list[str]:
+    missing = []
+    for name, stage in dvc_yaml["stages"].items():
+        module = re.search(r"-m (stages\.\w+)", stage["cmd"]).group(1)
+        for file in sorted(import_closure(module_file(module))):
+            if not covered(file, stage.get("deps", [])):
+                missing.append(f"{name} -> {file}")
+    return missing
+
+
+def test_each_stage_depends_on_every_module_it_runs():
+    missing = missing_deps(yaml.safe_load((REPO / "dvc.yaml").read_text()))
+    assert not missing, "dvc.yaml: stages that do not list a module they run:\n" + "\n".join(missing)
+
+
+def test_the_closure_follows_imports_inside_functions_and_modules_started_as_processes():
+    deploy = import_closure("stages/deploy.py")
+    assert {"stages/deploy.py", "stages/ask.py", "core/engine.py", "core/data.py", "core/errors.py"} <= deploy
+    assert RUNNER not in deploy
+    # core/backends.py imports unsloth and transformers inside functions; finetune reaches it through core/model.py
+    assert {"core/backends.py", "core/model.py", "core/__init__.py"} <= import_closure("stages/finetune.py")
+    assert "core/model.py" not in import_closure("stages/submit.py")
+
+
+def test_the_check_finds_a_module_missing_from_a_stage():
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    dvc_yaml["stages"]["evaluate"]["deps"].remove("core/data.py")
+    assert "evaluate -> core/data.py" in missing_deps(dvc_yaml)

@@ -1,0 +1,134 @@
+"""Every error the project raises about something a user can fix is a UserError, and a stage
+reports it as one line per problem, without a traceback; a stage DVC started ends with DVC."""
+import ast
+import importlib
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from core.errors import UserError
+from stages import run
+from tests.checkpoints import REPO
+
+PROJECT_FILES = sorted([*REPO.glob("core/*.py"), *REPO.glob("stages/*.py")])
+# Raised on purpose and not the user's to fix: a family class defined without its template (a
+# programming error, caught by the tests), and the exit that SIGTERM becomes.
+NOT_FOR_USERS = {"TypeError", "SystemExit"}
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+def project_error_classes() -> list[type]:
+    classes = set()
+    for path in PROJECT_FILES:
+        module = importlib.import_module(module_name(path))
+        classes.update(obj for obj in vars(module).values()
+                       if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__)
+    return sorted(classes, key=lambda cls: cls.__qualname__)
+
+
+def test_every_error_class_of_the_project_is_a_user_error():
+    classes = project_error_classes()
+    assert {cls.__name__ for cls in classes} >= {"UserError", "ConfigError", "DataError", "BackendError", "TrainingDiverged",
+                                                 "ExportError", "StaleExport", "CheckpointError", "ArtifactError"}
+    assert [cls.__name__ for cls in classes if not issubclass(cls, UserError)] == []
+
+
+def test_the_project_raises_only_its_own_errors():
+    """No `raise ValueError(...)` and the like in core/ or stages/: a built-in error would escape
+    stages.run as a traceback."""
+    project = {cls.__name__ for cls in project_error_classes()}
+    builtin = []
+    for path in PROJECT_FILES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                name = node.exc.func.id
+                if name not in project | NOT_FOR_USERS:
+                    builtin.append(f"{path.relative_to(REPO)}:{node.lineno}: raise {name}")
+    assert builtin == []
+
+
+@pytest.fixture
+def stage_runner(monkeypatch):
+    """stages.run as a stage uses it, with this process's SIGTERM handler put back afterwards."""
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    return run
+
+
+@pytest.mark.parametrize("error", project_error_classes(), ids=lambda cls: cls.__name__)
+def test_a_stage_reports_each_user_error_in_one_line_per_problem(error, stage_runner, caplog):
+    def main():
+        raise error("params.yaml: first problem\nparams.yaml: second problem")
+
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
+        stage_runner(main)
+    assert stopped.value.code == 1
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "params.yaml: first problem"), ("ERROR", "params.yaml: second problem")]
+    assert all(record.exc_info is None for record in caplog.records)
+
+
+def test_a_bug_keeps_its_traceback(stage_runner):
+    def main():
+        raise KeyError("not the user's doing")
+
+    with pytest.raises(KeyError):
+        stage_runner(main)
+
+
+CHILD = textwrap.dedent("""
+    import os, sys, time
+    from core import io
+    from stages import run
+
+    def main():
+        with io.atomic_path(sys.argv[1]) as tmp:
+            tmp.write_text("written only if the stage finished")
+            print(os.getpid(), flush=True)
+            time.sleep(120)
+
+    run(main)
+""")
+PARENT = textwrap.dedent("""
+    import os, subprocess, sys, time
+    # like `dvc repro`: the stage through a shell, DVC_STAGE in its environment only
+    subprocess.Popen(["/bin/sh", "-c", f"{sys.executable} -c '{sys.argv[1]}' {sys.argv[2]}; echo shell-done"],
+                     env={**os.environ, "DVC_STAGE": "predict"})
+    time.sleep(300)
+""")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stage_ends_when_the_dvc_that_started_it_ends(tmp_path, how):
+    out = tmp_path / "answers.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("DVC_STAGE", None)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD.replace("'", '"'), str(out)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stage = int(parent.stdout.readline())  # the stage is at work, its output half written
+    parent.send_signal(how)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while process_alive(stage) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(stage), "the stage outlived the dvc that started it"
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
