@@ -8,11 +8,11 @@ llama.cpp's Python binding builds llama.cpp from source on install.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io as stdio
 import json
 import logging
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -50,6 +50,22 @@ def merge(model, adapter_dir: str | Path, merged_dir: str | Path) -> int:
     return sum(p.numel() for p in {id(p): p for p in merged.parameters()}.values())
 
 
+def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: str) -> None:
+    """ONNX Runtime GenAI's model builder, in this process (torch and transformers are loaded
+    already: a second process would spend seconds importing them again), its progress output kept
+    out of the stage's log."""
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    chatter = stdio.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            options = parse_extra_options(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, [])
+            create_model(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, **options)
+    except Exception as err:  # whatever the builder raises, the stage says it in one line
+        raise ExportError(f"{merged_dir}: the ONNX Runtime GenAI model builder failed: {type(err).__name__}: "
+                          f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}") from None
+
+
 def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: str, adapter_dir: str | Path | None,
                parameters: int) -> None:
     """Convert the merged checkpoint with ONNX Runtime GenAI's model builder (weights quantized to
@@ -57,13 +73,8 @@ def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: st
     tokenizer = model.tokenizer
     end_of_turn_id = tokenizer.convert_tokens_to_ids(model.end_of_turn)
     with io.atomic_path(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="ort-build-") as cache:
-        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(merged_dir), "-i", str(merged_dir),
-                   "-o", str(tmp), "-p", precision, "-e", "cpu", "-c", cache]
         log.info("converting %s to ONNX (%s weights)", merged_dir, precision)
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-            raise ExportError(f"{merged_dir}: the ONNX Runtime GenAI model builder failed: {last}")
+        _run_builder(merged_dir, tmp, precision, cache)
         config_path = tmp / "genai_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         # stop on the family's end-of-turn token, as the PyTorch path does (the builder takes the

@@ -80,9 +80,10 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
 
 
 def test_queued_sweep_runs_every_value(workspace, tiny_checkpoints):
-    # the queue runs from a commit: the tiny profile must be in it
+    # the queue runs from a commit: the tiny profile must be in it. Each queued run stops at finetune (what
+    # the sweep compares: the losses); the whole pipeline under `dvc exp run` is the test above.
     run_dvc(workspace, "exp", "run", "--queue", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
-            *short("llama32"), "-S", "models.llama32.lora.r=4,8")
+            *short("llama32"), "-S", "models.llama32.lora.r=4,8", "finetune")
     run_dvc(workspace, "queue", "start", "-j", "1")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -92,6 +92,17 @@ def test_unquantized_export_applies_the_answer_only_rules_and_the_prefix_as_pyto
     assert plain.texts != reference.texts  # the rules changed what was written
 
 
+def test_the_same_adapter_gives_the_same_export_byte_for_byte(exported, tmp_path):
+    """The export stage rerun on the same merged model writes the same files (DVC sees no change)."""
+    params, model, root = exported
+    parameters = json.loads((root / "int8" / "edge.json").read_text())["parameters"]
+    build_onnx(model, root / "merged", tmp_path / "int8", "int8", root / "adapter", parameters)
+    first = {p.name: p.read_bytes() for p in (root / "int8").iterdir()}
+    again = {p.name: p.read_bytes() for p in (tmp_path / "int8").iterdir()}
+    assert set(first) == set(again) and len(first) > 3
+    assert [name for name in first if first[name] != again[name]] == []
+
+
 def test_int8_export_stays_close_to_the_pytorch_logits(exported):
     """int8 weights move the logits a little, which can flip a near tie between two tokens (a random
     model has many). The bound documented in docs/deploy.md: at each prompt's first answer token the

@@ -1,4 +1,6 @@
-"""`dvc repro` of the default profile (the real SmolLM2 weights) on the sample data, shortened."""
+"""`dvc repro` of the default profile (the real SmolLM2 weights) on the sample data, shortened: the
+whole pipeline once; a generation key's change, which reruns predict onwards only; predict and
+submit again, to the same bytes."""
 from pathlib import Path
 
 import pytest
@@ -61,21 +63,27 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     predict = yaml.safe_load((workspace / "metrics" / "predict.json").read_text())
     assert predict["num_beams"] == 2 and predict["val"]["decoding_work_ratio"] >= 2  # beam search's cost, recorded
 
-    # A generation key reruns predict onwards and never retrains.
-    adapter_before = (workspace / "models/adapter/adapter_model.safetensors").read_bytes()
+    # A generation key reruns predict onwards and never retrains (what `dvc repro` would run, without running it).
     # (the model alone at 12 tokens: the answers change, whatever length the first run chose)
+    adapter_before = (workspace / "models/adapter/adapter_model.safetensors").read_bytes()
     shorten(workspace, answer_prefix="none", length_grid=[12], max_new_tokens=12)
     status = dvc(workspace, "status")
     assert "predict:" in status and "finetune:" not in status and "prepare:" not in status, status
-    out = dvc(workspace, "repro")
-    assert [s for s in ("prepare", "finetune", "export", "predict", "evaluate", "submit", "deploy") if f"Running stage '{s}'" in out] == \
-        ["predict", "evaluate", "submit", "deploy"], out
+    out = dvc(workspace, "repro", "--dry")  # the stages that read generation keys; evaluate and submit follow predict's new answers
+    assert [s for s in ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy")
+            if f"Running stage '{s}'" in out] == ["predict", "deploy"], out
+    out = dvc(workspace, "repro", "submit")  # the submission and what it needs: predict, then submit
+    assert [s for s in ("prepare", "finetune", "align", "export", "predict", "submit") if f"Running stage '{s}'" in out] == \
+        ["predict", "submit"], out
     assert (workspace / "models/adapter/adapter_model.safetensors").read_bytes() == adapter_before
 
+    # The same inputs give the same answers, byte for byte (finetune's rerun is tested on a tiny model in
+    # test_reliability.py, the export's in test_export.py).
     first = (workspace / "submissions" / "submission.csv").read_bytes()
     hashes = cached_output_hashes(workspace)
-    dvc(workspace, "repro", "--force")
-    assert (workspace / "submissions" / "submission.csv").read_bytes() == first  # byte-identical rerun
-    # the splits, the adapter (and its aligned copy), the merged and exported models, the predictions and
-    # the submission hash as before (the metrics, which record run times, are the outputs DVC does not cache)
+    for stage in ("predict", "submit"):
+        assert f"Running stage '{stage}'" in dvc(workspace, "repro", "--force", "--single-item", stage)
+    assert (workspace / "submissions" / "submission.csv").read_bytes() == first
+    # the predictions and the submission hash as before (beside the splits, the adapter and its aligned
+    # copy, the merged and exported models: the seven outputs DVC caches)
     assert cached_output_hashes(workspace) == hashes and len(hashes) == 7
