@@ -65,13 +65,13 @@ def torch_worker(params_file: str, rows_file: str, out: str) -> None:
 
 def export_base(params_file: str, out_dir: str, precision: str) -> None:
     from core.config import load_params
-    from core.export import build_onnx
+    from core.export import build_onnx, parameter_count
     from core.families import model_for
 
     params = load_params(params_file)
     model = model_for(params.profile, params.prompt.system)
     model.load()
-    parameters = sum(p.numel() for p in {id(p): p for p in model.model.parameters()}.values())
+    parameters = parameter_count(model.model)
     build_onnx(model, model.checkpoint, out_dir, precision, None, parameters)
 
 

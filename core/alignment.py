@@ -17,7 +17,7 @@ import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from core.config import AlignConfig, GenerationConfig
 from core.data import ID, LLM_COLUMNS, TARGET, DataError, normalise
@@ -118,7 +118,7 @@ def _pretokenized_dpo_trainer():
 
 
 def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig,
-                                   output_dir: str | Path, callbacks: Iterable[Any] = ()) -> dict:
+                                   output_dir: str | Path) -> dict:
     """DPO of the adapter on `model` (loaded trainable), against a frozen copy of itself.
 
     trl adds the copy (adapter "ref") when handed a PeftModel that already has an adapter; it is
@@ -157,7 +157,7 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
         train_dataset=Dataset.from_dict(train),
         eval_dataset=Dataset.from_dict(val) if val["prompt_ids"] else None,
         processing_class=model.tokenizer,
-        callbacks=[divergence_guard(config.learning_rate), *callbacks],
+        callbacks=[divergence_guard(config.learning_rate)],
     )
     resume, resumed_from_step = resume_point(output_dir)
     clock = run_clock(resume)

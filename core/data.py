@@ -112,6 +112,12 @@ def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
 _PUNCTUATION = set(string.punctuation)
 
 
+def require_vignette(text: object, where: str = "") -> None:
+    """A DataError unless `text` holds a vignette to answer; `where` names the file, row and column."""
+    if not str(text or "").strip():
+        raise DataError(f"{where}: empty vignette" if where else "the vignette is empty: there is nothing to answer")
+
+
 def normalise(text: str) -> str:
     """The host's scoring normalisation: lower-case, punctuation removed, paragraph breaks and
     all other runs of whitespace made one space."""

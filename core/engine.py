@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from core import io
 from core.config import GenerationConfig
-from core.data import ID, PROMPT, DataError
+from core.data import ID, PROMPT, require_vignette
 from core.errors import ArtifactError, how_to_restore
-from core.predictions import Generations
+from core.predictions import Generations, trim_at_stop
 from core.prompts import answer_prefix, chat_messages, fit_to_window, join_answer, render_chat, tidy_answer, user_message
 from core.scoring import cut_at_first_loop
 
@@ -166,8 +166,7 @@ class ExportedModel:
         """The answer to one row and its new token ids (end-of-turn token included where the
         model ended its turn). With greedy or sampled decoding `on_text` receives the answer's
         text piece by piece as it is generated; beam search knows its answer only at the end."""
-        if not row.get(PROMPT, "").strip():
-            raise DataError("the vignette is empty: there is nothing to answer")
+        require_vignette(row.get(PROMPT))
         og = self._og
         # an answer's prefix is encoded apart from the prompt, as training encodes the answer
         prefix_text = answer_prefix(row, generation.answer_prefix)
@@ -205,8 +204,7 @@ class ExportedModel:
                         shown = text
         if beams:
             new = [int(t) for t in generator.get_sequence(0)[len(prompt) + len(prefix):]]
-        if self.stop_id in new:
-            new = new[: new.index(self.stop_id) + 1]
+        new, _ = trim_at_stop(new, self.stop_id)
         own = self.decode(new)
         if rules and beams:
             cut = cut_at_first_loop(own)

@@ -46,8 +46,12 @@ def merge(model, adapter_dir: str | Path, merged_dir: str | Path) -> int:
     with io.atomic_path(merged_dir) as tmp:
         merged.save_pretrained(str(tmp))
         model.tokenizer.save_pretrained(str(tmp))
-    # tied input and output embeddings are one tensor: counted once
-    return sum(p.numel() for p in {id(p): p for p in merged.parameters()}.values())
+    return parameter_count(merged)
+
+
+def parameter_count(model) -> int:
+    """A model's parameters, tied input and output embeddings (one tensor) counted once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: str) -> None:

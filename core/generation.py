@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from core import decoding
 from core.config import GenerationConfig
-from core.predictions import Generations
+from core.predictions import Generations, trim_at_stop
 from core.prompts import join_answer
 from core.repetition import AnswerOnlyRepetition
 from core.scoring import rouge_l_matrix
@@ -166,7 +166,7 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
                 continue
             decoded += len(index) * generation.sequences_per_row * steps
             for k, i in enumerate(index):
-                candidates = [_trim(ids, stop_id) for ids in new[k * per_row : (k + 1) * per_row]]
+                candidates = [trim_at_stop(ids, stop_id) for ids in new[k * per_row : (k + 1) * per_row]]
                 decoded_texts = [join_answer(prefixes[i][0], decode(ids)) for ids, _ in candidates]
                 best = mbr_choice(decoded_texts) if per_row > 1 else 0
                 texts[i] = decoded_texts[best]
@@ -200,11 +200,3 @@ def _decode(model, tokenizer, prompts: list[list[int]], prefix_lengths: list[int
                             logits_processor=LogitsProcessorList(answer_only_rules(generation, [width - n for n in prefix_lengths])),
                             **settings)
     return output[:, width:].tolist(), output.shape[1] - width
-
-
-def _trim(ids: list[int], stop_id: int) -> tuple[list[int], bool]:
-    """A generated sequence up to and including its end-of-turn token (padding after it dropped),
-    and whether it had one."""
-    if stop_id in ids:
-        return ids[: ids.index(stop_id) + 1], True
-    return ids, False

@@ -27,14 +27,11 @@ from core.data import ID, TARGET
 from core.errors import ArtifactError, CheckpointError, how_to_restore
 from core.generation import Generations, generate
 from core.prompts import answer_prefix, chat_messages, fit_to_window, tidy_answer, user_message
-from core.training import (IGNORE_INDEX, TrainingDiverged, TrainingExamples, best_epoch, common_trainer_arguments,
-                           divergence_guard, resume_point, run_clock)
+from core.training import (TrainingExamples, best_epoch, common_trainer_arguments, divergence_guard, resume_point,
+                           run_clock)
 from core.weights import resolve_checkpoint
 
 log = logging.getLogger(__name__)
-
-__all__ = ["BaseUnslothModel", "IGNORE_INDEX", "TrainingDiverged"]
-
 
 # Base models loaded in this process, keyed by what was loaded. peft edits a model in place
 # when an adapter is attached, so a model leaves the cache at that moment.

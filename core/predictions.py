@@ -50,6 +50,14 @@ class Generations:
         return self.decoded_tokens / kept if kept else 0.0
 
 
+def trim_at_stop(ids: list[int], stop_id: int) -> tuple[list[int], bool]:
+    """A generated sequence up to and including its end-of-turn token (anything after it dropped),
+    and whether it had one."""
+    if stop_id in ids:
+        return ids[: ids.index(stop_id) + 1], True
+    return ids, False
+
+
 def _csv_text(rows: list[list], header: list[str]) -> str:
     buffer = _io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core import io
 from core.config import ConfigError, GenerationConfig, load_params
-from core.data import ID, PROMPT, TARGET, DataError, read_csv_records
+from core.data import ID, PROMPT, TARGET, read_csv_records, require_vignette
 from core.engine import ExportedModel, peak_rss_mb
 from stages import run
 
@@ -42,8 +42,7 @@ def decoding(params_path: str | Path = "params.yaml", max_new_tokens: int | None
 
 def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, stream=None) -> str:
     """One vignette's answer; `stream` (say, print) gets the text as it comes (greedy or sampled decoding)."""
-    if not vignette.strip():
-        raise DataError("the vignette is empty: there is nothing to answer")
+    require_vignette(vignette)
     text, _ = model.answer({PROMPT: vignette}, generation, on_text=stream)
     return text
 
@@ -53,8 +52,7 @@ def read_rows(path: str) -> list[dict]:
     has it; Master_Index and the context columns are used where present)."""
     rows = io.read_jsonl(path) if path.endswith(".jsonl") else read_csv_records(path, [PROMPT])
     for number, row in enumerate(rows, start=1):
-        if not str(row.get(PROMPT) or "").strip():
-            raise DataError(f"{path}: row {number}, column {PROMPT!r}: empty vignette")
+        require_vignette(row.get(PROMPT), f"{path}: row {number}, column {PROMPT!r}")
         if not row.get(ID):
             row[ID] = str(number)
     return rows
@@ -74,8 +72,8 @@ def main() -> None:
         parser.error("give one vignette's text, or --file")
     if args.max_new_tokens is not None and args.max_new_tokens < 0:
         parser.error("--max-new-tokens: expected at least 0")
-    if args.vignette is not None and not args.vignette.strip():
-        raise DataError("the vignette is empty: there is nothing to answer")
+    if args.vignette is not None:
+        require_vignette(args.vignette)
     generation = decoding(args.params, args.max_new_tokens)
     rows = read_rows(args.file) if args.file else None
     model = load(args.export)

@@ -11,7 +11,8 @@ from core.families import FAMILIES, model_for
 from core.backends import BackendError
 from core import decoding
 from core.generation import AUTO_MEMORY_SHARE, answer_only_rules, decoding_settings, mbr_choice, rows_per_batch
-from core.model import IGNORE_INDEX, BaseUnslothModel, TrainingDiverged
+from core.model import BaseUnslothModel
+from core.training import IGNORE_INDEX, TrainingDiverged
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 from core.data import read_vignettes

@@ -104,7 +104,7 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(workspace, repo_par
 
     # 4. `dvc repro` itself killed (SIGKILL: it can do nothing about it) while predict is between the
     # validation answers and the test ones: the stage ends too, before it writes anything.
-    edit_params(workspace, lambda raw: raw["models"]["qwen3"]["generation"].update(max_new_tokens=300))
+    edit_params(workspace, lambda raw: raw["models"]["qwen3"]["generation"].update(max_new_tokens=100))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=env, text=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

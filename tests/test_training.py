@@ -6,7 +6,8 @@ import pytest
 
 from core import io
 from core.families import model_for
-from core.model import IGNORE_INDEX, BaseUnslothModel
+from core.model import BaseUnslothModel
+from core.training import IGNORE_INDEX
 from core.training import CLOCK_FILE, fit_example, write_training_log
 from tests.conftest import tiny_params
 from tests.test_model import ROWS
