@@ -66,8 +66,8 @@ def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: s
             options = parse_extra_options(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, [])
             create_model(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, **options)
     except Exception as err:  # whatever the builder raises, the stage says it in one line
-        raise ExportError(f"{merged_dir}: the ONNX Runtime GenAI model builder failed: {type(err).__name__}: "
-                          f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}") from None
+        last = (str(err).strip().splitlines() or [""])[-1]
+        raise ExportError(f"{merged_dir}: the ONNX Runtime GenAI model builder failed: {type(err).__name__}: {last}") from None
 
 
 def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: str, adapter_dir: str | Path | None,

@@ -51,6 +51,12 @@ def cut_middle(ids: list[int], keep: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (keep - head):]
 
 
+def shortest_prompt(max_length: int) -> int:
+    """The fewest prompt tokens a cut may leave: a quarter of the window (cut further, a prompt no
+    longer says what is asked). Training drops a row that would need less; answering keeps this many."""
+    return max_length // 4
+
+
 def fit_to_window(prompts: list[list[int]], prefixes: list[list[int]], answer_tokens: int, max_length: int,
                   row_ids: list[str]) -> tuple[list[list[int]], list[list[int]]]:
     """Prompts and answer prefixes cut so that each, with `answer_tokens` new tokens, fits in the
@@ -63,9 +69,8 @@ def fit_to_window(prompts: list[list[int]], prefixes: list[list[int]], answer_to
     room = max_length - answer_tokens
     fitted_prompts, fitted_prefixes, cut = [], [], []
     for row_id, prompt, prefix in zip(row_ids, prompts, prefixes, strict=True):
-        kept = cut_middle(prompt, max(room - len(prefix), max_length // 4))
-        left = max(room - len(kept), 0)
-        kept_prefix = prefix[len(prefix) - left:] if len(prefix) > left else prefix
+        kept = cut_middle(prompt, max(room - len(prefix), shortest_prompt(max_length)))
+        kept_prefix = prefix[max(len(prefix) - max(room - len(kept), 0), 0):]
         if len(kept) < len(prompt) or len(kept_prefix) < len(prefix):
             cut.append(row_id)
         fitted_prompts.append(kept)

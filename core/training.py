@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import io
-from core.prompts import cut_middle
 from core.errors import UserError
+from core.prompts import cut_middle, shortest_prompt
 
 IGNORE_INDEX = -100  # label value the loss skips
 CLOCK_FILE = "run_clock.json"  # written into each checkpoint directory
@@ -42,7 +42,7 @@ def fit_example(prompt_ids: list[int], answer_ids: list[int], max_length: int) -
     far no longer says what the answer answers.
     """
     room = max_length - len(answer_ids)
-    if len(prompt_ids) > room and room < max_length // 4:
+    if len(prompt_ids) > room and room < shortest_prompt(max_length):
         return None
     return cut_middle(prompt_ids, room)
 
