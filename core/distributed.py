@@ -8,6 +8,7 @@ number of processes, and let only rank 0 write outputs.
 from __future__ import annotations
 
 import os
+import sys
 
 from core.config import ConfigError
 
@@ -61,6 +62,8 @@ def passes(batch_size: int, grad_accum: int, rows_per_pass: int | str, on_gpu: b
 
 
 def barrier() -> None:
+    if "torch" not in sys.modules:  # no process group without torch; importing it costs seconds
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -69,6 +72,8 @@ def barrier() -> None:
 
 def shut_down() -> None:
     """Leave the process group cleanly (torch warns at exit otherwise)."""
+    if "torch" not in sys.modules:  # no process group without torch; importing it costs seconds
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

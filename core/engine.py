@@ -59,7 +59,12 @@ def adapter_digest(adapter_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def cpus() -> int:
+def compute_threads() -> int:
+    """The threads this process computes with: OMP_NUM_THREADS where it is set (the cap torch honours
+    too, for several jobs sharing a machine), else one for each CPU this process may use."""
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    if cap.isdigit() and int(cap) > 0:
+        return int(cap)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -140,8 +145,8 @@ class ExportedModel:
         self._og = og
         config = og.Config(str(directory))
         # ONNX Runtime's default thread count left half of a 2-core machine idle (70 against 100
-        # tokens/s, docs/deploy.md): one thread per CPU this process may use
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": cpus()}}}}))
+        # tokens/s, docs/deploy.md): one thread per CPU this process may use, as torch does
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": compute_threads()}}}}))
         self.model = og.Model(config)
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.stop_id = self.info["end_of_turn_id"]

@@ -1,11 +1,20 @@
 import copy
+import fcntl
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+
+# Each xdist worker gets its share of the cores for torch, in its own process and in every process it starts
+# (dvc, the stages): two workers whose torch each used every core made a tiny `dvc repro` take 80-100 s beside
+# the other instead of 40 s (threads spinning for cores the other worker held). Set before torch is imported.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 from core.config import parse_params
 from tests.checkpoints import REPO, build_checkpoint
@@ -32,10 +41,39 @@ def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder every worker process of this test run sees (xdist gives each worker a temp folder of its own)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    root = tmp_path_factory.getbasetemp().parent / f"shared-{run}" if run else tmp_path_factory.getbasetemp() / "shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def build_once(path: Path, build: Callable[[Path], object]) -> Path:
+    """`path`, built by `build` in the first worker process that asks; the others wait for it and reuse it."""
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = Path(f"{path}.built")
+        if not built.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            built.touch()
+    return path
+
+
+def copy_repo(source: Path, dest: Path) -> Path:
+    """A copy of a git+DVC repository (work tree, .git, DVC cache) to change without touching `source`."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {family: build_checkpoint(family, root / family) for family in ("qwen3", "llama32")}
+    """Tiny Qwen3 and Llama checkpoints, one set for the whole run: a shared pipeline's params name their paths."""
+    families = ("qwen3", "llama32")
+    root = build_once(shared_dir(tmp_path_factory) / "checkpoints",
+                      lambda root: [build_checkpoint(family, root / family) for family in families])
+    return {family: root / family for family in families}
 
 
 def tiny_params(raw: dict, family: str, checkpoint: Path, **training):
@@ -71,6 +109,44 @@ def make_workspace(dest: Path) -> Path:
 def workspace(tmp_path) -> Path:
     """A git+DVC copy of the repo's tracked files, to run stages and `dvc` in."""
     return make_workspace(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, repo_params, tiny_checkpoints) -> Path:
+    """The whole pipeline run once by `dvc repro` on the tiny Qwen3 (two optimiser steps), committed: the
+    starting point of the tests that change, break or share a finished run. Never changed: copy it."""
+    from tests.dvc_helpers import git, run_dvc, use_tiny_model
+
+    def build(repo: Path) -> None:
+        make_workspace(repo)
+        use_tiny_model(repo, repo_params, "qwen3", tiny_checkpoints["qwen3"], max_steps=2)
+        run_dvc(repo, "repro")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "a good run")
+
+    return build_once(shared_dir(tmp_path_factory) / "tiny-pipeline", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
+    """`tiny_pipeline` and two `dvc exp run`s on it: tiny-qwen3 (SFT, then DPO) and tiny-llama32 (another
+    profile and checkpoint, answering through the export), the work tree holding the last. Never changed: copy it."""
+    from tests.dvc_helpers import run_dvc, short_run
+
+    def build(repo: Path) -> None:
+        copy_repo(tiny_pipeline, repo)
+        run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", *short_run("qwen3"),
+                "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2")
+        run_dvc(repo, "exp", "run", "-n", "tiny-llama32", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
+                *short_run("llama32"), "-S", "models.llama32.generation.engine=onnx", "-S", "align.method=none")
+
+    return build_once(shared_dir(tmp_path_factory) / "tiny-experiments", build)
+
+
+@pytest.fixture
+def finished_workspace(tiny_pipeline, tmp_path) -> Path:
+    """A copy of `tiny_pipeline` of this test's own."""
+    return copy_repo(tiny_pipeline, tmp_path / "repo")
 
 
 @pytest.fixture(scope="session")

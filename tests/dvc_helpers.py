@@ -27,3 +27,10 @@ def use_tiny_model(workspace: Path, repo_params: dict, family: str, checkpoint: 
     """params.yaml of `workspace` with `family` selected and pointed at a tiny local checkpoint."""
     raw = tiny_raw_params(repo_params, family, checkpoint, **training)
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def short_run(family: str) -> list[str]:
+    """`dvc exp run` flags for a quick run: two steps and 8 greedy tokens (the profile's own generation keys
+    win over the shared ones, so they are set there)."""
+    return ["-S", "training.max_steps=2", "-S", f"models.{family}.generation.max_new_tokens=8",
+            "-S", f"models.{family}.generation.num_beams=1", "-S", f"models.{family}.generation.length_grid=[0,4,8]"]

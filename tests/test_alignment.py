@@ -88,7 +88,7 @@ def test_dpo_moves_the_sft_adapter_and_keeps_the_sft_encoding(tiny_sft, tmp_path
 
 
 @pytest.mark.slow
-def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(workspace, repo_params, tiny_checkpoints):
+def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(finished_workspace):
     import csv
     import io
     import json
@@ -98,10 +98,9 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(workspace, r
     from core import io as core_io
     from core.config import load_params
     from core.predictions import Prediction, predictions_csv
-    from tests.dvc_helpers import git, run_dvc, use_tiny_model
+    from tests.dvc_helpers import run_dvc
 
-    use_tiny_model(workspace, repo_params, "qwen3", tiny_checkpoints["qwen3"], max_steps=2)
-    run_dvc(workspace, "repro")
+    workspace = finished_workspace  # `dvc repro` on the tiny Qwen3 with align.method: none, committed
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     outs = {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
     assert outs["models/aligned"] == outs["models/adapter"]  # method none: the same files
@@ -117,8 +116,6 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(workspace, r
     assert (workspace / "data/predictions/val.csv").read_text(encoding="utf-8") == direct
     model.cleanup_model()
     BaseUnslothModel.clear_cache()
-    git(workspace, "add", "-A")
-    git(workspace, "commit", "-qm", "sft")
 
     run_dvc(workspace, "exp", "run", "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2",
             "-S", "align.learning_rate=0.01", "predict")  # up to the answers of the preference-tuned adapter

@@ -11,24 +11,17 @@ import pytest
 from notebooks.experiments import experiments_table
 from core.data import read_vignettes
 from tests.checkpoints import REPO
-from tests.dvc_helpers import run_dvc
+from tests.conftest import copy_repo
+from tests.dvc_helpers import run_dvc, short_run
 
 pytestmark = pytest.mark.slow
-def short(family: str) -> list[str]:
-    """Two steps and 8 greedy tokens: the profile's own generation keys win over the shared ones."""
-    return ["-S", "training.max_steps=2", "-S", f"models.{family}.generation.max_new_tokens=8",
-            "-S", f"models.{family}.generation.num_beams=1", "-S", f"models.{family}.generation.length_grid=[0,4,8]"]
-
-
 def table(workspace):
     return experiments_table(json.loads(run_dvc(workspace, "exp", "show", "--json").stdout))
 
 
-def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(workspace, tiny_checkpoints):
-    for family in ("qwen3", "llama32"):
-        engine = ["-S", "models.llama32.generation.engine=onnx"] if family == "llama32" else []  # predict with the export
-        run_dvc(workspace, "exp", "run", "-n", f"tiny-{family}", "-S", f"model={family}",
-                "-S", f"models.{family}.name={tiny_checkpoints[family]}", *short(family), *engine)
+def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(tiny_experiments, tiny_checkpoints, tmp_path):
+    # tiny-qwen3, then tiny-llama32: another profile, another checkpoint, its answers from the export
+    workspace = copy_repo(tiny_experiments, tmp_path / "repo")
     predicted = json.loads((workspace / "metrics/predict.json").read_text())
     assert predicted["engine"] == "onnx" and predicted["answer_prefix"] == "echo"
     # the answer length chosen on the validation answers, each grid length scored
@@ -53,7 +46,7 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(work
 
     # A final run on every labelled row: no validation split, no score, and still a row of the table.
     run_dvc(workspace, "exp", "run", "-n", "tiny-all-rows", "-S", "model=qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}",
-            "-S", "data.val_fraction=0", *short("qwen3"))
+            "-S", "data.val_fraction=0", *short_run("qwen3"))
     assert (workspace / "data/prepared/val.jsonl").read_text() == ""
     evaluation = json.loads((workspace / "metrics/eval.json").read_text())
     assert evaluation["rows"] == 0 and evaluation["validation"].startswith("none") and "model" not in evaluation
@@ -83,7 +76,7 @@ def test_queued_sweep_runs_every_value(workspace, tiny_checkpoints):
     # the queue runs from a commit: the tiny profile must be in it. Each queued run stops at finetune (what
     # the sweep compares: the losses); the whole pipeline under `dvc exp run` is the test above.
     run_dvc(workspace, "exp", "run", "--queue", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
-            *short("llama32"), "-S", "models.llama32.lora.r=4,8", "finetune")
+            *short_run("llama32"), "-S", "models.llama32.lora.r=4,8", "finetune")
     run_dvc(workspace, "queue", "start", "-j", "1")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -9,7 +9,8 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.checkpoints import REPO
-from tests.dvc_helpers import run_dvc, use_tiny_model
+from tests.conftest import copy_repo
+from tests.dvc_helpers import run_dvc
 
 pytestmark = pytest.mark.slow
 NOTEBOOK = "notebooks/kenya_clinical.ipynb"
@@ -23,17 +24,9 @@ def test_notebook_is_stored_without_outputs():
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, repo_params, tiny_checkpoints):
-    from tests.conftest import make_workspace
-
-    repo = make_workspace(tmp_path_factory.mktemp("notebook") / "repo")
-    use_tiny_model(repo, repo_params, "llama32", tiny_checkpoints["llama32"], max_steps=3)
-    run_dvc(repo, "exp", "run", "-n", "tiny-llama")
-    run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", "model=qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}",
-            "-S", "models.qwen3.training.epochs=1", "-S", "+models.qwen3.training.max_steps=3",
-            "-S", "models.qwen3.generation.max_new_tokens=12", "-S", "models.qwen3.generation.num_beams=1", "-S", "models.qwen3.generation.length_grid=[0,6,12]",
-            "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2")  # SFT + DPO
-    return repo
+def two_runs(tmp_path_factory, tiny_experiments):
+    """Two experiments: tiny-qwen3 (SFT + DPO) and tiny-llama32 (SFT)."""
+    return copy_repo(tiny_experiments, tmp_path_factory.mktemp("notebook") / "repo")
 
 
 def test_notebook_runs_headless_and_saves_its_charts(two_runs, monkeypatch):
@@ -46,14 +39,14 @@ def test_notebook_runs_headless_and_saves_its_charts(two_runs, monkeypatch):
         assert figure.stat().st_size > 5000, name  # a real chart, not an empty canvas
     outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                       for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
-    assert "tiny-llama" in outputs and "tiny-qwen3" in outputs  # both experiments in the table
+    assert "tiny-llama32" in outputs and "tiny-qwen3" in outputs  # both experiments in the table
     assert "sft+dpo" in outputs  # SFT against SFT + DPO
     assert "[answered in" in outputs and "peak_rss_mb" in outputs  # the export asked, and its deploy report
 
 
 def test_dvc_plots_render_loss_and_per_panel_charts(two_runs, tmp_path):
     run_dvc(two_runs, "plots", "show", "-o", str(tmp_path / "show"))
-    run_dvc(two_runs, "plots", "diff", "tiny-llama", "tiny-qwen3", "-o", str(tmp_path / "diff"))
+    run_dvc(two_runs, "plots", "diff", "tiny-llama32", "tiny-qwen3", "-o", str(tmp_path / "diff"))
     for page in (tmp_path / "show" / "index.html", tmp_path / "diff" / "index.html"):
         html = page.read_text()
         assert "Training loss" in html and "Validation ROUGE-L by clinical panel (model)" in html
@@ -61,7 +54,7 @@ def test_dvc_plots_render_loss_and_per_panel_charts(two_runs, tmp_path):
         assert "Preference tuning: reward margin" in html  # the DPO run's reward margins
     assert "tiny-qwen3" in (tmp_path / "diff" / "index.html").read_text()
     # without DPO (align.method: none) the reward-margin plot has no data, and no warning either
-    run_dvc(two_runs, "exp", "apply", "tiny-llama")
+    run_dvc(two_runs, "exp", "apply", "tiny-llama32")
     done = run_dvc(two_runs, "plots", "show", "-o", str(tmp_path / "sft"))
     assert "failed to load" not in done.stdout + done.stderr, done.stdout + done.stderr
     assert "Training loss" in (tmp_path / "sft" / "index.html").read_text()

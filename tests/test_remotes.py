@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_workspace
-from tests.dvc_helpers import git, run_dvc, use_tiny_model
+from tests.conftest import copy_repo
+from tests.dvc_helpers import git, run_dvc
 
 pytestmark = pytest.mark.slow
 OUTPUTS = ["data/raw/train.csv", "data/raw/test.csv", "data/prepared/train.jsonl", "data/prepared/test.jsonl",
@@ -26,21 +26,20 @@ def snapshot(tree: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, repo_params, tiny_checkpoints):
+def finished(tmp_path_factory, tiny_pipeline):
     """A repository with the whole pipeline run on a tiny model, raw data added with `dvc add`,
     everything committed; its default remote is <root>/kenya-clinical-dvc-store."""
     root = tmp_path_factory.mktemp("remotes")
-    repo = make_workspace(root / "repo")
+    repo = copy_repo(tiny_pipeline, root / "repo")
     (repo / "data/raw").mkdir(parents=True)
     for name in ("train.csv", "test.csv"):
         shutil.copy(repo / "data/sample" / name, repo / "data/raw" / name)
     run_dvc(repo, "add", "data/raw/train.csv", "data/raw/test.csv")
-    use_tiny_model(repo, repo_params, "llama32", tiny_checkpoints["llama32"], max_steps=2)
     params = (repo / "params.yaml").read_text().replace("data/sample/train.csv", "data/raw/train.csv")
     (repo / "params.yaml").write_text(params.replace("data/sample/test.csv", "data/raw/test.csv"))
-    run_dvc(repo, "repro")
+    run_dvc(repo, "repro")  # prepare, on the same rows from their new place: nothing after it changes
     git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "pipeline run")
+    git(repo, "commit", "-qm", "the raw data under DVC")
     return root, repo
 
 
@@ -77,7 +76,7 @@ def test_ssh_remote_round_trip_and_experiments_travel(finished, ssh_server, tmp_
     git(work, "remote", "set-url", "origin", str(origin))
     git(work, "push", "-q", "origin", "HEAD:main")
     run_dvc(work, "push")
-    run_dvc(work, "exp", "run", "-n", "lora-r4", "-S", "models.llama32.lora.r=4")
+    run_dvc(work, "exp", "run", "-n", "lora-r4", "-S", "models.qwen3.lora.r=4")
     run_dvc(work, "exp", "push", "origin", "lora-r4")
     experiment_adapter = (work / "models/adapter/adapter_model.safetensors").read_bytes()
 
