@@ -29,8 +29,13 @@ def use_tiny_model(workspace: Path, repo_params: dict, family: str, checkpoint: 
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def quick_answers(family: str) -> list[str]:
+    """`dvc exp run` flags for quick answers: 8 greedy tokens after the echo, the length chosen among 0, 4 and 8
+    (`++`: in the profile's own generation keys, which win over the shared ones, whether it has them or not)."""
+    keys = {"max_new_tokens": 8, "num_beams": 1, "length_grid": "[0,4,8]", "answer_prefix": "echo"}
+    return [flag for key, value in keys.items() for flag in ("-S", f"++models.{family}.generation.{key}={value}")]
+
+
 def short_run(family: str) -> list[str]:
-    """`dvc exp run` flags for a quick run: two steps and 8 greedy tokens (the profile's own generation keys
-    win over the shared ones, so they are set there)."""
-    return ["-S", "training.max_steps=2", "-S", f"models.{family}.generation.max_new_tokens=8",
-            "-S", f"models.{family}.generation.num_beams=1", "-S", f"models.{family}.generation.length_grid=[0,4,8]"]
+    """`dvc exp run` flags for a quick run: two optimiser steps, quick answers."""
+    return ["-S", "training.max_steps=2", *quick_answers(family)]

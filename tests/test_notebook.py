@@ -45,6 +45,7 @@ def test_notebook_runs_headless_and_saves_its_charts(two_runs, monkeypatch):
 
 
 def test_dvc_plots_render_loss_and_per_panel_charts(two_runs, tmp_path):
+    run_dvc(two_runs, "exp", "apply", "tiny-qwen3")  # the work tree holds the run with DPO
     run_dvc(two_runs, "plots", "show", "-o", str(tmp_path / "show"))
     run_dvc(two_runs, "plots", "diff", "tiny-llama32", "tiny-qwen3", "-o", str(tmp_path / "diff"))
     for page in (tmp_path / "show" / "index.html", tmp_path / "diff" / "index.html"):
