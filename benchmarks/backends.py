@@ -1,4 +1,4 @@
-"""Benchmark the two backends on one GPU, before and after the speed work of core/decoding.py
+"""Benchmark the two backends on one GPU, before and after the speed work of core/decode/static_cache.py
 and padding-free one-pass training: the same LoRA fine-tuning and generation workload, each
 (backend, variant) in its own process, then one table.
 
@@ -105,12 +105,12 @@ def worker(args) -> None:
     """One backend, in this process: fine-tune, then generate at each batch size asked for."""
     import dataclasses
 
-    from core.families import model_for
-    from core.model import BaseUnslothModel
+    from core.models.base import BaseUnslothModel
+    from core.models.families import model_for
 
     params = params_for(args.backend, args.checkpoint, args.family, args.variant, args)
     if args.variant.startswith("before"):  # the code paths replaced in issue #16, for the comparison
-        from core.backends import HFBackend
+        from core.models.backends import HFBackend
 
         HFBackend.upcast_kbit_model = HFBackend.adapter_in_float32 = True
     rows = scaled_rows(args.rows, labelled=True)

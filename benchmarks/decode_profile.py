@@ -1,4 +1,4 @@
-"""Where a decode step of core/decoding.py spends its time on a GPU: one step replayed as a CUDA
+"""Where a decode step of core/decode/static_cache.py spends its time on a GPU: one step replayed as a CUDA
 graph, beside the same step without the beams' cache reorder and without the repetition rules,
 and greedy; plus a torch.profiler table of the eager step's kernels.
 
@@ -23,24 +23,24 @@ def step_ms(model, prompts, prefix_tokens: int, generation, stop_id: int, pad_id
     """(prefill seconds, milliseconds a graph-replayed step, peak GiB) for one batch."""
     import torch
 
-    from core import decoding
+    from core.decode import static_cache
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    copies = decoding._Batch._copy_forks
+    copies = static_cache._Batch._copy_forks
     if without_reorder:  # the answers' and seen tokens' copies stay: only the cache's are left out
         def answers_only(batch, source):
             batch.answer.copy_(batch.answer.index_select(0, source))
             if batch.seen is not None:
                 batch.seen.copy_(batch.seen.index_select(0, source))
-        decoding._Batch._copy_forks = answers_only
+        static_cache._Batch._copy_forks = answers_only
     try:
         with torch.inference_mode():
-            batch = decoding._Batch(model, prompts, [prefix_tokens] * len(prompts), pad_id, stop_id, generation,
+            batch = static_cache._Batch(model, prompts, [prefix_tokens] * len(prompts), pad_id, stop_id, generation,
                                     max_new_tokens, torch.device("cuda"))
         if batch.shared:  # a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
             batch.shared.generated = max_new_tokens // 2
-        with torch.inference_mode(), decoding._decode_attention(model, batch.shared):
+        with torch.inference_mode(), static_cache._decode_attention(model, batch.shared):
             torch.cuda.synchronize()
             start = time.perf_counter()
             batch.prefill()
@@ -70,7 +70,7 @@ def step_ms(model, prompts, prefix_tokens: int, generation, stop_id: int, pad_id
             torch.cuda.synchronize()
             return prefill, (time.perf_counter() - start) / 20 * 1000, torch.cuda.max_memory_allocated() / 2**30
     finally:
-        decoding._Batch._copy_forks = copies
+        static_cache._Batch._copy_forks = copies
 
 
 def main() -> None:
@@ -110,12 +110,12 @@ def main() -> None:
     print("| variant | prefill s | ms a step | x steps (s) | peak GiB |\n|---|---|---|---|---|")
     # the whole decoding as predict runs it, twice in this process: the first call pays one-off
     # costs (kernel compilation, the first large allocations, lazy initialisations)
-    from core import decoding
+    from core.decode import static_cache
 
     for call in ("first call", "second call"):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        _, steps = decoding.decode(model, prompts, [args.prefix_tokens] * len(prompts), stop, pad, generation, args.max_new_tokens)
+        _, steps = static_cache.decode(model, prompts, [args.prefix_tokens] * len(prompts), stop, pad, generation, args.max_new_tokens)
         torch.cuda.synchronize()
         print(f"decode, {call}: {time.perf_counter() - start:.2f} s for {steps} steps", flush=True)
     for i, (name, decoding_, without_reorder) in enumerate(variants):

@@ -42,14 +42,14 @@ def profile_params(shape: str, checkpoint: str | None, args) -> dict:
 
 
 def torch_worker(params_file: str, rows_file: str, out: str) -> None:
-    """The PyTorch path as predict runs it (core.model), one row a batch."""
-    from core import io
+    """The PyTorch path as predict runs it (core.models.base), one row a batch."""
+    from core import atomic
     from core.config import load_params
-    from core.engine import peak_rss_mb
-    from core.families import model_for
+    from core.export.runtime import peak_rss_mb
+    from core.models.families import model_for
 
     params = load_params(params_file)
-    rows = io.read_jsonl(rows_file)
+    rows = atomic.read_jsonl(rows_file)
     model = model_for(params.profile, params.prompt.system)
     model.load()
     model.generate_responses(rows[:1], params.profile.generation)  # warm-up, not timed
@@ -59,14 +59,14 @@ def torch_worker(params_file: str, rows_file: str, out: str) -> None:
         result = model.generate_responses([row], params.profile.generation)
         seconds.append(time.perf_counter() - start)
         tokens.append(result.new_tokens[0])
-    io.write_json(out, {"row_seconds": seconds, "new_tokens": tokens,
+    atomic.write_json(out, {"row_seconds": seconds, "new_tokens": tokens,
                         "peak_rss_mb": peak_rss_mb()})
 
 
 def export_base(params_file: str, out_dir: str, precision: str) -> None:
     from core.config import load_params
-    from core.export import build_onnx, parameter_count
-    from core.families import model_for
+    from core.export.build import build_onnx, parameter_count
+    from core.models.families import model_for
 
     params = load_params(params_file)
     model = model_for(params.profile, params.prompt.system)
@@ -88,8 +88,8 @@ def summary(engine: str, report: dict) -> dict:
 
 
 def bench_shape(shape: str, args, work: Path) -> list[dict]:
-    from core import io
-    from core.export import directory_mb
+    from core import atomic
+    from core.export.build import directory_mb
     from tests.checkpoints import REAL_SHAPES, build_checkpoint
 
     checkpoint = None
@@ -106,7 +106,7 @@ def bench_shape(shape: str, args, work: Path) -> list[dict]:
     log.info("%s: PyTorch, batch 1", shape)
     run("-c", f"from benchmarks.edge import torch_worker; torch_worker({str(params_file)!r}, {str(rows_file)!r}, "
               f"{str(work / 'torch.json')!r})")
-    results.append(summary("torch float32", io.read_json(work / "torch.json")))
+    results.append(summary("torch float32", atomic.read_json(work / "torch.json")))
     for precision in args.precision:
         export = work / f"{shape}-{precision}"
         log.info("%s: exporting with %s weights", shape, precision)
@@ -114,8 +114,8 @@ def bench_shape(shape: str, args, work: Path) -> list[dict]:
         report = work / f"{precision}.json"
         run("-m", "stages.ask", "--file", str(rows_file), "--export", str(export), "--params", str(params_file),
             "--report", str(report), "--out", str(work / "answers.csv"))
-        results.append({**summary(f"onnx {precision}", io.read_json(report)), "files_mb": directory_mb(export)})
-    parameters = io.read_json(work / f"{shape}-{args.precision[0]}" / "edge.json")["parameters"] if args.precision else None
+        results.append({**summary(f"onnx {precision}", atomic.read_json(report)), "files_mb": directory_mb(export)})
+    parameters = atomic.read_json(work / f"{shape}-{args.precision[0]}" / "edge.json")["parameters"] if args.precision else None
     base = results[0]["tokens_per_s"]
     return [{"shape": shape, "parameters": parameters, "rows": len(rows), "max_new_tokens": args.max_new_tokens,
              "speedup": r["tokens_per_s"] / base, **r} for r in results]

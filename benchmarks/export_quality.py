@@ -16,12 +16,12 @@ import json
 import logging
 
 from benchmarks.sweep import parse_variant
-from core import io
+from core import atomic
 from core.config import load_params
 from core.data import TARGET, prompt_echo
-from core.engine import ExportedModel
-from core.families import model_for
-from core.scoring import loop_share, rouge
+from core.export.runtime import ExportedModel
+from core.metrics.rouge import loop_share, rouge
+from core.models.families import model_for
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params()
-    rows = io.read_jsonl("data/prepared/val.jsonl")
+    rows = atomic.read_jsonl("data/prepared/val.jsonl")
     references = [row[TARGET] for row in rows]
     echo = rouge([prompt_echo(r) for r in rows], references)["rougeL"]
     exported = ExportedModel(args.export, adapter=args.adapter)

@@ -38,7 +38,7 @@ if os.environ.get("TRAIN_CSV"):  # real rows, carried in a git-ignored folder (.
                      val_fraction=float(os.environ.get("VAL_FRACTION", "0.2")))
 yaml.safe_dump(p, open("/tmp/sweep_params.yaml", "w"), sort_keys=False)
 from core.config import load_params
-from core.weights import resolve_checkpoint
+from core.models.weights import resolve_checkpoint
 print(resolve_checkpoint(load_params("/tmp/sweep_params.yaml").profile))  # convert the GGUF once, before the workers
 PY
 python3 -m benchmarks.sweep --params /tmp/sweep_params.yaml --out "$OUT/sweep.jsonl" --workers "${WORKERS:-6}" "$@" 2> "$OUT/sweep.log" > /dev/null

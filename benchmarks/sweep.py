@@ -114,8 +114,8 @@ def dvc_command(params, training: dict, generation: dict, align: dict | None = N
 def aligned_models(params_path: str, params, train_rows: list[dict], val_rows: list[dict], sft_model, aligns: list[str]):
     """(align variant name, its settings, model, align metrics) for each --align variant; `none`
     yields the SFT model itself. Each DPO starts from the SFT adapter, saved once."""
-    from core.alignment import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
-    from core.families import model_for
+    from core.models.families import model_for
+    from core.train.dpo import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
 
     with tempfile.TemporaryDirectory() as scratch:
         sft_dir = Path(scratch) / "sft"
@@ -159,8 +159,8 @@ def score_epochs(model, snapshots, val_rows: list[dict], generation) -> list[dic
     epoch with the lowest validation loss also answer best? The model's weights are put back after."""
     import torch
 
-    from core.length import cut
-    from core.scoring import rouge
+    from core.decode.length import cut
+    from core.metrics.rouge import rouge
 
     current = {n: p.detach().to("cpu", copy=True) for n, p in model.model.named_parameters() if p.requires_grad}
     references = [row["Clinician"] for row in val_rows]
@@ -183,10 +183,10 @@ def score_epochs(model, snapshots, val_rows: list[dict], generation) -> list[dic
 def run_training(params_path: str, train_variant: str, decodings: list[str], out: Path, aligns: list[str] | None = None,
                  seed: int | None = None, per_epoch: bool = False, keep_texts: bool = False) -> None:
     from core.data import read_vignettes, split_train_val
-    from core.families import model_for
-    from core.length import choose_length, cut, for_answering
+    from core.decode.length import choose_length, cut, for_answering
+    from core.metrics.rouge import rouge
+    from core.models.families import model_for
     from core.predictions import validation_report
-    from core.scoring import rouge
 
     name, training = parse_variant(train_variant)
     data = {} if seed is None else {"seed": seed}

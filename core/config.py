@@ -98,7 +98,7 @@ class GenerationConfig:
     do_sample: bool
     temperature: float
     top_p: float
-    # Both repetition rules look at the answer's tokens only, never the prompt's (core/repetition.py):
+    # Both repetition rules look at the answer's tokens only, never the prompt's (core/decode/repetition.py):
     # > 1 discourages tokens the answer already holds (restating the case stays free)
     repetition_penalty: float
     no_repeat_ngram_size: int = 0  # > 0 forbids repeating an n-gram of the answer's own tokens
@@ -111,10 +111,10 @@ class GenerationConfig:
     # do_sample is true) and keep the one with the highest mean ROUGE-L against the others. 0: off.
     mbr_candidates: int = 0
     # torch: the fine-tuned adapter through PyTorch; onnx: the export stage's quantized model
-    # through ONNX Runtime GenAI (core/engine.py), on the CPU
+    # through ONNX Runtime GenAI (core/export/runtime.py), on the CPU
     engine: str = "torch"
     # greedy and beam search with the hf backend through a static KV cache, each prompt run once
-    # whatever its beams, each step replayed as a CUDA graph on a GPU (core/decoding.py; the
+    # whatever its beams, each step replayed as a CUDA graph on a GPU (core/decode/static_cache.py; the
     # tokens of generate()). false: transformers' generate()
     static_cache: bool = True
     # Answer lengths (new tokens) to choose among on the validation split: predict answers it at
@@ -195,7 +195,7 @@ class Params:
     export: ExportConfig
 
 
-# The model families core/families.py defines (kept here so that checking params needs no torch).
+# The model families core/models/families.py defines (kept here so that checking params needs no torch).
 FAMILY_NAMES = ("smollm2", "qwen3", "llama32")
 
 _CHOICES = {

@@ -22,7 +22,7 @@ ID, PROMPT, TARGET, PANEL = "Master_Index", "Prompt", "Clinician", "Clinical Pan
 CONTEXT_COLUMNS = ["County", "Health level", "Years of Experience", "Nursing Competency", PANEL]
 INPUT_COLUMNS = [ID, PROMPT, *CONTEXT_COLUMNS]
 # Answers by commercial LLMs beside the clinician's in the labelled file: optional, kept when there
-# (a missing one reads as empty), the rejected side of preference pairs (core/alignment.py).
+# (a missing one reads as empty), the rejected side of preference pairs (core/train/dpo.py).
 LLM_COLUMNS = ["GPT4.0", "LLAMA", "GEMINI"]
 
 

@@ -6,9 +6,9 @@ import io as _io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import io
+from core import atomic
 from core.data import ID, TARGET, DataError, normalise, panel_of, prompt_echo, read_csv_records
-from core.scoring import loop_share, rouge
+from core.metrics.rouge import loop_share, rouge
 
 # `chars` is the length of the text as generated: an integrity record, so that a text emptied
 # or cut after predict is told apart from an answer the model really left empty.
@@ -67,7 +67,7 @@ def _csv_text(rows: list[list], header: list[str]) -> str:
 
 
 def write_predictions(path: str | Path, rows: list[dict], predictions: list[Prediction]) -> None:
-    io.write_text(path, predictions_csv(rows, predictions))
+    atomic.write_text(path, predictions_csv(rows, predictions))
 
 
 def predictions_csv(rows: list[dict], predictions: list[Prediction]) -> str:
@@ -137,7 +137,7 @@ def write_submission(path: str | Path, rows: list[dict], submission: list[list[s
     empty = [key for key, text in submission if not text.strip()]
     if empty:
         raise DataError(f"{path}: empty response for id {empty[0]!r}")
-    io.write_text(path, _csv_text(submission, SUBMISSION_COLUMNS))
+    atomic.write_text(path, _csv_text(submission, SUBMISSION_COLUMNS))
 
 
 # --- validation report ----------------------------------------------------------------------
@@ -151,7 +151,7 @@ def validation_report(rows: list[dict], predictions: dict[str, Prediction]) -> t
         "rows": len(rows),
         "model": rouge(model, references),
         "prompt_echo": rouge(echo, references),
-        # answers that repeat a run of words (core.scoring.has_loop): the model's, and the clinicians' for scale
+        # answers that repeat a run of words (core.metrics.rouge.has_loop): the model's, and the clinicians' for scale
         "loop_share": {"model": loop_share(model), "reference": loop_share(references)},
         "empty_responses": sum(not normalise(t) for t in model),
         "cut_at_max_new_tokens": sum(not predictions[row[ID]].stopped for row in rows),

@@ -1,7 +1,7 @@
 """The conversation a row becomes, and the chat template's rendering of it, without torch.
 
 Training and prediction render prompts through the tokenizer (BaseUnslothModel.prompt_for);
-the exported model (core/engine.py) runs where torch and transformers are not installed, so it
+the exported model (core/export/runtime.py) runs where torch and transformers are not installed, so it
 renders the same template here. Both give the same text: transformers renders chat templates
 with Jinja's sandbox, trim_blocks and lstrip_blocks on, as `render_chat` does (a test compares
 them for every family).

@@ -2,12 +2,12 @@
 import logging
 import shutil
 
-from core import io
-from core.alignment import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
+from core import atomic
 from core.config import as_dict, load_params
 from core.data import DataError, LLM_COLUMNS
-from core.families import model_for
-from core.training import write_training_log
+from core.models.families import model_for
+from core.train.common import write_training_log
+from core.train.dpo import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
 from stages import run
 
 ADAPTER = "models/adapter"
@@ -24,14 +24,14 @@ def main() -> None:
     config = params.align
     if config.method == "none":
         # The same files under another name: the same DVC hash, so predict's inputs do not change.
-        with io.atomic_path(ALIGNED) as tmp:
+        with atomic.atomic_path(ALIGNED) as tmp:
             shutil.copytree(ADAPTER, tmp)
         write_training_log(LIVE, [], always=MARGIN_PLOTS)
-        io.write_json(METRICS, {"align_method": "none"})
+        atomic.write_json(METRICS, {"align_method": "none"})
         logging.info("align.method is none: %s is the SFT adapter", ALIGNED)
         return
 
-    train, val = io.read_jsonl(TRAIN), io.read_jsonl("data/prepared/val.jsonl")
+    train, val = atomic.read_jsonl(TRAIN), atomic.read_jsonl("data/prepared/val.jsonl")
     model = model_for(params.profile, params.prompt.system)
     model.load_adapter(ADAPTER, trainable=True)
     own = own_answers(model, train + val, params.profile.generation) if "sft" in config.rejected else None
@@ -48,12 +48,12 @@ def main() -> None:
     logging.info("%d preference pairs (%s), %d used; %d validation pairs, %d used", len(train_pairs.pairs),
                  ", ".join(f"{k} {v}" for k, v in sorted(train_pairs.by_source.items())), len(pairs),
                  len(val_pairs.pairs), len(val_sample))
-    run_dir = f"{CHECKPOINTS}/align-{io.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
+    run_dir = f"{CHECKPOINTS}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
     metrics = direct_preference_optimisation(model, pairs, val_sample, config, run_dir)
     model.save_adapter(ALIGNED)
     write_training_log(LIVE, model.training_log, always=MARGIN_PLOTS)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
-    io.write_json(METRICS, {"align_method": config.method, "dpo": {
+    atomic.write_json(METRICS, {"align_method": config.method, "dpo": {
         "beta": config.beta, "learning_rate": config.learning_rate, "rows_without_pair": len(train_pairs.skipped),
         "pairs_by_source": train_pairs.by_source, **metrics}})
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -14,10 +14,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from core import io
+from core import atomic
 from core.config import ConfigError, GenerationConfig, load_params
 from core.data import ID, PROMPT, TARGET, read_csv_records, require_vignette
-from core.engine import ExportedModel, peak_rss_mb
+from core.export.runtime import ExportedModel, peak_rss_mb
 from stages import run
 
 EXPORT = "models/export"
@@ -50,7 +50,7 @@ def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, strea
 def read_rows(path: str) -> list[dict]:
     """Rows to answer: a .jsonl of rows, or a CSV with a Prompt column (the challenge's test file
     has it; Master_Index and the context columns are used where present)."""
-    rows = io.read_jsonl(path) if path.endswith(".jsonl") else read_csv_records(path, [PROMPT])
+    rows = atomic.read_jsonl(path) if path.endswith(".jsonl") else read_csv_records(path, [PROMPT])
     for number, row in enumerate(rows, start=1):
         require_vignette(row.get(PROMPT), f"{path}: row {number}, column {PROMPT!r}")
         if not row.get(ID):
@@ -85,12 +85,12 @@ def main() -> None:
     out = model.answer_rows(rows, generation)
     lines = [[row[ID], text] for row, text in zip(rows, out.texts)]
     if args.out:
-        with io.atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic.atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([[ID, TARGET], *lines])
     else:
         csv.writer(sys.stdout, lineterminator="\n").writerows([[ID, TARGET], *lines])
     if args.report:
-        io.write_text(args.report, json.dumps({
+        atomic.write_text(args.report, json.dumps({
             "texts": out.texts, "new_tokens": out.new_tokens, "stopped": out.stopped, "row_seconds": out.row_seconds,
             # the whole process: Python, the engine, the model and its cache at their largest
             "peak_rss_mb": peak_rss_mb(),

@@ -12,13 +12,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from core import io
+from core import atomic
 from core.config import load_params
 from core.data import ID, TARGET, prompt_echo
-from core.engine import EDGE_FILE
-from core.export import directory_mb
+from core.export.build import directory_mb
+from core.export.runtime import EDGE_FILE
+from core.metrics.rouge import rouge
 from core.predictions import read_predictions
-from core.scoring import rouge
 from stages import run
 
 EXPORT = "models/export"
@@ -51,21 +51,21 @@ def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
         if subprocess.run(command).returncode != 0:
             logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, EXPORT)
             sys.exit(1)
-        return io.read_json(report)
+        return atomic.read_json(report)
 
 
 def main() -> None:
     params = load_params()
     g = params.profile.generation
-    rows = io.read_jsonl(VAL)
+    rows = atomic.read_jsonl(VAL)
     rows_file = VAL if rows else TEST  # data.val_fraction 0: timed on the test rows, not scored
     if not rows:
-        rows = io.read_jsonl(TEST)
+        rows = atomic.read_jsonl(TEST)
     # the answer length predict chose on the validation split (or params.yaml's, where it chose none)
-    predicted = io.read_json("metrics/predict.json")
+    predicted = atomic.read_json("metrics/predict.json")
     max_new_tokens = predicted.get("length", {}).get("max_new_tokens", g.max_new_tokens)
     answered = answer_in_own_process(rows_file, max_new_tokens)
-    info = io.read_json(f"{EXPORT}/{EDGE_FILE}")
+    info = atomic.read_json(f"{EXPORT}/{EDGE_FILE}")
     ms = [s * 1000 for s in answered["row_seconds"]]
     tokens, seconds = sum(answered["new_tokens"]), sum(answered["row_seconds"])
     report = {
@@ -102,7 +102,7 @@ def main() -> None:
             report["rougeL"]["torch"] = None  # predict answered with the export itself: nothing to compare
     report["limits"] = {name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()}
     report["all_limits_pass"] = all(ok for _, _, ok in limits.values())
-    io.write_json(METRICS, report)
+    atomic.write_json(METRICS, report)
     logging.info("%s: %s", METRICS, ", ".join(f"{name} {'pass' if ok else 'FAIL'}" for name, (_, _, ok) in limits.items()))
 
 

@@ -1,7 +1,7 @@
 """evaluate: ROUGE of the validation predictions against the clinicians, beside the prompt-echo baseline."""
 import logging
 
-from core import io
+from core import atomic
 from core.predictions import read_predictions, validation_report
 from stages import run
 
@@ -10,16 +10,16 @@ PER_PANEL = "plots/rouge_by_panel.json"
 
 
 def main() -> None:
-    rows = io.read_jsonl("data/prepared/val.jsonl")
+    rows = atomic.read_jsonl("data/prepared/val.jsonl")
     if not rows:  # data.val_fraction: 0, every labelled row went into training
-        io.write_json(METRICS, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"})
-        io.write_json(PER_PANEL, [])
+        atomic.write_json(METRICS, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"})
+        atomic.write_json(PER_PANEL, [])
         logging.warning("no validation rows (data.val_fraction is 0): nothing scored")
         return
     predictions = read_predictions("data/predictions/val.csv", rows)
     summary, per_panel = validation_report(rows, predictions)
-    io.write_json(METRICS, summary)
-    io.write_json(PER_PANEL, per_panel)
+    atomic.write_json(METRICS, summary)
+    atomic.write_json(PER_PANEL, per_panel)
     logging.info("val ROUGE-L: model %.4f, prompt echo %.4f", summary["model"]["rougeL"], summary["prompt_echo"]["rougeL"])
 
 

@@ -2,13 +2,13 @@
 import logging
 
 from core.config import load_params
-from core.export import build_onnx, directory_mb, export_profile, merge
-from core.families import model_for
+from core.export.build import build_onnx, directory_mb, export_profile, merge
+from core.models.families import model_for
 from stages import run
 
 ADAPTER = "models/aligned"  # what predict answers with
 MERGED = "models/merged"  # standalone checkpoint: safetensors, tokenizer, our chat template
-EXPORT = "models/export"  # ONNX Runtime GenAI model, quantized (core/engine.py runs it)
+EXPORT = "models/export"  # ONNX Runtime GenAI model, quantized (core/export/runtime.py runs it)
 
 
 def main() -> None:

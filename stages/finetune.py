@@ -2,10 +2,10 @@
 import logging
 import shutil
 
-from core import distributed, io
+from core import atomic, distributed
 from core.config import as_dict, load_params
-from core.families import model_for
-from core.training import write_training_log
+from core.models.families import model_for
+from core.train.common import write_training_log
 from stages import run
 
 ADAPTER = "models/adapter"
@@ -30,13 +30,13 @@ def run_card(params) -> dict:
 
 def main() -> None:
     params = load_params()
-    train = io.read_jsonl("data/prepared/train.jsonl")
-    val = io.read_jsonl("data/prepared/val.jsonl")
+    train = atomic.read_jsonl("data/prepared/train.jsonl")
+    val = atomic.read_jsonl("data/prepared/val.jsonl")
     # One checkpoint directory per (training settings, data): a resumed run never picks up another
     # run's state. Generation settings play no part in training, so they are left out.
     settings = as_dict(params)
     settings["profile"].pop("generation")
-    run_dir = f"{CHECKPOINTS}/{io.fingerprint(settings, train, val)}"
+    run_dir = f"{CHECKPOINTS}/{atomic.fingerprint(settings, train, val)}"
     model = model_for(params.profile, params.prompt.system)
     # Under torchrun / accelerate launch every process trains; only rank 0 writes outputs, and
     # only once training has finished: an interrupted run leaves the last good ones in place.
@@ -45,7 +45,7 @@ def main() -> None:
     if distributed.is_main_process():
         model.save_adapter(ADAPTER)
         write_training_log(LIVE, model.training_log)
-        io.write_json(METRICS, {**run_card(params), **{key: metrics[key] for key in RECORDED if key in metrics}})
+        atomic.write_json(METRICS, {**run_card(params), **{key: metrics[key] for key in RECORDED if key in metrics}})
         shutil.rmtree(run_dir, ignore_errors=True)
         logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
     model.cleanup_model()

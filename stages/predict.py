@@ -2,10 +2,10 @@
 answer length is chosen on the validation answers and the test answers are cut at the same length."""
 import logging
 
-from core import io
+from core import atomic
 from core.config import load_params
 from core.data import TARGET
-from core.length import choose_length, cut, for_answering
+from core.decode.length import choose_length, cut, for_answering
 from core.predictions import predictions_csv
 from stages import run
 
@@ -19,17 +19,17 @@ def main() -> None:
     params = load_params()
     g = params.profile.generation
     if g.engine == "onnx":
-        from core.engine import ExportedModel
+        from core.export.runtime import ExportedModel
 
         model = ExportedModel(EXPORT, adapter=ADAPTER)
         answer = model.answer_rows
     else:
-        from core.families import model_for
+        from core.models.families import model_for
 
         model = model_for(params.profile, params.prompt.system, job="generate")
         model.load_adapter(ADAPTER)
         answer = model.generate_responses
-    splits = {split: io.read_jsonl(f"data/prepared/{split}.jsonl") for split in ("val", "test")}
+    splits = {split: atomic.read_jsonl(f"data/prepared/{split}.jsonl") for split in ("val", "test")}
     decoding = for_answering(g, len(splits["val"]))
     answers = {}
     for split, rows in splits.items():
@@ -63,8 +63,8 @@ def main() -> None:
                   length=length.as_record())
     if length.chosen_by != "validation ROUGE-L":
         logging.warning("answer length: max_new_tokens %d from params.yaml (%s)", length.max_new_tokens, length.chosen_by)
-    io.write_files(OUT, files)
-    io.write_json(METRICS, report)
+    atomic.write_files(OUT, files)
+    atomic.write_json(METRICS, report)
 
 
 if __name__ == "__main__":

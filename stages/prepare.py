@@ -1,10 +1,10 @@
 """prepare: check the raw CSVs and write the train/validation/test splits as JSONL."""
 import logging
 
-from core import io
+from core import atomic
 from core.config import load_params
 from core.data import read_vignettes, split_train_val
-from core.weights import check_available
+from core.models.weights import check_available
 from stages import run
 
 OUT = "data/prepared"
@@ -18,7 +18,7 @@ def main() -> None:
     test = read_vignettes(params.data.test_csv, labelled=False)
     train, val = split_train_val(labelled, params.data.val_fraction, params.data.seed)
     splits = {"train": train, "val": val, "test": test}
-    io.write_files(OUT, {f"{name}.jsonl": io.jsonl_text(rows) for name, rows in splits.items()})
+    atomic.write_files(OUT, {f"{name}.jsonl": atomic.jsonl_text(rows) for name, rows in splits.items()})
     logging.info("wrote %s: %d train, %d val, %d test rows", OUT, len(train), len(val), len(test))
 
 

@@ -1,7 +1,7 @@
 """submit: the challenge submission from the test predictions, normalised as the host scores."""
 import logging
 
-from core import io
+from core import atomic
 from core.predictions import build_submission, read_predictions, write_submission
 from stages import run
 
@@ -10,11 +10,11 @@ METRICS = "metrics/submit.json"
 
 
 def main() -> None:
-    rows = io.read_jsonl("data/prepared/test.jsonl")
+    rows = atomic.read_jsonl("data/prepared/test.jsonl")
     predictions = read_predictions("data/predictions/test.csv", rows)
     submission, replaced = build_submission(rows, predictions)
     write_submission(SUBMISSION, rows, submission)
-    io.write_json(METRICS, {"rows": len(submission), "empty_replaced_by_prompt_echo": replaced})
+    atomic.write_json(METRICS, {"rows": len(submission), "empty_replaced_by_prompt_echo": replaced})
     if replaced:
         logging.warning("%d empty responses were replaced by the prompt-echo text", replaced)
     logging.info("wrote %s (%d rows)", SUBMISSION, len(submission))

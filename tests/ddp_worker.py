@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from core import distributed
-from core.model import BaseUnslothModel
+from core.models.base import BaseUnslothModel
 from stages import finetune, run
 
 

@@ -4,10 +4,10 @@ import dataclasses
 import pytest
 import torch
 
-from core.alignment import build_pairs, direct_preference_optimisation, preference_examples, sample_pairs
 from core.data import read_vignettes
-from core.families import model_for
-from core.model import BaseUnslothModel
+from core.models.base import BaseUnslothModel
+from core.models.families import model_for
+from core.train.dpo import build_pairs, direct_preference_optimisation, preference_examples, sample_pairs
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 
@@ -95,7 +95,7 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(finished_wor
 
     import yaml
 
-    from core import io as core_io
+    from core import atomic as core_io
     from core.config import load_params
     from core.predictions import Prediction, predictions_csv
     from tests.dvc_helpers import run_dvc

@@ -1,9 +1,9 @@
-"""Beam search's row bookkeeping (core/beam_search.py) and the cache copy it drives
-(core/kernels.py), on hand-made cases; the whole search against generate() is in test_model.py."""
+"""Beam search's row bookkeeping (core/decode/beam_search.py) and the cache copy it drives
+(core/decode/kernels.py), on hand-made cases; the whole search against generate() is in test_model.py."""
 import torch
 
-from core.beam_search import assign_rows
-from core.kernels import copy_rows
+from core.decode.beam_search import assign_rows
+from core.decode.kernels import copy_rows
 
 
 def test_a_first_child_keeps_its_parents_row_and_a_second_child_takes_a_free_one():

@@ -178,6 +178,6 @@ def test_an_unknown_profile_names_the_known_ones(repo_params):
 
 def test_the_families_params_yaml_accepts_are_those_the_code_defines():
     from core.config import FAMILY_NAMES
-    from core.families import FAMILIES
+    from core.models.families import FAMILIES
 
     assert FAMILY_NAMES == tuple(FAMILIES)

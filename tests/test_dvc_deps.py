@@ -81,11 +81,11 @@ def test_each_stage_depends_on_every_module_it_runs():
 
 def test_the_closure_follows_imports_inside_functions_and_modules_started_as_processes():
     deploy = import_closure("stages/deploy.py")
-    assert {"stages/deploy.py", "stages/ask.py", "core/engine.py", "core/data.py", "core/errors.py"} <= deploy
+    assert {"stages/deploy.py", "stages/ask.py", "core/export/runtime.py", "core/data.py", "core/errors.py"} <= deploy
     assert RUNNER not in deploy
-    # core/backends.py imports unsloth and transformers inside functions; finetune reaches it through core/model.py
-    assert {"core/backends.py", "core/model.py", "core/__init__.py"} <= import_closure("stages/finetune.py")
-    assert "core/model.py" not in import_closure("stages/submit.py")
+    # core/models/backends.py imports unsloth and transformers inside functions; finetune reaches it through core/models/base.py
+    assert {"core/models/backends.py", "core/models/base.py", "core/__init__.py"} <= import_closure("stages/finetune.py")
+    assert "core/models/base.py" not in import_closure("stages/submit.py")
 
 
 def test_the_check_finds_a_module_missing_from_a_stage():

@@ -18,7 +18,7 @@ from core.errors import UserError
 from stages import run
 from tests.checkpoints import REPO
 
-PROJECT_FILES = sorted([*REPO.glob("core/*.py"), *REPO.glob("stages/*.py")])
+PROJECT_FILES = sorted([*REPO.glob("core/**/*.py"), *REPO.glob("stages/*.py")])
 # Raised on purpose and not the user's to fix: a family class defined without its template (a
 # programming error, caught by the tests), and the exit that SIGTERM becomes.
 NOT_FOR_USERS = {"TypeError", "SystemExit"}
@@ -89,11 +89,11 @@ def test_a_bug_keeps_its_traceback(stage_runner):
 
 CHILD = textwrap.dedent("""
     import os, sys, time
-    from core import io
+    from core import atomic
     from stages import run
 
     def main():
-        with io.atomic_path(sys.argv[1]) as tmp:
+        with atomic.atomic_path(sys.argv[1]) as tmp:
             tmp.write_text("written only if the stage finished")
             print(os.getpid(), flush=True)
             time.sleep(120)

@@ -1,4 +1,4 @@
-"""The export stage's model (core/export.py) and its engine (core/engine.py, stages/ask.py), on tiny checkpoints."""
+"""The export stage's model (core/export/build.py) and its engine (core/export/runtime.py, stages/ask.py), on tiny checkpoints."""
 import dataclasses
 import json
 import logging
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from core.data import prompt_echo, read_vignettes
-from core.engine import ExportedModel, StaleExport
 from core.errors import ArtifactError
-from core.export import build_onnx, export_profile, merge
-from core.families import model_for
-from core.model import BaseUnslothModel
+from core.export.build import build_onnx, export_profile, merge
+from core.export.runtime import ExportedModel, StaleExport
+from core.models.base import BaseUnslothModel
+from core.models.families import model_for
 from core.prompts import chat_messages, render_chat
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from core.families import model_for
-from core.model import BaseUnslothModel
+from core.models.base import BaseUnslothModel
+from core.models.families import model_for
 from tests.checkpoints import REPO, build_checkpoint
 from tests.conftest import tiny_params
 from core.data import read_vignettes
@@ -30,9 +30,9 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
     way; the share of rows that differ at all is bounded here and measured in docs/benchmarks.md."""
     import sys
 
-    from core import decoding
+    from core.decode import static_cache
 
-    if "unsloth" in sys.modules:  # this test comes first in the file; see core/model.py, generate_responses
+    if "unsloth" in sys.modules:  # this test comes first in the file; see core/models/base.py, generate_responses
         pytest.skip("Unsloth, imported earlier in this process, patches transformers' model classes: run -k cuda_graph alone")
     checkpoint = build_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=6, learning_rate=1e-3)
@@ -45,14 +45,14 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
     model = model_for(profile, params.prompt.system)
     model.load_adapter(tmp_path / "adapter")  # as predict loads it
     if dtype == "float32":  # token for token, rows stopping at many lengths (the batch shrinks)
-        monkeypatch.setattr(decoding, "SHRINK_BELOW", 0.95)
+        monkeypatch.setattr(static_cache, "SHRINK_BELOW", 0.95)
         # greedy and beams, the answer-only rules and the answers' prefixes inside the graph
         shrunk = set()
         for beams, returned, penalty, ngram, prefixes in STATIC_CASES:
             decoding_ = dataclasses.replace(profile.generation, num_beams=beams, repetition_penalty=penalty,
                                             no_repeat_ngram_size=ngram, mbr_candidates=returned if returned > 1 else 0)
             caplog.clear()
-            with caplog.at_level("DEBUG", logger="core.decoding"):
+            with caplog.at_level("DEBUG", logger="core.decode.static_cache"):
                 fast, expected = static_against_generate(model, decoding_, graphs=True, with_prefixes=prefixes,
                                                          max_new_tokens=40 if beams == 1 else 72)
             assert fast == expected, (beams, returned, penalty, ngram, prefixes)
@@ -107,7 +107,7 @@ def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
     """The align stage's DPO on the Unsloth backend (its patched DPOTrainer), 4-bit."""
     import torch
 
-    from core.alignment import build_pairs, direct_preference_optimisation
+    from core.train.dpo import build_pairs, direct_preference_optimisation
 
     checkpoint = build_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=4, learning_rate=1e-3)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from core.config import parse_params
-from core.families import FAMILIES, model_for
-from core.backends import BackendError
-from core import decoding
-from core.generation import AUTO_MEMORY_SHARE, answer_only_rules, decoding_settings, mbr_choice, rows_per_batch
-from core.model import BaseUnslothModel
-from core.training import IGNORE_INDEX, TrainingDiverged
+from core.decode import static_cache
+from core.decode.generation import AUTO_MEMORY_SHARE, answer_only_rules, decoding_settings, mbr_choice, rows_per_batch
+from core.models.backends import BackendError
+from core.models.base import BaseUnslothModel
+from core.models.families import FAMILIES, model_for
+from core.train.common import IGNORE_INDEX, TrainingDiverged
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 from core.data import read_vignettes
@@ -160,7 +160,7 @@ def test_generation_is_batched_greedy_and_order_preserving(tiny):
 
 def static_against_generate(model, generation, graphs: bool, with_prefixes: bool = False,
                             max_new_tokens: int = 40) -> tuple[list, list]:
-    """Answers of 10 rows of many prompt lengths from core/decoding.py and from transformers'
+    """Answers of 10 rows of many prompt lengths from core/decode/static_cache.py and from transformers'
     generate() (greedy or beams, as `generation` says; every returned sequence), each cut after
     the stop token. A random model rarely ends its turn, so the stop token is the one most rows
     write early: rows end at many lengths, and some have ended at the decoder's first look (so
@@ -183,7 +183,7 @@ def static_against_generate(model, generation, graphs: bool, with_prefixes: bool
 
     early = {}
     for ids in plain(model.tokenizer.convert_tokens_to_ids(model.end_of_turn)):
-        for token in set(ids[: decoding.CHECK_EVERY - 1]):
+        for token in set(ids[: static_cache.CHECK_EVERY - 1]):
             early[token] = early.get(token, 0) + 1
     stop = min(early, key=lambda t: (-early[t], t))
 
@@ -191,10 +191,10 @@ def static_against_generate(model, generation, graphs: bool, with_prefixes: bool
         return ids[: ids.index(stop) + 1] if stop in ids else ids
 
     expected = [upto_stop(ids) for ids in plain(stop)]
-    fast, steps = decoding.decode(model.model, prompts, prefix_lengths, stop, model.tokenizer.pad_token_id, generation,
+    fast, steps = static_cache.decode(model.model, prompts, prefix_lengths, stop, model.tokenizer.pad_token_id, generation,
                                   max_new_tokens, graphs=graphs)
     if generation.sequences_per_row == 1:  # greedy stops at the first look after the last row's stop token
-        assert steps == max(map(len, expected)) or steps % decoding.CHECK_EVERY == 0
+        assert steps == max(map(len, expected)) or steps % static_cache.CHECK_EVERY == 0
     assert len({len(ids) for ids in expected}) >= 3  # rows stopped at different lengths
     return [upto_stop(ids) for ids in fast], expected
 
@@ -206,7 +206,7 @@ STATIC_CASES = [(1, 1, 1.0, 0, False), (1, 1, 1.3, 0, False), (1, 1, 1.3, 3, Tru
 
 @pytest.mark.parametrize("beams, returned, penalty, ngram, prefixes", STATIC_CASES)
 def test_static_cache_decoding_gives_generates_tokens(tiny, caplog, monkeypatch, beams, returned, penalty, ngram, prefixes):
-    """core/decoding.py (here eagerly, on a CPU; tests/test_gpu.py replays it as a CUDA graph)
+    """core/decode/static_cache.py (here eagerly, on a CPU; tests/test_gpu.py replays it as a CUDA graph)
     against transformers' generate(), greedy and beam search (each prompt run once, its cache
     copied to its beams; the N best beams for MBR): the same tokens up to each row's stop token,
     with rows of many prompt lengths, rows that stop early (the batch shrinks), answer prefixes
@@ -215,8 +215,8 @@ def test_static_cache_decoding_gives_generates_tokens(tiny, caplog, monkeypatch,
     model.attach_lora(seed=0)
     generation = dataclasses.replace(params.profile.generation, num_beams=beams, mbr_candidates=returned if returned > 1 else 0,
                                      repetition_penalty=penalty, no_repeat_ngram_size=ngram)
-    monkeypatch.setattr(decoding, "SHRINK_BELOW", 0.95)  # drop finished rows as soon as one has finished
-    with caplog.at_level("DEBUG", logger="core.decoding"):
+    monkeypatch.setattr(static_cache, "SHRINK_BELOW", 0.95)  # drop finished rows as soon as one has finished
+    with caplog.at_level("DEBUG", logger="core.decode.static_cache"):
         # beams finish later than greedy rows (a prompt is done once its beams cannot improve)
         fast, expected = static_against_generate(model, generation, graphs=False, with_prefixes=prefixes,
                                                  max_new_tokens=40 if beams == 1 else 72)
@@ -258,7 +258,7 @@ def test_mbr_picks_the_consensus_candidate():
         "Fever, cough: give amoxicillin!",  # D: A again once normalised
     ]
     # mean ROUGE-L against the others: A = (3/4 + 0 + 1) / 3, B = (3/4 + 0 + 3/4) / 3, C = 0, D = A's
-    from core.scoring import rouge_l_matrix
+    from core.metrics.rouge import rouge_l_matrix
 
     matrix = rouge_l_matrix(candidates)
     assert matrix[0][1] == pytest.approx(0.75) and matrix[0][3] == pytest.approx(1.0) and matrix[0][2] == 0
@@ -282,7 +282,7 @@ def test_auto_batch_size_follows_free_memory_and_splits_evenly():
     assert rows_per_batch("auto", 40, 10, 6, config, torch.float32, None) == 14  # no GPU: up to 16, evenly
     assert rows_per_batch(5, 40, 10, 6, config, torch.float32, 1) == 5  # a number is taken as given
     assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=2) == 5  # 2 beams a row: 5 rows fit
-    # a cache allocated whole (core/decoding.py) is counted once: 16 * 128 + 1200 bytes a row
+    # a cache allocated whole (core/decode/static_cache.py) is counted once: 16 * 128 + 1200 bytes a row
     # instead of 2 * 16 * 128 + 1200, so 16 rows fit where 10 did: 2 batches of 13 and 12
     assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, static_cache=True) == 13
     # and a row's beams share its prompt there: (10 + 4 x 6) x 128 + 4 x 1200 bytes a row with 4 beams, so 5 rows fit
@@ -293,7 +293,7 @@ def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatc
     model, params = tiny
     rows = ROWS[:5]
     pinned = model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size=2))
-    decode = decoding.decode
+    decode = static_cache.decode
     tried = []
 
     def decode_within_two_rows(model, prompts, *args, **kwargs):
@@ -302,7 +302,7 @@ def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatc
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return decode(model, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(decoding, "decode", decode_within_two_rows)
+    monkeypatch.setattr(static_cache, "decode", decode_within_two_rows)
     auto = model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size="auto"))
     assert tried == [5, 2, 2, 1]  # 5 rows at once, then halved: the same batches as batch_size 2
     assert auto.texts == pinned.texts and auto.batch_size == 2
@@ -335,11 +335,11 @@ def test_unsloth_without_cuda_fails_in_one_sentence(repo_params):
 
 
 def test_auto_answers_with_transformers_on_a_gpu_and_trains_with_unsloth(monkeypatch):
-    """The measured choice (core/backends.py): on a GPU, answering takes transformers+peft (its
+    """The measured choice (core/models/backends.py): on a GPU, answering takes transformers+peft (its
     greedy decoding runs as a CUDA graph) without importing Unsloth; training takes Unsloth."""
     import sys
 
-    from core import backends
+    from core.models import backends
 
     monkeypatch.setattr(backends, "cuda_available", lambda: True)
     tried = []

@@ -81,9 +81,9 @@ def test_submit_stage_refuses_damaged_predictions_and_keeps_the_old_submission(w
     import subprocess
     import sys
 
-    from core import io
+    from core import atomic
 
-    io.write_jsonl(workspace / "data/prepared/test.jsonl", ROWS)
+    atomic.write_jsonl(workspace / "data/prepared/test.jsonl", ROWS)
     (workspace / "data" / "predictions").mkdir(parents=True)
     path = _predictions_file(workspace / "data" / "predictions")
     env = {**os.environ, "PYTHONPATH": str(workspace)}

@@ -33,7 +33,7 @@ def snapshot(workspace: Path) -> dict[str, str]:
 
 
 def leftovers(workspace: Path) -> list[str]:
-    """Temporaries of unfinished writes (core.io.atomic_path), anywhere in the workspace."""
+    """Temporaries of unfinished writes (core.atomic.atomic_path), anywhere in the workspace."""
     return [str(p) for p in workspace.rglob(".*.tmp")]
 
 

@@ -1,16 +1,16 @@
-"""The answer-only repetition rules (core/repetition.py and the export's NumPy copy), the loop
+"""The answer-only repetition rules (core/decode/repetition.py and the export's NumPy copy), the loop
 measure, the answer length chosen on validation and the answer prefix, on hand-made inputs."""
 import numpy as np
 import pytest
 import torch
 
 from core.config import parse_params
-from core.engine import answer_only_rules as numpy_rules
-from core.length import choose_length, cut
+from core.decode.length import choose_length, cut
+from core.decode.repetition import AnswerOnlyRepetition, repeated_ngram_bans
+from core.export.runtime import answer_only_rules as numpy_rules
+from core.metrics.rouge import cut_at_first_loop, has_loop, loop_share
 from core.predictions import Generations
 from core.prompts import answer_prefix, join_answer
-from core.repetition import AnswerOnlyRepetition, repeated_ngram_bans
-from core.scoring import cut_at_first_loop, has_loop, loop_share
 
 VOCAB = 8
 

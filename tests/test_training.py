@@ -4,11 +4,11 @@ import dataclasses
 
 import pytest
 
-from core import io
-from core.families import model_for
-from core.model import BaseUnslothModel
-from core.training import IGNORE_INDEX
-from core.training import CLOCK_FILE, fit_example, write_training_log
+from core import atomic
+from core.models.base import BaseUnslothModel
+from core.models.families import model_for
+from core.train.common import IGNORE_INDEX
+from core.train.common import CLOCK_FILE, fit_example, write_training_log
 from tests.conftest import tiny_params
 from tests.test_model import ROWS
 
@@ -78,7 +78,7 @@ def test_a_resumed_run_logs_continuous_steps_and_times_the_whole_run(tiny_qwen, 
         first.fine_tune(ROWS[:8], ROWS[8:10], training, run_dir, callbacks=[StopAfter(3).callback])
     first.cleanup_model()
     BaseUnslothModel.clear_cache()
-    before_resume = io.read_json(run_dir / "checkpoint-2" / CLOCK_FILE)
+    before_resume = atomic.read_json(run_dir / "checkpoint-2" / CLOCK_FILE)
     assert before_resume["step"] == 2 and before_resume["seconds"] > 0
 
     again = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
@@ -92,5 +92,5 @@ def test_a_resumed_run_logs_continuous_steps_and_times_the_whole_run(tiny_qwen, 
     with open(tmp_path / "live" / "plots" / "metrics" / "loss.tsv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f, delimiter="\t")] == [1, 2, 3, 4, 5]
     assert (tmp_path / "live" / "plots" / "metrics" / "eval" / "loss.tsv").exists()
-    assert io.read_json(tmp_path / "live" / "metrics.json")["step"] == 5
+    assert atomic.read_json(tmp_path / "live" / "metrics.json")["step"] == 5
     again.cleanup_model()

@@ -1,5 +1,5 @@
 """Export for the edge: the adapter merged into its base model, then converted and quantized for
-ONNX Runtime GenAI (core/engine.py runs it).
+ONNX Runtime GenAI (core/export/runtime.py runs it).
 
 Why ONNX Runtime GenAI (measured on a 2-core CPU, docs/deploy.md): it installs from PyPI as a
 wheel with no compiler, runs Llama- and Qwen3-shaped models, quantizes weights to int8 or int4,
@@ -16,10 +16,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from core import io
+from core import atomic
 from core.config import ModelProfile
-from core.engine import EDGE_FILE, adapter_digest
 from core.errors import UserError
+from core.export.runtime import EDGE_FILE, adapter_digest
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def merge(model, adapter_dir: str | Path, merged_dir: str | Path) -> int:
     model.load_adapter(adapter_dir)
     merged = model.model.merge_and_unload()
     model.model = merged
-    with io.atomic_path(merged_dir) as tmp:
+    with atomic.atomic_path(merged_dir) as tmp:
         merged.save_pretrained(str(tmp))
         model.tokenizer.save_pretrained(str(tmp))
     return parameter_count(merged)
@@ -76,7 +76,7 @@ def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: st
     `precision`) and write edge.json: what the engine needs to prompt the model as training did."""
     tokenizer = model.tokenizer
     end_of_turn_id = tokenizer.convert_tokens_to_ids(model.end_of_turn)
-    with io.atomic_path(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="ort-build-") as cache:
+    with atomic.atomic_path(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="ort-build-") as cache:
         log.info("converting %s to ONNX (%s weights)", merged_dir, precision)
         _run_builder(merged_dir, tmp, precision, cache)
         config_path = tmp / "genai_config.json"
@@ -85,8 +85,8 @@ def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: st
         # checkpoint's eos, which for a chat model may be another token)
         config["model"]["eos_token_id"] = end_of_turn_id
         config["model"]["pad_token_id"] = tokenizer.pad_token_id
-        io.write_json(config_path, config)
-        io.write_json(tmp / EDGE_FILE, {
+        atomic.write_json(config_path, config)
+        atomic.write_json(tmp / EDGE_FILE, {
             "engine": ENGINE,
             "precision": precision,
             "family": model.profile.family,

@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from core import io
+from core import atomic
 from core.config import ConfigError
 from core.errors import CheckpointError
 
@@ -67,7 +67,7 @@ def convert_gguf(gguf: Path) -> Path:
     plain = type(loaded)(type(loaded.config).from_dict(config))
     plain.load_state_dict(loaded.state_dict(), strict=True)
     try:
-        with io.atomic_path(target) as tmp:
+        with atomic.atomic_path(target) as tmp:
             plain.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
     except OSError:

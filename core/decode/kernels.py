@@ -1,6 +1,6 @@
 """A GPU kernel of the decoder (Triton): copy a few rows' generated cache columns in place.
 
-Beam search moves a beam's history only when it forks: core/beam_search.py's `assign_rows` keeps
+Beam search moves a beam's history only when it forks: core/decode/beam_search.py's `assign_rows` keeps
 every other beam in its row, so a step copies a handful of rows, and only the columns generated
 so far. Indexing that in PyTorch inside a CUDA graph would read and write every row and every
 column of every layer each step (an index_select and a copy back: two thirds of a 4-beam step

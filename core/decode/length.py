@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from core.config import GenerationConfig
+from core.metrics.rouge import rouge
 from core.predictions import Generations, Prediction
 from core.prompts import join_answer
-from core.scoring import rouge
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,18 @@
 """The exported model at work: answering vignettes with ONNX Runtime GenAI on a CPU, without torch.
 
-The export stage (core/export.py) writes a directory that holds the merged, quantized model,
+The export stage (core/export/build.py) writes a directory that holds the merged, quantized model,
 the tokenizer and `edge.json`: what this module needs to build the same prompts as training
 (the family's chat template, the system prompt, the end-of-turn token) and which adapter the
 export was made from. Nothing here imports torch or transformers, so a device needs only
 onnxruntime-genai, tokenizers and jinja2 (and this repository's core/).
 
 Decoding follows `generation` from params.yaml with ONNX Runtime GenAI's own search; the
-repetition rules are ours, on the answer's tokens only (core/repetition.py), applied here to the
+repetition rules are ours, on the answer's tokens only (core/decode/repetition.py), applied here to the
 logits before each step (`answer_only_rules`, NumPy). Greedy decoding gives the tokens of the
 PyTorch path for an unquantized export, rules included (tested). Beam search cannot take them:
 ONNX Runtime GenAI 0.18 shows the logits of every beam but the tokens of none but the best, so
 its beams search without the rules and the answer is cut where it first repeats a run of words
-(core.scoring.cut_at_first_loop), the substitute measured in docs/quality.md.
+(core.metrics.rouge.cut_at_first_loop), the substitute measured in docs/quality.md.
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from core import io
+from core import atomic
 from core.config import GenerationConfig
 from core.data import ID, PROMPT, require_vignette
 from core.errors import ArtifactError, how_to_restore
+from core.metrics.rouge import cut_at_first_loop
 from core.predictions import Generations, trim_at_stop
 from core.prompts import answer_prefix, chat_messages, fit_to_window, join_answer, render_chat, tidy_answer, user_message
-from core.scoring import cut_at_first_loop
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def adapter_digest(adapter_dir: str | Path) -> str:
         if not path.exists():
             raise ArtifactError(f"{adapter_dir}: no LoRA adapter here ({name} is missing); run the finetune stage first")
         if path.suffix == ".safetensors":  # a damaged adapter is not "another adapter": say which file and how to restore it
-            io.check_safetensors(path, how_to_restore(adapter_dir))
+            atomic.check_safetensors(path, how_to_restore(adapter_dir))
         digest.update(name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -88,7 +88,7 @@ def og_context_length(directory: Path) -> int:
 
 
 def answer_only_rules(logits, answers: list[list[int]], penalty: float, ngram_size: int):
-    """core/repetition.py's rules in NumPy: `logits` [rows, vocab], each row's answer tokens so far.
+    """core/decode/repetition.py's rules in NumPy: `logits` [rows, vocab], each row's answer tokens so far.
     A token the answer holds is penalised (positive logit / penalty, negative x penalty); a token
     that would complete an n-gram the answer holds is forbidden."""
     import numpy as np

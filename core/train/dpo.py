@@ -21,7 +21,7 @@ from typing import Iterable
 
 from core.config import AlignConfig, GenerationConfig
 from core.data import ID, LLM_COLUMNS, TARGET, DataError, normalise
-from core.training import common_trainer_arguments, divergence_guard, fit_example, resume_point, run_clock
+from core.train.common import common_trainer_arguments, divergence_guard, fit_example, resume_point, run_clock
 
 
 @dataclass
@@ -75,10 +75,10 @@ def sample_pairs(pairs: list[dict], limit: int, seed: int) -> list[dict]:
 
 
 def preference_examples(model, pairs: list[dict]) -> tuple[dict[str, list], int]:
-    """Token ids of the pairs, as SFT encodes its examples (core.model.training_examples).
+    """Token ids of the pairs, as SFT encodes its examples (core.models.base.training_examples).
 
     The chosen answer and its end-of-turn token are kept whole; a prompt too long for the window
-    loses its middle (core.training.fit_example), and a pair that would lose too much is left
+    loses its middle (core.train.common.fit_example), and a pair that would lose too much is left
     out (counted). The rejected answer is cut to the chosen answer's length: DPO then compares
     answers of equal length, so what it can learn is their content and form, not that the
     clinicians write shorter answers than the LLMs (which a length penalty at decoding already

@@ -1,7 +1,7 @@
 """ROUGE as the host scores it: F-measures between texts normalised the host's way.
 
 Used for the validation report and, during generation, by minimum-Bayes-risk selection
-(core/generation.py), so both judge an answer by the same measure. Also what "an answer that
+(core/decode/generation.py), so both judge an answer by the same measure. Also what "an answer that
 loops" means (`has_loop`), for the report's loop share.
 """
 from __future__ import annotations

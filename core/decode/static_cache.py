@@ -6,11 +6,11 @@ H100, the GPU mostly waiting), its cache grows by concatenation, copying itself 
 beam search runs each prompt once per beam. Here the cache is allocated once at its full length
 (transformers' StaticCache), each prompt runs once and its cache rows are copied to its beams,
 the step's inputs live in fixed buffers, and the whole step (embedding, every layer, the last
-position's logits, the answer-only repetition rules of core/repetition.py, the choice of tokens:
-argmax, or core/beam_search.py's selection and the copy of forked beams' cache rows) is captured
+position's logits, the answer-only repetition rules of core/decode/repetition.py, the choice of tokens:
+argmax, or core/decode/beam_search.py's selection and the copy of forked beams' cache rows) is captured
 once as a CUDA graph and then replayed: one launch a token. A beam stays in its row while it
 continues itself (rows are assigned as beams go on, generate()'s beam order kept apart), so a
-step copies only the forked beams' generated columns (core/kernels.py); the prompt's part of
+step copies only the forked beams' generated columns (core/decode/kernels.py); the prompt's part of
 the cache is the same in every beam of a prompt and never moves. Decoding ends when every
 prompt is done (greedy: its stop token; beams: its finished answers can no longer change); once at
 most half of a batch is still going, the finished prompts are dropped (their cache rows gathered
@@ -25,7 +25,7 @@ The model is called as generate() calls it (left padding, positions counted from
 first real token, the attention mask as a tensor), the rules see the same tokens (the answer's
 prefix and what was generated), and beams are chosen by generate()'s arithmetic, so the answers
 are the same tokens: tests/test_model.py checks it on a CPU without graphs, tests/test_gpu.py on
-a GPU with them. Sampling and minimum lengths stay with generate() (core/generation.py decides).
+a GPU with them. Sampling and minimum lengths stay with generate() (core/decode/generation.py decides).
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ from contextlib import contextmanager
 
 import torch
 
-from core.beam_search import BeamState, assign_rows
-from core.kernels import copy_rows
 from core.config import GenerationConfig
-from core.repetition import penalise, repeated_ngram_bans
+from core.decode.beam_search import BeamState, assign_rows
+from core.decode.kernels import copy_rows
+from core.decode.repetition import penalise, repeated_ngram_bans
 
 log = logging.getLogger(__name__)
 

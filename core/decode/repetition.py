@@ -10,9 +10,9 @@ sentence (docs/quality.md). Here both rules see only the tokens generated so far
 - the n-gram rule forbids the token that would complete an n-gram the answer already holds.
 
 The same two tensor functions serve transformers' generate() (greedy and beam search, through
-`AnswerOnlyRepetition` as a logits processor) and the CUDA-graph greedy path (core/decoding.py),
+`AnswerOnlyRepetition` as a logits processor) and the CUDA-graph greedy path (core/decode/static_cache.py),
 whose shapes must stay fixed: so the n-gram rule takes a history buffer and a length that may be
-a tensor. The export's engine (core/engine.py) runs the same rules in NumPy for greedy decoding.
+a tensor. The export's engine (core/export/runtime.py) runs the same rules in NumPy for greedy decoding.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ answers, and after each step takes the 2K best (beam, token) continuations of al
 best K that did not just end go on, the ones that ended among the top K compete for the K
 finished places (their score divided by length ** length_penalty), and a prompt is done once its
 best running beam cannot beat its worst finished answer. `BeamState` does the same arithmetic in
-the same order, on tensors whose shapes never change, so that core/decoding.py can capture a whole
+the same order, on tensors whose shapes never change, so that core/decode/static_cache.py can capture a whole
 decode step (forward, rules, this selection, the cache reorder) as one CUDA graph: the step
 number is a tensor, and nothing here reads a value back to the host.
 

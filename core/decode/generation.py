@@ -15,12 +15,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from core import decoding
 from core.config import GenerationConfig
+from core.decode import static_cache
+from core.decode.repetition import AnswerOnlyRepetition
+from core.metrics.rouge import rouge_l_matrix
 from core.predictions import Generations, trim_at_stop
 from core.prompts import join_answer
-from core.repetition import AnswerOnlyRepetition
-from core.scoring import rouge_l_matrix
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_
     else:
         # A sequence's KV cache at full length, counted twice where the cache grows by
         # concatenation (old and new copies coexist and the allocator cannot reuse the outgrown
-        # blocks), once where it is allocated whole (core/decoding.py), where a row's beams also
+        # blocks), once where it is allocated whole (core/decode/static_cache.py), where a row's beams also
         # share one copy of its prompt. Plus the last position's logits in float32, about three
         # copies while sampling or choosing beams.
         per_token = kv_cache_bytes_per_token(config, dtype)
@@ -119,7 +119,7 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
 
     With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
     still runs out of memory is halved and retried; a pinned batch size is never changed.
-    Greedy and beam-search decoding go through core/decoding.py (a static cache, each prompt run
+    Greedy and beam-search decoding go through core/decode/static_cache.py (a static cache, each prompt run
     once whatever its beams; each step a CUDA graph on a GPU) where the caller allows it
     (`static_allowed`: a model whose forward transformers owns) and `generation.static_cache` is on."""
     tokenizer.padding_side = "left"
@@ -128,7 +128,7 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
     # Similar lengths in one batch waste less on padding; results go back in input order.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     device = next(model.parameters()).device
-    fast = static_allowed and generation.static_cache and decoding.applies_to(generation)
+    fast = static_allowed and generation.static_cache and static_cache.applies_to(generation)
     settings = decoding_settings(generation)
     per_row = settings["num_return_sequences"]
     auto = generation.batch_size == "auto"
@@ -188,7 +188,7 @@ def _decode(model, tokenizer, prompts: list[list[int]], prefix_lengths: list[int
     """One batch: the new token ids of each sequence (num_return_sequences a row, in row order)
     and the number of decoding steps run. Each prompt ends with its answer's prefix (`prefix_lengths` tokens)."""
     if fast:
-        return decoding.decode(model, prompts, prefix_lengths, stop_id, tokenizer.pad_token_id, generation,
+        return static_cache.decode(model, prompts, prefix_lengths, stop_id, tokenizer.pad_token_id, generation,
                                generation.longest_answer)
     from transformers import LogitsProcessorList
 

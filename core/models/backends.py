@@ -162,13 +162,13 @@ def resolve_backend(choice: str, job: str = "train") -> HFBackend:
 
     `auto` on a GPU takes what benchmarks/backends.py measured faster on one H100
     (docs/benchmarks.md, sections 4 and 5): to answer, transformers+peft, whose greedy and beam
-    decoding run as CUDA graphs (core/decoding.py; greedy: 200 answers in 5.3 s against Unsloth's
+    decoding run as CUDA graphs (core/decode/static_cache.py; greedy: 200 answers in 5.3 s against Unsloth's
     22.8 s on the Qwen3 shape, 4.3 s against 18.4 s on SmolLM2's; 4 beams: 10.7 s, where
     generate() took 95.1 s with hf and over 110 s with Unsloth); to train, Unsloth (its steady rate 1.9x hf's on the Qwen3 shape and 2.2x
     on SmolLM2's, in less memory; its first steps compile, so hf finishes first below about 70
     steps). The answering job never imports Unsloth, which patches transformers' model classes."""
     if choice == "auto" and job == "generate" and cuda_available():
-        log.info("backend auto: transformers+peft to answer on this GPU (measured faster: core/backends.py)")
+        log.info("backend auto: transformers+peft to answer on this GPU (measured faster: core/models/backends.py)")
         return HFBackend()
     if choice == "hf":
         return HFBackend()

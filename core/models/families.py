@@ -8,7 +8,7 @@ to emit and generation stops on.
 from __future__ import annotations
 
 from core.config import ConfigError, ModelProfile
-from core.model import BaseUnslothModel
+from core.models.base import BaseUnslothModel
 
 # ChatML, as SmolLM2 and Qwen use it. (No Jinja whitespace control: every newline is literal.)
 _CHATML = (

@@ -7,7 +7,7 @@
 - `write_training_log`: the DVCLive log, written from the trainer's history at the true steps.
 - `BestEpoch`: the trainable weights of the epoch with the lowest validation loss, put back at the end.
 
-transformers is imported inside functions (Unsloth must be imported before it; see core/model.py).
+transformers is imported inside functions (Unsloth must be imported before it; see core/models/base.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import io
+from core import atomic
 from core.errors import UserError
 from core.prompts import cut_middle, shortest_prompt
 
@@ -99,7 +99,7 @@ def common_trainer_arguments(output_dir, *, seed: int, evaluate: bool, dtype, ma
     resumable checkpoints, one evaluation an epoch, seeds, the device and its dtype."""
     import torch
 
-    from core.backends import cuda_available
+    from core.models.backends import cuda_available
 
     on_gpu = cuda_available()
     return dict(
@@ -144,7 +144,7 @@ def run_clock(resume_from: str | None):
     class RunClock(TrainerCallback):
         def __init__(self) -> None:
             clock = Path(resume_from or "") / CLOCK_FILE
-            self.before = io.read_json(clock)["seconds"] if resume_from and clock.exists() else 0.0
+            self.before = atomic.read_json(clock)["seconds"] if resume_from and clock.exists() else 0.0
             self.started = time.perf_counter()
 
         @property
@@ -157,7 +157,7 @@ def run_clock(resume_from: str | None):
         def on_save(self, args, state, control, **kwargs):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and checkpoint.is_dir():
-                io.write_json(checkpoint / CLOCK_FILE, {"seconds": self.seconds, "step": state.global_step})
+                atomic.write_json(checkpoint / CLOCK_FILE, {"seconds": self.seconds, "step": state.global_step})
 
     return RunClock()
 
@@ -194,7 +194,7 @@ def write_training_log(path: str | Path, history: list[dict], always: tuple[str,
             if not tsv.exists():
                 tsv.parent.mkdir(parents=True, exist_ok=True)
                 tsv.write_text(f"step\t{name.rsplit('/', 1)[-1]}\n", encoding="utf-8")
-        with io.atomic_path(path) as tmp:
+        with atomic.atomic_path(path) as tmp:
             shutil.copytree(scratch / "log", tmp)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

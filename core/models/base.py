@@ -1,12 +1,12 @@
 """BaseUnslothModel: load a causal LM, attach LoRA, fine-tune with trl's SFTTrainer, generate.
 
-The backends (Unsloth on CUDA, transformers + peft anywhere) live in core/backends.py and
-batched generation in core/generation.py; this class ties them to one family's prompts.
+The backends (Unsloth on CUDA, transformers + peft anywhere) live in core/models/backends.py and
+batched generation in core/decode/generation.py; this class ties them to one family's prompts.
 transformers, peft and trl are imported inside functions, not at module level, on purpose:
 Unsloth patches them when it is imported and must come first, so nothing may import them
 before the backend has been chosen.
 
-A family subclass (core/families.py) defines only what differs between model families:
+A family subclass (core/models/families.py) defines only what differs between model families:
 its chat template, the token that ends the assistant's turn, a pad token, and if it wants
 its own way of turning a row into the user message.
 """
@@ -20,16 +20,16 @@ from typing import Any, Iterable
 
 import torch
 
-from core import distributed, io
-from core.backends import cuda_available, resolve_backend, resolve_dtype
+from core import atomic, distributed
 from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
 from core.data import ID, TARGET
+from core.decode.generation import Generations, generate
 from core.errors import ArtifactError, CheckpointError, how_to_restore
-from core.generation import Generations, generate
+from core.models.backends import cuda_available, resolve_backend, resolve_dtype
 from core.prompts import answer_prefix, chat_messages, fit_to_window, tidy_answer, user_message
-from core.training import (TrainingExamples, best_epoch, common_trainer_arguments, divergence_guard, resume_point,
+from core.train.common import (TrainingExamples, best_epoch, common_trainer_arguments, divergence_guard, resume_point,
                            run_clock)
-from core.weights import resolve_checkpoint
+from core.models.weights import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class BaseUnslothModel:
 
         Prompt and response are encoded apart so the prompt's tokens are exactly those that
         prediction feeds the model. A row longer than max_seq_length keeps its whole answer and
-        loses the middle of its prompt, or is dropped (core.training.fit_example); both are logged
+        loses the middle of its prompt, or is dropped (core.train.common.fit_example); both are logged
         by id.
         """
         self._require_loaded()
@@ -250,7 +250,7 @@ class BaseUnslothModel:
             "epochs": trainer.state.epoch,
             "steps": trainer.state.global_step,
             "train_examples": len(train.input_ids),
-            # rows longer than max_seq_length (core.training.fit_example), by split
+            # rows longer than max_seq_length (core.train.common.fit_example), by split
             "prompts_cut": {"train": len(train.prompt_cut), "val": len(val.prompt_cut) if val else 0},
             "rows_dropped": {"train": len(train.dropped), "val": len(val.dropped) if val else 0},
             "backend": self.backend.name,
@@ -278,7 +278,7 @@ class BaseUnslothModel:
 
     # --- generation -------------------------------------------------------------------------
     def generate_responses(self, rows: list[dict], generation: GenerationConfig) -> Generations:
-        """Answer `rows` with the prompt training used, batched (core/generation.py): greedy,
+        """Answer `rows` with the prompt training used, batched (core/decode/generation.py): greedy,
         sampled or beam search, with MBR selection among candidates if configured."""
         self._require_loaded()
         self.backend.for_inference(self.model)
@@ -305,18 +305,18 @@ class BaseUnslothModel:
 
         Nothing here depends on the run itself (its time, its losses: those go to the metrics),
         so the same training inputs give a byte-identical directory and DVC sees no change."""
-        with io.atomic_path(path) as tmp:
+        with atomic.atomic_path(path) as tmp:
             self.model.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
             # the settings the adapter was trained with; decoding is predict's business, and a
             # generation key in here would change the adapter's hash without changing the adapter
-            io.write_json(tmp / "profile.json", {k: v for k, v in as_dict(self.profile).items() if k != "generation"})
+            atomic.write_json(tmp / "profile.json", {k: v for k, v in as_dict(self.profile).items() if k != "generation"})
             # peft keeps target_modules as a set and writes it in the process's string-hash order,
             # which changes from run to run: sorted, the same adapter is the same file.
-            config = io.read_json(tmp / "adapter_config.json")
+            config = atomic.read_json(tmp / "adapter_config.json")
             if isinstance(config.get("target_modules"), list):
                 config["target_modules"] = sorted(config["target_modules"])
-            io.write_json(tmp / "adapter_config.json", config)
+            atomic.write_json(tmp / "adapter_config.json", config)
 
     def load_adapter(self, path: str | Path, trainable: bool = False) -> None:
         """Load the base model and put the adapter saved at `path` on it (its weights trainable
@@ -325,8 +325,8 @@ class BaseUnslothModel:
         if not (path / "adapter_config.json").exists():
             raise ArtifactError(f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first")
         # a damaged file gets one line naming it, not a traceback from deep in safetensors
-        io.check_safetensors(path / "adapter_model.safetensors", how_to_restore(path))
-        saved = io.read_json(path / "profile.json") if (path / "profile.json").exists() else {}
+        atomic.check_safetensors(path / "adapter_model.safetensors", how_to_restore(path))
+        saved = atomic.read_json(path / "profile.json") if (path / "profile.json").exists() else {}
         if saved and (saved.get("name"), saved.get("family")) != (self.profile.name, self.profile.family):
             raise ConfigError(
                 f"{path}: this adapter was trained for {saved.get('name')} ({saved.get('family')} family), "

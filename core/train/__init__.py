@@ -1,0 +1,1 @@
+"""Fine-tuning: supervised fine-tuning's helpers and preference tuning (DPO) on its adapter."""
