@@ -132,7 +132,7 @@ def aligned_models(params_path: str, params, train_rows: list[dict], val_rows: l
             own = own_answers(model, train_rows + val_rows, params.profile.generation) if "sft" in config.rejected else None
             pairs = sample_pairs(build_pairs(train_rows, config.rejected, own).pairs, config.max_pairs, config.seed)
             val_pairs = sample_pairs(build_pairs(val_rows, config.rejected, own).pairs, config.max_pairs, config.seed)
-            metrics = direct_preference_optimisation(model, pairs, val_pairs, config, Path(scratch) / f"run-{name}")
+            metrics, _ = direct_preference_optimisation(model, pairs, val_pairs, config, Path(scratch) / f"run-{name}")
             log.info("%s aligned: %d pairs, %d steps in %.0f s, val reward accuracy %s", name, metrics["pairs"]["train"],
                      metrics["steps"], metrics["train_runtime_s"], metrics.get("val_reward_accuracy"))
             yield name, settings, model, metrics

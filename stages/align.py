@@ -49,9 +49,9 @@ def main() -> None:
                  ", ".join(f"{k} {v}" for k, v in sorted(train_pairs.by_source.items())), len(pairs),
                  len(val_pairs.pairs), len(val_sample))
     run_dir = f"{CHECKPOINTS}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
-    metrics = direct_preference_optimisation(model, pairs, val_sample, config, run_dir)
+    metrics, history = direct_preference_optimisation(model, pairs, val_sample, config, run_dir)
     model.save_adapter(ALIGNED)
-    write_training_log(LIVE, model.training_log, always=MARGIN_PLOTS)
+    write_training_log(LIVE, history, always=MARGIN_PLOTS)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
     atomic.write_json(METRICS, {"align_method": config.method, "dpo": {
         "beta": config.beta, "learning_rate": config.learning_rate, "rows_without_pair": len(train_pairs.skipped),

@@ -123,7 +123,7 @@ def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
     before = {n: w.detach().float().clone() for n, w in model.model.named_parameters() if "lora_" in n}
     pairs = build_pairs(ROWS[:8], ["llm"]).pairs
     config = dataclasses.replace(params.align, method="dpo", max_steps=2, batch_size=2, learning_rate=1e-3)
-    metrics = direct_preference_optimisation(model, pairs[:4], pairs[4:6], config, tmp_path / "align")
+    metrics, _ = direct_preference_optimisation(model, pairs[:4], pairs[4:6], config, tmp_path / "align")
     assert metrics["steps"] == 2 and metrics["val_reward_accuracy"] is not None
     assert set(model.model.peft_config) == {"default"}
     assert any(not torch.equal(w.detach().float(), before[n]) for n, w in model.model.named_parameters() if "lora_" in n)

@@ -1,7 +1,9 @@
-"""BaseUnslothModel: load a causal LM, attach LoRA, fine-tune with trl's SFTTrainer, generate.
+"""BaseUnslothModel: one family's model and prompts, loaded, with LoRA adapters; the facade the
+stages hold. It loads a causal LM (through a backend), renders prompts and training examples,
+attaches, saves and loads adapters; fine-tuning (core/train/sft.py) and batched answering
+(core/decode/generation.py) work on it.
 
-The backends (Unsloth on CUDA, transformers + peft anywhere) live in core/models/backends.py and
-batched generation in core/decode/generation.py; this class ties them to one family's prompts.
+The backends (Unsloth on CUDA, transformers + peft anywhere) live in core/models/backends.py.
 transformers, peft and trl are imported inside functions, not at module level, on purpose:
 Unsloth patches them when it is imported and must come first, so nothing may import them
 before the backend has been chosen.
@@ -20,16 +22,16 @@ from typing import Any, Iterable
 
 import torch
 
-from core import atomic, distributed
+from core import atomic
 from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
 from core.data import ID, TARGET
 from core.decode.generation import Generations, generate
 from core.errors import ArtifactError, CheckpointError, how_to_restore
 from core.models.backends import cuda_available, resolve_backend, resolve_dtype
-from core.prompts import answer_prefix, chat_messages, fit_to_window, tidy_answer, user_message
-from core.train.common import (TrainingExamples, best_epoch, common_trainer_arguments, divergence_guard, resume_point,
-                           run_clock)
 from core.models.weights import resolve_checkpoint
+from core.prompts import answer_prefix, chat_messages, fit_to_window, tidy_answer, user_message
+from core.train import sft
+from core.train.common import TrainingExamples
 
 log = logging.getLogger(__name__)
 
@@ -171,109 +173,11 @@ class BaseUnslothModel:
         output_dir: str | Path,
         callbacks: Iterable[Any] = (),
     ) -> dict:
-        """LoRA fine-tuning with trl's SFTTrainer; resumes from the last checkpoint in
-        `output_dir` if one is there. Returns the run's metrics."""
-        from transformers import set_seed
-        from trl import SFTConfig, SFTTrainer
-
-        set_seed(training.seed)
+        """LoRA fine-tuning with trl's SFTTrainer (core/train/sft.py); resumes from the last
+        checkpoint in `output_dir` if one is there. Returns the run's metrics; the trainer's log
+        history is in `training_log`."""
         self._require_loaded()
-        if not hasattr(self.model, "peft_config"):
-            self.attach_lora(training.seed, training.gradient_checkpointing)
-        train = self.training_examples(train_rows)
-        if not train.input_ids:
-            raise ConfigError(f"params.yaml: models.{self.profile.key}.max_seq_length: no training row fits in "
-                              f"{self.profile.max_seq_length} tokens with its whole answer; raise it")
-        val = self.training_examples(val_rows) if val_rows else None
-        on_gpu = cuda_available()
-        rows_per_pass, grad_accum = distributed.passes(training.batch_size, training.grad_accum,
-                                                       training.rows_per_pass, on_gpu)
-        processes = distributed.world_size()
-        effective_batch = training.batch_size * training.grad_accum  # the same on any number of processes
-        # Without padding a pass costs what its tokens cost (rows were fitted to max_seq_length
-        # above), where the attention takes concatenated rows as they are: flash attention's
-        # variable-length kernels. sdpa instead gets a dense block-diagonal mask over the whole
-        # pass, and on the Qwen3-0.6B shape that cost more than the padding saved (docs/benchmarks.md)
-        packs = "flash" in str(getattr(self.model.config, "_attn_implementation", ""))
-        padding_free = on_gpu and packs if training.padding_free == "auto" else training.padding_free
-        log.info("%d rows a pass x %d passes a step x %d processes = effective batch %d%s", rows_per_pass, grad_accum,
-                 processes, effective_batch, ", padding-free" if padding_free else "")
-        args = SFTConfig(
-            **common_trainer_arguments(output_dir, seed=training.seed, evaluate=bool(val), dtype=self.dtype,
-                                       max_length=None if padding_free else self.profile.max_seq_length,
-                                       save_steps=training.save_steps, logging_steps=training.logging_steps),
-            num_train_epochs=training.epochs,
-            max_steps=training.max_steps,
-            per_device_train_batch_size=rows_per_pass,
-            # the trainer averages the batches' mean losses: a fixed eval batch keeps val_loss
-            # comparable whatever rows_per_pass is
-            per_device_eval_batch_size=training.batch_size,
-            gradient_accumulation_steps=grad_accum,
-            padding_free=padding_free,
-            learning_rate=training.learning_rate,
-            lr_scheduler_type=training.lr_scheduler,
-            warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of all steps
-            weight_decay=training.weight_decay,
-            optim=training.optimizer,
-            packing=False,
-            ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient on every step
-        )
-        self.backend.for_training(self.model)
-        self.tokenizer.padding_side = "right"
-        trainer = SFTTrainer(
-            model=self.model,
-            args=args,
-            train_dataset=train.as_dataset(),
-            eval_dataset=val.as_dataset() if val else None,
-            processing_class=self.tokenizer,
-            callbacks=[divergence_guard(training.learning_rate), *callbacks],
-        )
-        resume, resumed_from_step = resume_point(output_dir)
-        if resume:
-            log.info("resuming from %s", resume)
-        clock = run_clock(resume)
-        trainer.add_callback(clock)
-        keeper = best_epoch(self.model, output_dir, resumed_from_step) if val and training.keep_best_epoch else None
-        if keeper:
-            trainer.add_callback(keeper)
-        result = trainer.train(resume_from_checkpoint=resume)
-        seconds = clock.seconds  # the whole run, the part before a resume included
-        self.tokenizer.padding_side = "left"
-        self.training_log = trainer.state.log_history  # the resumed part's entries follow the checkpoint's
-        train_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        metrics = {
-            "train_loss": train_losses[-1] if train_losses else result.training_loss,
-            "train_loss_mean": result.training_loss,
-            "train_runtime_s": seconds,
-            "train_tokens_per_s": train.n_tokens * trainer.state.epoch / seconds if seconds > 0 else 0.0,
-            "resumed_from_step": resumed_from_step,
-            "epochs": trainer.state.epoch,
-            "steps": trainer.state.global_step,
-            "train_examples": len(train.input_ids),
-            # rows longer than max_seq_length (core.train.common.fit_example), by split
-            "prompts_cut": {"train": len(train.prompt_cut), "val": len(val.prompt_cut) if val else 0},
-            "rows_dropped": {"train": len(train.dropped), "val": len(val.dropped) if val else 0},
-            "backend": self.backend.name,
-            "processes": processes,
-            "effective_batch_size": effective_batch,
-            "rows_per_pass": rows_per_pass,
-            "padding_free": padding_free,
-        }
-        metrics["trainable_params"], metrics["total_params"] = self.parameter_counts()
-        if val:
-            # the epoch-end pass at the last step has scored the final weights already: not twice
-            final = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
-            metrics["val_loss"] = final[-1]["eval_loss"] if final else trainer.evaluate()["eval_loss"]
-            metrics["val_loss_by_epoch"] = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
-        if keeper and keeper.best:
-            metrics["val_loss_last_epoch"] = metrics["val_loss"]
-            if keeper.restore(trainer.state.global_step):
-                log.info("kept the weights of epoch %g (val loss %.4f), not the last epoch's (%.4f)",
-                         keeper.best["epoch"], keeper.best["val_loss"], metrics["val_loss"])
-            # every evaluation went through the keeper, the final one too: its best is the run's
-            metrics["val_loss"], metrics["best_epoch"] = keeper.best["val_loss"], keeper.best["epoch"]
-        if on_gpu:
-            metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        metrics, self.training_log = sft.fine_tune(self, train_rows, val_rows, training, output_dir, callbacks)
         return metrics
 
     # --- generation -------------------------------------------------------------------------

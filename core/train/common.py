@@ -3,7 +3,7 @@
 - `fit_example`: the policy for a row longer than max_seq_length (cut the prompt's middle,
   keep the whole answer and its end-of-turn token; drop the row if too little prompt is left).
 - `divergence_guard`: stop at the first loss or gradient norm that is not finite.
-- `RunClock`: wall-clock time of the whole run, across a resume from a checkpoint.
+- `fit`: train from the last checkpoint if there is one; `RunClock`: the whole run's wall-clock time.
 - `write_training_log`: the DVCLive log, written from the trainer's history at the true steps.
 - `BestEpoch`: the trainable weights of the epoch with the lowest validation loss, put back at the end.
 
@@ -11,6 +11,7 @@ transformers is imported inside functions (Unsloth must be imported before it; s
 """
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ from pathlib import Path
 from core import atomic
 from core.errors import UserError
 from core.prompts import cut_middle, shortest_prompt
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the loss skips
 CLOCK_FILE = "run_clock.json"  # written into each checkpoint directory
@@ -130,6 +133,28 @@ def resume_point(output_dir) -> tuple[str | None, int]:
 
     last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
     return last, int(Path(last).name.rsplit("-", 1)[1]) if last else 0
+
+
+@dataclass
+class Fit:
+    """A finished `trainer.train()`: its result, the seconds of the whole run (the part before a
+    resume included) and the step it resumed from (0: a fresh start)."""
+
+    result: object
+    seconds: float
+    resumed_from_step: int
+
+
+def fit(trainer, output_dir, resume: tuple[str | None, int] | None = None) -> Fit:
+    """Train, from the last checkpoint in `output_dir` if there is one (`resume`: resume_point's
+    answer when the caller needed it first), timing the whole run across resumes."""
+    checkpoint, resumed_from_step = resume or resume_point(output_dir)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    clock = run_clock(checkpoint)
+    trainer.add_callback(clock)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    return Fit(result, clock.seconds, resumed_from_step)
 
 
 def run_clock(resume_from: str | None):

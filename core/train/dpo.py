@@ -21,7 +21,7 @@ from typing import Iterable
 
 from core.config import AlignConfig, GenerationConfig
 from core.data import ID, LLM_COLUMNS, TARGET, DataError, normalise
-from core.train.common import common_trainer_arguments, divergence_guard, fit_example, resume_point, run_clock
+from core.train.common import common_trainer_arguments, divergence_guard, fit, fit_example
 
 
 @dataclass
@@ -118,12 +118,12 @@ def _pretokenized_dpo_trainer():
 
 
 def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig,
-                                   output_dir: str | Path) -> dict:
+                                   output_dir: str | Path) -> tuple[dict, list[dict]]:
     """DPO of the adapter on `model` (loaded trainable), against a frozen copy of itself.
 
     trl adds the copy (adapter "ref") when handed a PeftModel that already has an adapter; it is
     deleted afterwards, so that saving writes the trained adapter alone. Resumes from the last
-    checkpoint in `output_dir` like fine_tune. Returns the run's metrics."""
+    checkpoint in `output_dir` like fine_tune. Returns the run's metrics and the trainer's log history."""
     from datasets import Dataset
     from transformers import set_seed
     from trl import DPOConfig
@@ -159,20 +159,16 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
         processing_class=model.tokenizer,
         callbacks=[divergence_guard(config.learning_rate)],
     )
-    resume, resumed_from_step = resume_point(output_dir)
-    clock = run_clock(resume)
-    trainer.add_callback(clock)
-    trainer.train(resume_from_checkpoint=resume)
+    run = fit(trainer, output_dir)
     if "ref" in model.model.peft_config:
         model.model.delete_adapter("ref")
     history = trainer.state.log_history
     final_eval = trainer.evaluate() if val["prompt_ids"] else {}
-    model.training_log = history
     last = next((e for e in reversed(history) if "loss" in e), {})
     metrics = {
         "train_loss": last.get("loss"),
-        "train_runtime_s": clock.seconds,
-        "resumed_from_step": resumed_from_step,
+        "train_runtime_s": run.seconds,
+        "resumed_from_step": run.resumed_from_step,
         "steps": trainer.state.global_step,
         "pairs": {"train": len(train["prompt_ids"]), "val": len(val["prompt_ids"])},
         "pairs_left_out": {"train": train_left_out, "val": val_left_out},
@@ -182,4 +178,4 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
     if final_eval:
         metrics.update(val_loss=final_eval["eval_loss"], val_reward_accuracy=final_eval.get("eval_rewards/accuracies"),
                        val_reward_margin=final_eval.get("eval_rewards/margins"))
-    return metrics
+    return metrics, history
