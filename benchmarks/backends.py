@@ -38,7 +38,8 @@ LEVELS = ["Health Centres", "Dispensaries and Private Clinics", "Sub-county Hosp
 
 def scaled_rows(n: int, labelled: bool, seed: int = 0) -> list[dict]:
     """`n` rows of realistic length: the sample rows replicated, each copy with another nurse."""
-    from core.data import read_vignettes, strip_nurse_intro
+    from core.data import read_vignettes
+    from core.metrics.echo import strip_nurse_intro
 
     source = read_vignettes(REPO / "data/sample" / ("train.csv" if labelled else "test.csv"), labelled=labelled)
     rng = random.Random(seed)

@@ -45,7 +45,7 @@ def torch_worker(params_file: str, rows_file: str, out: str) -> None:
     """The PyTorch path as predict runs it (core.models.base), one row a batch."""
     from core import atomic
     from core.config import load_params
-    from core.export.runtime import peak_rss_mb
+    from core.resources import peak_rss_mb
     from core.models.families import model_for
 
     params = load_params(params_file)
@@ -89,7 +89,7 @@ def summary(engine: str, report: dict) -> dict:
 
 def bench_shape(shape: str, args, work: Path) -> list[dict]:
     from core import atomic
-    from core.export.build import directory_mb
+    from core.resources import directory_mb
     from tests.checkpoints import REAL_SHAPES, build_checkpoint
 
     checkpoint = None

@@ -18,9 +18,11 @@ import logging
 from benchmarks.sweep import parse_variant
 from core import atomic
 from core.config import load_params
-from core.data import TARGET, prompt_echo
+from core.data import TARGET
+from core.metrics.echo import prompt_echo
 from core.export.runtime import ExportedModel
-from core.metrics.rouge import loop_share, rouge
+from core.metrics.rouge import rouge
+from core.metrics.loops import loop_share
 from core.models.families import model_for
 
 

@@ -186,7 +186,7 @@ def run_training(params_path: str, train_variant: str, decodings: list[str], out
     from core.decode.length import choose_length, cut, for_answering
     from core.metrics.rouge import rouge
     from core.models.families import model_for
-    from core.predictions import validation_report
+    from core.metrics.report import validation_report
 
     name, training = parse_variant(train_variant)
     data = {} if seed is None else {"seed": seed}

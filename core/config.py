@@ -28,10 +28,6 @@ class ConfigError(UserError, ValueError):
         super().__init__("\n".join(problems))
 
 
-class BackendError(UserError, RuntimeError):
-    """The configured backend cannot run on this machine."""
-
-
 class _Problems:
     """Collects the problems of independent checks, so that one run lists them all."""
 

@@ -1,5 +1,5 @@
-"""The data contract: reading and checking the challenge CSVs, the host's text normalisation,
-the train/validation split and the prompt-echo baseline.
+"""The data contract: reading and checking the challenge CSVs, and the train/validation split.
+(The host's normalisation and the prompt echo are the metric's: core/metrics/.)
 
 A row is a plain dict keyed by the challenge's column names, so prepared JSONL files read
 the same as the CSVs they came from.
@@ -9,9 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import random
-import re
-import string
-import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -109,43 +106,15 @@ def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
     return rows
 
 
-_PUNCTUATION = set(string.punctuation)
-
-
 def require_vignette(text: object, where: str = "") -> None:
     """A DataError unless `text` holds a vignette to answer; `where` names the file, row and column."""
     if not str(text or "").strip():
         raise DataError(f"{where}: empty vignette" if where else "the vignette is empty: there is nothing to answer")
 
 
-def normalise(text: str) -> str:
-    """The host's scoring normalisation: lower-case, punctuation removed, paragraph breaks and
-    all other runs of whitespace made one space."""
-    kept = "".join(
-        ch for ch in text.lower() if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P")
-    )
-    return " ".join(kept.split())
-
-
 def panel_of(row: dict) -> str:
     """The row's clinical panel in one canonical spelling (the raw data varies in case and spacing)."""
     return " ".join(row.get(PANEL, "").upper().split()) or "UNKNOWN"
-
-
-# "I am a nurse with 12 years of experience in General nursing working in a Health Centres in
-# Kiambu county in Kenya." and the shorter "I am a nurse working in a ... in Kenya."
-_NURSE_INTRO = re.compile(r"^\s*i\s+am\s+a\s+(?:registered\s+)?nurse\b.{0,300}?\bkenya\b\s*[.,:;]?\s*", re.I | re.S)
-
-
-def strip_nurse_intro(prompt: str) -> str:
-    """The vignette without the nurse's self-introduction (unchanged if it has none)."""
-    rest = _NURSE_INTRO.sub("", prompt, count=1)
-    return rest if rest.strip() else prompt
-
-
-def prompt_echo(row: dict) -> str:
-    """The prompt-echo baseline: the vignette itself, nurse introduction removed, normalised."""
-    return normalise(strip_nurse_intro(row[PROMPT]))
 
 
 def split_train_val(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

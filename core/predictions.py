@@ -1,14 +1,15 @@
-"""Prediction files, the validation report and the submission file."""
+"""The files answers travel in: prediction files (one per split) and the submission file."""
 from __future__ import annotations
 
 import csv
-import io as _io
-from dataclasses import dataclass, field
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from core import atomic
-from core.data import ID, TARGET, DataError, normalise, panel_of, prompt_echo, read_csv_records
-from core.metrics.rouge import loop_share, rouge
+from core.data import ID, TARGET, DataError, read_csv_records
+from core.metrics.echo import prompt_echo
+from core.metrics.rouge import normalise
 
 # `chars` is the length of the text as generated: an integrity record, so that a text emptied
 # or cut after predict is told apart from an answer the model really left empty.
@@ -23,43 +24,8 @@ class Prediction:
     stopped: bool  # the model ended its turn (False: cut at max_new_tokens)
 
 
-@dataclass
-class Generations:
-    """Responses in the order of the rows asked for, with what it took to make them."""
-
-    texts: list[str]
-    new_tokens: list[int]  # tokens generated per response, end-of-turn token included
-    stopped: list[bool]  # True where the model ended its turn; False where max_new_tokens cut it
-    seconds: float
-    batch_size: int = 0  # the most rows generated at once
-    peak_gpu_memory_gb: float = 0.0  # while generating; 0 on a CPU
-    decoded_tokens: int = 0  # token positions decoded over every sequence carried (beams, candidates, padding)
-    row_seconds: list[float] = field(default_factory=list)  # per row, where rows are answered one at a time
-    token_ids: list[list[int]] = field(default_factory=list)  # per row, the new tokens kept (end-of-turn token included)
-    prefixes: list[str] = field(default_factory=list)  # per row, the text written for the model before its tokens (answer_prefix)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return sum(self.new_tokens) / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def decoding_work_ratio(self) -> float:
-        """Decoded positions per token kept in an answer: about 1 for greedy decoding, about the
-        number of beams or candidates for beam search and MBR (their extra cost)."""
-        kept = sum(self.new_tokens)
-        return self.decoded_tokens / kept if kept else 0.0
-
-
-def trim_at_stop(ids: list[int], stop_id: int) -> tuple[list[int], bool]:
-    """A generated sequence up to and including its end-of-turn token (anything after it dropped),
-    and whether it had one."""
-    if stop_id in ids:
-        return ids[: ids.index(stop_id) + 1], True
-    return ids, False
-
-
 def _csv_text(rows: list[list], header: list[str]) -> str:
-    buffer = _io.StringIO()
+    buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
@@ -140,32 +106,3 @@ def write_submission(path: str | Path, rows: list[dict], submission: list[list[s
     atomic.write_text(path, _csv_text(submission, SUBMISSION_COLUMNS))
 
 
-# --- validation report ----------------------------------------------------------------------
-def validation_report(rows: list[dict], predictions: dict[str, Prediction]) -> tuple[dict, list[dict]]:
-    """Scores of the model and of the prompt-echo baseline on the same rows: overall (a dict
-    for `dvc metrics`) and per clinical panel (one record a panel, for a plot)."""
-    references = [row[TARGET] for row in rows]
-    model = [predictions[row[ID]].text for row in rows]
-    echo = [prompt_echo(row) for row in rows]
-    summary = {
-        "rows": len(rows),
-        "model": rouge(model, references),
-        "prompt_echo": rouge(echo, references),
-        # answers that repeat a run of words (core.metrics.rouge.has_loop): the model's, and the clinicians' for scale
-        "loop_share": {"model": loop_share(model), "reference": loop_share(references)},
-        "empty_responses": sum(not normalise(t) for t in model),
-        "cut_at_max_new_tokens": sum(not predictions[row[ID]].stopped for row in rows),
-        "mean_chars": {
-            "model": sum(len(t) for t in model) / max(len(rows), 1),
-            "reference": sum(len(t) for t in references) / max(len(rows), 1),
-        },
-    }
-    per_panel = []
-    for panel in sorted({panel_of(row) for row in rows}):
-        index = [i for i, row in enumerate(rows) if panel_of(row) == panel]
-        record = {"panel": panel, "rows": len(index)}
-        for system, texts in (("model", model), ("prompt_echo", echo)):
-            scores = rouge([texts[i] for i in index], [references[i] for i in index])
-            record.update({f"{system}_{name}": value for name, value in scores.items()})
-        per_panel.append(record)
-    return summary, per_panel

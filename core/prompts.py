@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 
-from core.data import PROMPT, prompt_echo
+from core.data import PROMPT
+from core.metrics.echo import prompt_echo
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from core import atomic
 from core.config import ConfigError, GenerationConfig, load_params
 from core.data import ID, PROMPT, TARGET, read_csv_records, require_vignette
-from core.export.runtime import ExportedModel, peak_rss_mb
+from core.export.runtime import ExportedModel
+from core.resources import peak_rss_mb
 from stages import run
 
 EXPORT = "models/export"

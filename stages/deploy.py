@@ -14,8 +14,9 @@ from pathlib import Path
 
 from core import atomic
 from core.config import load_params
-from core.data import ID, TARGET, prompt_echo
-from core.export.build import directory_mb
+from core.data import ID, TARGET
+from core.metrics.echo import prompt_echo
+from core.resources import directory_mb
 from core.export.runtime import EDGE_FILE
 from core.metrics.rouge import rouge
 from core.predictions import read_predictions

@@ -2,7 +2,8 @@
 import logging
 
 from core import atomic
-from core.predictions import read_predictions, validation_report
+from core.predictions import read_predictions
+from core.metrics.report import validation_report
 from stages import run
 
 METRICS = "metrics/eval.json"

@@ -2,7 +2,8 @@
 import logging
 
 from core.config import load_params
-from core.export.build import build_onnx, directory_mb, export_profile, merge
+from core.export.build import build_onnx, export_profile, merge
+from core.resources import directory_mb
 from core.models.families import model_for
 from stages import run
 

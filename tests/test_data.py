@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-from core.data import DataError, normalise, prompt_echo, read_vignettes, split_train_val, strip_nurse_intro
+from core.data import DataError, read_vignettes, split_train_val
+from core.metrics.echo import prompt_echo, strip_nurse_intro
+from core.metrics.rouge import normalise
 from tests.checkpoints import REPO
 
 TRAIN = REPO / "data" / "sample" / "train.csv"

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from core.data import prompt_echo, read_vignettes
+from core.data import read_vignettes
+from core.metrics.echo import prompt_echo
 from core.errors import ArtifactError
 from core.export.build import build_onnx, export_profile, merge
 from core.export.runtime import ExportedModel, StaleExport

@@ -2,16 +2,10 @@ import csv
 
 import pytest
 
-from core.data import DataError, prompt_echo
-from core.predictions import (
-    Prediction,
-    build_submission,
-    read_predictions,
-    rouge,
-    validation_report,
-    write_predictions,
-    write_submission,
-)
+from core.data import DataError
+from core.metrics.echo import prompt_echo
+from core.predictions import Prediction, build_submission, read_predictions, rouge, write_predictions, write_submission
+from core.metrics.report import validation_report
 
 ROWS = [
     {"Master_Index": f"ID_{i}", "Prompt": f"I am a nurse working in a Health Centres in Kisumu county in Kenya. Case {i}: fever, cough.",

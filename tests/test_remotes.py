@@ -76,9 +76,10 @@ def test_ssh_remote_round_trip_and_experiments_travel(finished, ssh_server, tmp_
     git(work, "remote", "set-url", "origin", str(origin))
     git(work, "push", "-q", "origin", "HEAD:main")
     run_dvc(work, "push")
-    run_dvc(work, "exp", "run", "-n", "lora-r4", "-S", "models.qwen3.lora.r=4")
-    run_dvc(work, "exp", "push", "origin", "lora-r4")
-    experiment_adapter = (work / "models/adapter/adapter_model.safetensors").read_bytes()
+    run_dvc(work, "exp", "run", "-n", "six-tokens", "-S", "models.qwen3.generation.max_new_tokens=6")  # predict onwards
+    run_dvc(work, "exp", "push", "origin", "six-tokens")
+    experiment_answers = (work / "data/predictions/test.csv").read_bytes()
+    assert experiment_answers != (repo / "data/predictions/test.csv").read_bytes()
 
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", "-b", "main", str(origin), str(clone))
@@ -86,10 +87,10 @@ def test_ssh_remote_round_trip_and_experiments_travel(finished, ssh_server, tmp_
     run_dvc(clone, "pull")
     assert_same_outputs_without_rerun(clone, repo)
 
-    run_dvc(clone, "exp", "pull", "origin", "lora-r4")
-    run_dvc(clone, "exp", "apply", "lora-r4")
+    run_dvc(clone, "exp", "pull", "origin", "six-tokens")
+    run_dvc(clone, "exp", "apply", "six-tokens")
     run_dvc(clone, "checkout")
-    assert (clone / "models/adapter/adapter_model.safetensors").read_bytes() == experiment_adapter
+    assert (clone / "data/predictions/test.csv").read_bytes() == experiment_answers
     assert "Data and pipelines are up to date" in run_dvc(clone, "status").stdout
 
 

@@ -8,8 +8,8 @@ from core.config import parse_params
 from core.decode.length import choose_length, cut
 from core.decode.repetition import AnswerOnlyRepetition, repeated_ngram_bans
 from core.export.runtime import answer_only_rules as numpy_rules
-from core.metrics.rouge import cut_at_first_loop, has_loop, loop_share
-from core.predictions import Generations
+from core.metrics.loops import cut_at_first_loop, has_loop, loop_share
+from core.decode.results import Generations
 from core.prompts import answer_prefix, join_answer
 
 VOCAB = 8

@@ -19,7 +19,7 @@ from core.config import GenerationConfig
 from core.decode import static_cache
 from core.decode.repetition import AnswerOnlyRepetition
 from core.metrics.rouge import rouge_l_matrix
-from core.predictions import Generations, trim_at_stop
+from core.decode.results import Generations, trim_at_stop
 from core.prompts import join_answer
 
 log = logging.getLogger(__name__)

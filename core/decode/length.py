@@ -17,7 +17,8 @@ from typing import Callable
 
 from core.config import GenerationConfig
 from core.metrics.rouge import rouge
-from core.predictions import Generations, Prediction
+from core.predictions import Prediction
+from core.decode.results import Generations
 from core.prompts import join_answer
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io as stdio
+import io
 import json
 import logging
 import tempfile
@@ -60,7 +60,7 @@ def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: s
     out of the stage's log."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
-    chatter = stdio.StringIO()
+    chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             options = parse_extra_options(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, [])
@@ -101,5 +101,3 @@ def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: st
         })
 
 
-def directory_mb(path: str | Path) -> float:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20

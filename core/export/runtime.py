@@ -12,15 +12,13 @@ logits before each step (`answer_only_rules`, NumPy). Greedy decoding gives the 
 PyTorch path for an unquantized export, rules included (tested). Beam search cannot take them:
 ONNX Runtime GenAI 0.18 shows the logits of every beam but the tokens of none but the best, so
 its beams search without the rules and the answer is cut where it first repeats a run of words
-(core.metrics.rouge.cut_at_first_loop), the substitute measured in docs/quality.md.
+(core.metrics.loops.cut_at_first_loop), the substitute measured in docs/quality.md.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,8 +29,9 @@ from core import atomic
 from core.config import GenerationConfig
 from core.data import ID, PROMPT, require_vignette
 from core.errors import ArtifactError, how_to_restore
-from core.metrics.rouge import cut_at_first_loop
-from core.predictions import Generations, trim_at_stop
+from core.metrics.loops import cut_at_first_loop
+from core.decode.results import Generations, trim_at_stop
+from core.resources import compute_threads
 from core.prompts import answer_prefix, chat_messages, fit_to_window, join_answer, render_chat, tidy_answer, user_message
 
 log = logging.getLogger(__name__)
@@ -57,30 +56,6 @@ def adapter_digest(adapter_dir: str | Path) -> str:
         digest.update(name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def compute_threads() -> int:
-    """The threads this process computes with: OMP_NUM_THREADS where it is set (the cap torch honours
-    too, for several jobs sharing a machine), else one for each CPU this process may use."""
-    cap = os.environ.get("OMP_NUM_THREADS", "")
-    if cap.isdigit() and int(cap) > 0:
-        return int(cap)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. /proc's VmHWM starts afresh at exec; getrusage's
-    ru_maxrss does not on Linux (a child started by a large process reports the parent's peak)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def og_context_length(directory: Path) -> int:

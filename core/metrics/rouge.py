@@ -1,19 +1,25 @@
 """ROUGE as the host scores it: F-measures between texts normalised the host's way.
 
 Used for the validation report and, during generation, by minimum-Bayes-risk selection
-(core/decode/generation.py), so both judge an answer by the same measure. Also what "an answer that
-loops" means (`has_loop`), for the report's loop share.
+(core/decode/generation.py), so both judge an answer by the same measure.
 """
 from __future__ import annotations
 
 import functools
-
-from core.data import normalise
+import string
+import unicodedata
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-# An answer loops when a run of this many words (normalised) occurs in it twice. Clinicians
-# rarely do that: 2% of the 240 real development answers repeat a 6-word run, 17% a 4-word one.
-LOOP_WORDS = 6
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalise(text: str) -> str:
+    """The host's scoring normalisation: lower-case, punctuation removed, paragraph breaks and
+    all other runs of whitespace made one space."""
+    kept = "".join(
+        ch for ch in text.lower() if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P")
+    )
+    return " ".join(kept.split())
 
 
 @functools.lru_cache(maxsize=2)
@@ -46,37 +52,3 @@ def rouge_l_matrix(texts: list[str]) -> list[list[float]]:
             matrix[i][j] = matrix[j][i] = scorer.score(normalised[i], normalised[j])["rougeL"].fmeasure
     return matrix
 
-
-def has_loop(text: str, words: int = LOOP_WORDS) -> bool:
-    """Whether some run of `words` consecutive words occurs twice in the normalised text."""
-    tokens = normalise(text).split()
-    seen = set()
-    for i in range(len(tokens) - words + 1):
-        run = tuple(tokens[i : i + words])
-        if run in seen:
-            return True
-        seen.add(run)
-    return False
-
-
-def loop_share(texts: list[str]) -> float:
-    """The share of texts that loop (has_loop)."""
-    return sum(map(has_loop, texts)) / len(texts) if texts else 0.0
-
-
-def cut_at_first_loop(text: str, words: int = LOOP_WORDS) -> str:
-    """The text up to where it first repeats a run of `words` words (compared normalised): what an
-    answer keeps when the search that wrote it could not apply the repetition rules itself."""
-    pieces = text.split()
-    seen, kept = set(), []  # kept: (piece index, normalised word) of the pieces that hold a word
-    for index, piece in enumerate(pieces):
-        word = normalise(piece)
-        if not word:
-            continue
-        kept.append((index, word))
-        if len(kept) >= words:
-            run = tuple(w for _, w in kept[-words:])
-            if run in seen:
-                return " ".join(pieces[: kept[-words][0]])
-            seen.add(run)
-    return text

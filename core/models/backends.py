@@ -18,9 +18,14 @@ from typing import Any
 import torch
 
 from core import distributed
-from core.config import BackendError, ModelProfile
+from core.config import ModelProfile
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class BackendError(UserError, RuntimeError):
+    """The configured backend cannot run on this machine."""
 
 
 def cuda_available() -> bool:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Iterable
 
 from core.config import AlignConfig, GenerationConfig
-from core.data import ID, LLM_COLUMNS, TARGET, DataError, normalise
+from core.data import ID, LLM_COLUMNS, TARGET, DataError
+from core.metrics.rouge import normalise
 from core.train.common import common_trainer_arguments, divergence_guard, fit, fit_example
 
 
