@@ -1,15 +1,16 @@
-"""Benchmark the two backends on one GPU, before and after the speed work of core/decode/static_cache.py
-and padding-free one-pass training: the same LoRA fine-tuning and generation workload, each
+"""Benchmark the two backends on one GPU: the same LoRA fine-tuning and generation workload, each
 (backend, variant) in its own process, then one table.
 
-    python -m benchmarks.backends --shape qwen3            # hf and unsloth, before and after
-    python -m benchmarks.backends --shape smollm2 --variants after
+    python -m benchmarks.backends --shape qwen3            # hf and unsloth, the profile's settings
+    python -m benchmarks.backends --shape qwen3 --backends hf --variants profile+static_cache=false,profile
     python -m benchmarks.backends --write-csv DIR --rows 400  # the scaled data set, as CSVs
 
-Variants: `before` is how the code ran until then (padded passes of batch_size rows,
-accumulated grad_accum times; transformers' generate()); `after` is the profile's settings as
-they are now (rows_per_pass auto, padding_free auto, generation.static_cache). Training runs
-at the profile's settings (4-bit, checkpointing, batch x accumulation) unless flags say otherwise.
+Variants: `profile` is the profile's settings as params.yaml has them; `profile+KEY=VALUE+...`
+changes training or generation keys (static_cache=false: transformers' generate(); rows_per_pass=8,
+padding_free=false: padded passes). The table compares each variant with the first one. Training
+runs at the profile's settings (4-bit, checkpointing, batch x accumulation) unless flags say otherwise.
+(The `before` variant of the speed work of issue #16, which also replayed two code paths since
+removed, is gone; its figures stay in docs/benchmarks.md with the commits they were measured at.)
 
 The model is a random-init checkpoint with the real shape of Qwen3-0.6B or Llama-3.2-1B
 (tests/checkpoints.py), so no weights are needed: speed and memory do not depend on them.
@@ -19,7 +20,6 @@ the generation figures are worst cases.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import logging
@@ -31,7 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.settings import REPO, change_profile, checked, read_params, setting_value
+
 COUNTIES = ["Kiambu", "Kakamega", "Uasin Gishu", "Nairobi", "Kisumu", "Nakuru", "Machakos", "Kilifi"]
 LEVELS = ["Health Centres", "Dispensaries and Private Clinics", "Sub-county Hospitals and Nursing Homes", "County Hospitals"]
 
@@ -63,38 +64,28 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def params_for(backend: str, checkpoint: str, family: str, variant: str, args) -> "object":
-    import yaml
-
-    from core.config import parse_params
-
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["model"] = family
-    profile = raw["models"][family]
-    profile.update(name=checkpoint, backend=backend, max_seq_length=1024, gguf_package=None, gguf_file=None)
-    training = profile.setdefault("training", {})
-    for key in ("load_in_4bit", "dtype"):
-        if getattr(args, key) is not None:
-            profile[key] = getattr(args, key)
-    for key in ("batch_size", "grad_accum", "gradient_checkpointing"):
-        if getattr(args, key) is not None:
-            training[key] = getattr(args, key)
+    """The profile of `family` on the benchmark's checkpoint and workload, with the variant's changes:
+    `profile` as params.yaml has it, `profile+KEY=VALUE+...` with training or generation keys changed."""
+    raw = read_params()
+    workload = {key: getattr(args, key) for key in ("load_in_4bit", "dtype") if getattr(args, key) is not None}
+    training = {key: getattr(args, key) for key in ("batch_size", "grad_accum", "gradient_checkpointing")
+                if getattr(args, key) is not None}
     training.update(max_steps=args.steps, logging_steps=1, save_steps=10_000)
     # at one length (max_new_tokens, no length grid); with --decoding profile, the profile's own
     # decoding (its beams, repetition rules and answer prefix), else greedy without the prefix
     # (--num-beams to change the beams): the speed of writing max_new_tokens tokens
-    generation = profile.setdefault("generation", {})
-    generation.update(max_new_tokens=args.max_new_tokens, length_grid=[])
+    generation = {"max_new_tokens": args.max_new_tokens, "length_grid": []}
     if args.decoding == "greedy":
         generation.update(num_beams=args.num_beams, answer_prefix="none")
     name, *changes = variant.split("+")
-    if name == "before":
-        batch = training.get("batch_size", raw["training"]["batch_size"])
-        training.update(rows_per_pass=batch, padding_free=False)
-        generation.update(static_cache=False)
-    for change in changes:  # after+padding_free=false: a training or generation key changed
-        key, value = change.split("=", 1)
-        (generation if key in raw["generation"] else training)[key] = yaml.safe_load(value)
-    return parse_params(copy.deepcopy(raw))
+    if name != "profile":
+        raise SystemExit(f"--variants: {variant!r}: a variant is profile or profile+KEY=VALUE+...")
+    for change in changes:  # profile+padding_free=false: a training or generation key changed
+        key, _, value = change.partition("=")
+        (generation if key in raw["generation"] else training)[key] = setting_value(value)
+    change_profile(raw, family, name=checkpoint, backend=backend, max_seq_length=1024, gguf_package=None, gguf_file=None,
+                   **workload, training=training, generation=generation)
+    return checked(raw)
 
 
 def batch_sizes(text: str) -> list:
@@ -110,10 +101,6 @@ def worker(args) -> None:
     from core.models.families import model_for
 
     params = params_for(args.backend, args.checkpoint, args.family, args.variant, args)
-    if args.variant.startswith("before"):  # the code paths replaced in issue #16, for the comparison
-        from core.models.backends import HFBackend
-
-        HFBackend.upcast_kbit_model = HFBackend.adapter_in_float32 = True
     rows = scaled_rows(args.rows, labelled=True)
     model = model_for(params.profile, params.prompt.system)  # imports the backend (Unsloth first)
     from transformers import TrainerCallback
@@ -164,9 +151,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen3", choices=["qwen3", "llama32", "smollm2"])
     parser.add_argument("--backends", default="hf,unsloth")
-    parser.add_argument("--variants", default="before,after",
-                        help="comma-separated: before, after (see above), each optionally +KEY=VALUE+... "
-                             "(a training or generation key), e.g. after+padding_free=false")
+    parser.add_argument("--variants", default="profile",
+                        help="comma-separated: profile, each optionally +KEY=VALUE+... (a training or generation "
+                             "key), e.g. profile+static_cache=false,profile")
     parser.add_argument("--rows", type=int, default=400, help="training rows")
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps timed")
     parser.add_argument("--batch-size", type=int, help="the profile's unless given")
@@ -237,7 +224,8 @@ def main() -> None:
 
 
 def print_table(args, results: dict) -> None:
-    """One column per (backend, variant), and after / before for each backend that ran both."""
+    """One column per (backend, variant), and for each backend that ran several variants, each later
+    variant against its first."""
     rows = [
         ("train tokens/s, whole run", lambda r: r["train"]["train_tokens_per_s"], "{:,.0f}"),
         (f"train tokens/s, after {args.warmup_steps} warm-up steps", lambda r: r["train"].get("steady_tokens_per_s", 0.0), "{:,.0f}"),
@@ -255,8 +243,11 @@ def print_table(args, results: dict) -> None:
                          lambda r, k=key: r["generate"][k]["seconds"], "{:.1f}"))
             rows.append((f"generate peak GPU memory, {label} (GiB)", lambda r, k=key: r["generate"][k]["peak_gpu_memory_gb"], "{:.2f}"))
     names = list(results)
-    pairs = [b for b in args.backends.split(",") if f"{b} before" in results and f"{b} after" in results]
-    # a column per variant that ran; the ratio column compares `after` with `before`
+    # a ratio column for each later variant of a backend, against that backend's first variant
+    ratios = []
+    for backend in args.backends.split(","):
+        ran = [n for n in names if n.split(" ", 1)[0] == backend]
+        ratios += [(later, ran[0]) for later in ran[1:]]
 
     def cell(result, get, fmt):
         value = get(result)
@@ -273,14 +264,14 @@ def print_table(args, results: dict) -> None:
     print(f"\n{args.shape} shape, {args.rows} rows, {args.steps} steps, {args.gen_rows} prompts x up to "
           f"{args.max_new_tokens} new tokens, {'the profile' if decoding == 'profile' else 'greedy'} decoding; "
           f"the profile's settings{f' except {given}' if given else ''}")
-    print("| measure | " + " | ".join(names) + "".join(f" | {b}: after / before" for b in pairs) + " |")
-    print("|---" * (len(names) + 1 + len(pairs)) + "|")
+    print("| measure | " + " | ".join(names) + "".join(f" | {later} / {first}" for later, first in ratios) + " |")
+    print("|---" * (len(names) + 1 + len(ratios)) + "|")
     for label, get, fmt in rows:
         cells = [cell(results[n], get, fmt) for n in names]
-        for b in pairs:
-            before, after = get(results[f"{b} before"]), get(results[f"{b} after"])
-            ok = fmt is not None and not isinstance(before, list) and before
-            cells.append(f"{after / before:.2f}x" if ok else "")
+        for later, first in ratios:
+            base, value = get(results[first]), get(results[later])
+            ok = fmt is not None and not isinstance(base, list) and base
+            cells.append(f"{value / base:.2f}x" if ok else "")
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":

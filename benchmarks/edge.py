@@ -24,20 +24,20 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.settings import REPO, change_profile, checked, read_params
+
 log = logging.getLogger("benchmarks.edge")
 
 
 def profile_params(shape: str, checkpoint: str | None, args) -> dict:
     """params.yaml's dict for `shape`: greedy batch 1, float32 on the CPU, the checkpoint given."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["model"] = shape
-    profile = raw["models"][shape]
-    if checkpoint:
-        profile.update(name=checkpoint, gguf_package=None)
-    profile.update(backend="hf", dtype="float32", load_in_4bit=False)
-    profile["generation"] = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": 0, "batch_size": 1, "num_beams": 1,
-                             "repetition_penalty": 1.0, "do_sample": False, "mbr_candidates": 0}
+    raw = read_params()
+    raw["models"][shape].pop("generation", None)  # the shared section's decoding, then greedy batch 1
+    change_profile(raw, shape, backend="hf", dtype="float32", load_in_4bit=False,
+                   **({"name": checkpoint, "gguf_package": None} if checkpoint else {}),
+                   generation={"max_new_tokens": args.max_new_tokens, "min_new_tokens": 0, "batch_size": 1, "num_beams": 1,
+                               "repetition_penalty": 1.0, "do_sample": False, "mbr_candidates": 0})
+    checked(raw)
     return raw
 
 
@@ -72,7 +72,12 @@ def export_base(params_file: str, out_dir: str, precision: str) -> None:
     model = model_for(params.profile, params.prompt.system)
     model.load()
     parameters = parameter_count(model.model)
-    build_onnx(model, model.checkpoint, out_dir, precision, None, parameters)
+    # an export records the adapter it was made from: here a fresh LoRA adapter, whose B matrices
+    # start at zero, so that the base model is the merged one and is converted as it is
+    adapter = Path(f"{out_dir}-adapter")
+    model.attach_lora(seed=0)
+    model.save_adapter(adapter)
+    build_onnx(model, model.checkpoint, out_dir, precision, adapter, parameters)
 
 
 def run(*command: str) -> None:

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import logging
 
-from benchmarks.sweep import parse_variant
+from benchmarks.settings import parse_variant
 from core import atomic
 from core.config import load_params
 from core.data import TARGET

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.settings import change_profile, checked, parse_variant, read_params
+
 log = logging.getLogger("sweep")
 
 # The grid of docs/quality.md's real-row table. Every variant names each key it sets, so a row
@@ -48,57 +50,16 @@ DECODINGS = [
 ]
 
 
-def _settings(body: str) -> list[str]:
-    """"a=1,b=[2,3],c=x" -> ["a=1", "b=[2,3]", "c=x"]: commas inside brackets belong to a list."""
-    parts, depth, current = [], 0, ""
-    for ch in body:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    return [p for p in parts + [current] if p]
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    """"name:key=value,key=value" -> (name, {key: value}), values read as YAML scalars."""
-    import yaml
-
-    name, _, body = text.partition(":")
-    settings = {}
-    for pair in _settings(body):
-        key, _, value = pair.partition("=")
-        value = yaml.safe_load(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as text; on a command line it means the number
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        settings[key.strip()] = value
-    return name, settings
-
-
 def variant_params(params_path: str, training: dict, generation: dict, align: dict | None = None, data: dict | None = None):
     """params.yaml with a variant's settings on the selected profile (and on `align`, `data`),
-    read and checked by the loader every stage uses, so a section added to params.yaml is here too."""
-    import yaml
-
-    from core.config import parse_params
-
-    raw = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
-    profile = raw["models"][raw["model"]]
-    for key, value in training.items():
-        if key.startswith("lora."):
-            profile["lora"][key.split(".", 1)[1]] = value
-        else:
-            profile.setdefault("training", {})[key] = value
-    profile.setdefault("generation", {}).update(generation)
+    read and checked by the loader every stage uses."""
+    raw = read_params(params_path)
+    change_profile(raw, training={k: v for k, v in training.items() if not k.startswith("lora.")}, generation=generation,
+                   lora={k.split(".", 1)[1]: v for k, v in training.items() if k.startswith("lora.")})
     # a list on the command line: rejected=llm+sft (a comma separates settings)
     raw["align"].update({k: v.split("+") if k == "rejected" and isinstance(v, str) else v for k, v in (align or {}).items()})
     raw["data"].update(data or {})
-    return parse_params(raw, params_path)
+    return checked(raw, params_path)
 
 
 def dvc_command(params, training: dict, generation: dict, align: dict | None = None) -> str:

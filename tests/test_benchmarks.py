@@ -15,13 +15,13 @@ def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.backends", "--tiny", "--backends", "hf", "--rows", "16", "--steps", "3", "--warmup-steps", "1",
          "--batch-size", "2", "--grad-accum", "2", "--gen-rows", "4", "--gen-batch-sizes", "1,4,auto", "--batch1-rows", "1",
-         "--max-new-tokens", "4", "--no-load-in-4bit", "--out", str(out)],
+         "--max-new-tokens", "4", "--no-load-in-4bit", "--variants", "profile+static_cache=false,profile", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
-    assert set(results) == {"hf before", "hf after"}
-    result = results["hf before"]
+    assert set(results) == {"hf profile+static_cache=false", "hf profile"}
+    result = results["hf profile+static_cache=false"]
     assert result["train"]["steps"] == 3 and result["train"]["train_tokens_per_s"] > 0
     assert result["train"]["steady_tokens_per_s"] > 0 and len(result["train"]["losses"]) == 3
     assert result["train"]["rows_per_pass"] == 2 and result["train"]["effective_batch_size"] == 4
@@ -30,7 +30,7 @@ def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and
     assert generate["batch_4"]["rows_a_batch"] == 4 and generate["batch_auto"]["rows_a_batch"] == 4  # 4 rows fit
     assert all(g["tokens_per_s"] > 0 for g in generate.values())
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert table[0] == "| measure | hf before | hf after | hf: after / before |"
+    assert table[0] == "| measure | hf profile+static_cache=false | hf profile | hf profile / hf profile+static_cache=false |"
     assert any(line.startswith("| train tokens/s, whole run | ") for line in table)
     assert any(line.startswith("| generate tokens/s, batch 4 | ") for line in table)
     assert any(line.startswith("| auto: rows a batch | 4 | 4 | 1.00x |") for line in table)

@@ -43,7 +43,7 @@ def test_sample_behaves_like_the_real_rows_and_is_regenerated_byte_for_byte(tmp_
 
     import yaml
 
-    from core.predictions import rouge
+    from core.metrics.rouge import rouge
 
     rows = read_vignettes(TRAIN, labelled=True)
     data = yaml.safe_load((REPO / "params.yaml").read_text())["data"]

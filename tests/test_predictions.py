@@ -4,7 +4,8 @@ import pytest
 
 from core.data import DataError
 from core.metrics.echo import prompt_echo
-from core.predictions import Prediction, build_submission, read_predictions, rouge, write_predictions, write_submission
+from core.metrics.rouge import rouge
+from core.predictions import Prediction, build_submission, read_predictions, write_predictions, write_submission
 from core.metrics.report import validation_report
 
 ROWS = [

@@ -70,7 +70,7 @@ def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: s
         raise ExportError(f"{merged_dir}: the ONNX Runtime GenAI model builder failed: {type(err).__name__}: {last}") from None
 
 
-def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: str, adapter_dir: str | Path | None,
+def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: str, adapter_dir: str | Path,
                parameters: int) -> None:
     """Convert the merged checkpoint with ONNX Runtime GenAI's model builder (weights quantized to
     `precision`) and write edge.json: what the engine needs to prompt the model as training did."""
@@ -92,7 +92,7 @@ def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: st
             "family": model.profile.family,
             "base_model": model.profile.name,
             "parameters": parameters,
-            "adapter_digest": adapter_digest(adapter_dir) if adapter_dir else None,  # None: a base model (benchmarks)
+            "adapter_digest": adapter_digest(adapter_dir),
             "system_prompt": model.system_prompt,
             "chat_template": model.chat_template,
             "end_of_turn": model.end_of_turn,

@@ -36,10 +36,6 @@ class HFBackend:
     """transformers + peft: runs anywhere torch runs."""
 
     name = "hf"
-    # How this backend ran before the speed work of issue #16; benchmarks/backends.py's `before`
-    # variant turns them on to measure old against new in one run. Not settings: nothing else should.
-    upcast_kbit_model = False  # peft's prepare_model_for_kbit_training: every unquantized weight in float32
-    adapter_in_float32 = False  # LoRA weights left in float32 when an adapter is loaded for inference
 
     def load(self, checkpoint: str, profile: ModelProfile, dtype: torch.dtype):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,16 +62,10 @@ class HFBackend:
     def attach_lora(self, model, profile: ModelProfile, seed: int, gradient_checkpointing: bool):
         from peft import LoraConfig, get_peft_model
 
-        # A 4-bit base is frozen and trained through as a bf16 base is: peft's
-        # prepare_model_for_kbit_training would also cast every weight that is not quantized
-        # (embeddings, norms, the output layer) to float32, which ran the whole residual stream,
-        # the attention and the KV cache in float32 (measured: 1.3x slower steps, more memory,
-        # and generation after training at half speed). LoRA's own weights stay float32 (peft).
-        if self.upcast_kbit_model and getattr(model, "is_loaded_in_4bit", False):
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-            gradient_checkpointing = False  # done by it
+        # A 4-bit base is frozen and trained through as a bf16 base is, not through peft's
+        # prepare_model_for_kbit_training: it casts every weight that is not quantized (embeddings,
+        # norms, the output layer) to float32, and the residual stream, the attention and the KV
+        # cache with them (docs/benchmarks.md). LoRA's own weights stay float32 (peft).
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         if gradient_checkpointing:
@@ -97,7 +87,7 @@ class HFBackend:
 
         model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
         compute = model.get_base_model().dtype
-        if self.name == "hf" and not self.adapter_in_float32 and not trainable and compute in (torch.bfloat16, torch.float16):
+        if self.name == "hf" and not trainable and compute in (torch.bfloat16, torch.float16):
             # peft keeps LoRA weights in float32, so each LoRA layer would cast its input up and its
             # output down at every token; training ran them in the compute dtype (autocast) anyway
             for name, parameter in model.named_parameters():

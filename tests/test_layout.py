@@ -1,0 +1,97 @@
+"""The house: production code (core/, stages/) never reaches into benchmarks/ or tests/, holds no
+switch that only a benchmark sets, and README's layout names every module of core/."""
+import ast
+import re
+from pathlib import Path
+
+from tests.checkpoints import REPO
+
+PRODUCTION = sorted([*REPO.glob("core/**/*.py"), *REPO.glob("stages/*.py")])
+BENCHMARKS = sorted(REPO.glob("benchmarks/*.py"))
+
+
+def tree(path: Path) -> ast.AST:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(tree(path)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def class_attributes(paths) -> dict[str, str]:
+    """Non-method attributes assigned in a class body: name -> where."""
+    found = {}
+    for path in paths:
+        for node in ast.walk(tree(path)):
+            if isinstance(node, ast.ClassDef):
+                for statement in node.body:
+                    targets = statement.targets if isinstance(statement, ast.Assign) else \
+                        [statement.target] if isinstance(statement, ast.AnnAssign) else []
+                    for target in targets:
+                        if isinstance(target, ast.Name):
+                            place = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+                            found[target.id] = f"{place}: {node.name}.{target.id}"
+    return found
+
+
+def attributes_written(paths) -> set[str]:
+    """Attributes these files assign on an object (`x.name = ...`, `setattr(x, "name", ...)`)."""
+    written = set()
+    for path in paths:
+        for node in ast.walk(tree(path)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            written.update(t.attr for t in targets if isinstance(t, ast.Attribute))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and len(node.args) > 1 \
+                    and isinstance(node.args[1], ast.Constant):
+                written.add(node.args[1].value)
+    return written
+
+
+def test_production_code_never_imports_benchmarks_or_tests():
+    reaching = [f"{path.relative_to(REPO)} imports {name}" for path in PRODUCTION for name in sorted(imported_modules(path))
+                if name.split(".")[0] in ("benchmarks", "tests")]
+    assert not reaching, reaching
+
+
+def test_no_class_attribute_is_a_switch_only_benchmarks_set():
+    by_benchmarks = attributes_written(BENCHMARKS) - attributes_written(PRODUCTION)
+    switches = [where for name, where in class_attributes(PRODUCTION).items() if name in by_benchmarks]
+    assert not switches, f"class attributes that only benchmarks/ set: {switches}"
+
+
+def test_the_check_finds_such_a_switch(tmp_path):
+    production, benchmark = tmp_path / "backend.py", tmp_path / "bench.py"
+    production.write_text("class Backend:\n    name = 'hf'\n    legacy_path = False\n\n    def run(self):\n        self.name = 'x'\n")
+    benchmark.write_text("from core.backend import Backend\nBackend.legacy_path = True\nBackend.name = 'y'\n")
+    by_benchmarks = attributes_written([benchmark]) - attributes_written([production])
+    assert {name for name in class_attributes([production]) if name in by_benchmarks} == {"legacy_path"}
+
+
+def test_each_package_of_core_says_what_it_is_for():
+    for init in sorted(REPO.glob("core/*/__init__.py")):
+        doc = ast.get_docstring(tree(init))
+        assert doc and len(doc) > 20, f"{init.relative_to(REPO)}: no docstring saying what the package is for"
+
+
+def test_readme_layout_names_every_module_of_core_and_only_modules_that_exist():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("\n## ")] if "\n## " in layout else layout
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)`[^|]* \| (.*) \|$", layout, re.M)}
+    named = set()
+    for path, what in rows.items():
+        if path.startswith("core/"):
+            assert (REPO / path).exists(), f"README's layout names {path}, which does not exist"
+            if path.endswith("/"):  # a package: its modules named in the row as `name.py`
+                named.update(f"{path}{name}" for name in re.findall(r"`(\w+\.py)`", what))
+            else:
+                named.add(path)
+    modules = {str(p.relative_to(REPO)) for p in REPO.glob("core/**/*.py") if p.name != "__init__.py"}
+    assert modules - named == set(), f"modules README's layout does not name: {sorted(modules - named)}"
+    assert named - modules == set(), f"README's layout names modules that do not exist: {sorted(named - modules)}"
