@@ -47,10 +47,33 @@ class _Problems:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """What a value of params.yaml must be beyond its type, written beside its field: one of
+    `choices` (a string, or each item of a list; a number may stand beside them), numbers `at_least`,
+    `above` or `at_most` a bound (each item of a list too), or a `fraction` from 0 up to but not
+    including 1 (the text says what 0 means, where it means something)."""
+
+    choices: tuple[str, ...] = ()
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    fraction: str | None = None
+
+
+def ruled(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **rule: Any) -> Any:
+    """A dataclass field with its Rule."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"rule": Rule(**rule)})
+
+
+# The model families core/models/families.py defines (kept here so that checking params needs no torch).
+FAMILY_NAMES = ("smollm2", "qwen3", "llama32")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     train_csv: str
     test_csv: str
-    val_fraction: float
+    val_fraction: float = ruled(fraction=" (train on every labelled row)")
     seed: int
 
 
@@ -64,14 +87,14 @@ class TrainingConfig:
     seed: int
     epochs: float
     max_steps: int  # -1: run `epochs` epochs
-    learning_rate: float
-    batch_size: int
-    grad_accum: int
+    learning_rate: float = ruled(above=0)
+    batch_size: int = ruled(at_least=1)
+    grad_accum: int = ruled(at_least=1)
     warmup_ratio: float
     weight_decay: float
     lr_scheduler: str
-    logging_steps: int
-    save_steps: int
+    logging_steps: int = ruled(at_least=1)
+    save_steps: int = ruled(at_least=1)
     gradient_checkpointing: bool
     optimizer: str = "adamw_torch"
     # keep the weights of the epoch with the lowest validation loss, not those of the last epoch
@@ -80,35 +103,35 @@ class TrainingConfig:
     # rows one forward/backward pass carries; the optimiser still steps every batch_size x
     # grad_accum rows. auto: on a GPU the whole update in one pass (each process its share), on a
     # CPU batch_size. A number must divide the effective batch (per process)
-    rows_per_pass: int | str = "auto"
+    rows_per_pass: int | str = ruled("auto", choices=("auto",), at_least=1)
     # concatenate a pass's rows into one sequence without padding (sequence boundaries kept by
     # the attention mask, loss masking unchanged). auto: on a GPU whose model uses flash attention
     # (with sdpa the mask costs more than the padding: docs/benchmarks.md)
-    padding_free: bool | str = "auto"
+    padding_free: bool | str = ruled("auto", choices=("auto",))
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int
-    batch_size: int | str  # rows per batch, or "auto": as many as the GPU's free memory holds
+    max_new_tokens: int = ruled(at_least=1)
+    batch_size: int | str = ruled(choices=("auto",), at_least=1)  # rows per batch, or "auto": as many as the GPU's free memory holds
     do_sample: bool
-    temperature: float
-    top_p: float
+    temperature: float = ruled(above=0)
+    top_p: float = ruled(above=0, at_most=1)
     # Both repetition rules look at the answer's tokens only, never the prompt's (core/decode/repetition.py):
     # > 1 discourages tokens the answer already holds (restating the case stays free)
-    repetition_penalty: float
-    no_repeat_ngram_size: int = 0  # > 0 forbids repeating an n-gram of the answer's own tokens
+    repetition_penalty: float = ruled(above=0)
+    no_repeat_ngram_size: int = ruled(0, at_least=0)  # > 0 forbids repeating an n-gram of the answer's own tokens
     seed: int = 0
-    num_beams: int = 1  # 1: greedy (or sampling); > 1: beam search, each row kept as this many beams
+    num_beams: int = ruled(1, at_least=1)  # 1: greedy (or sampling); > 1: beam search, each row kept as this many beams
     length_penalty: float = 1.0  # beam search: > 1 favours longer finished beams, < 1 shorter ones
     early_stopping: bool = False  # beam search: stop once num_beams beams have finished
-    min_new_tokens: int = 0  # the end-of-turn token is forbidden before this many new tokens
+    min_new_tokens: int = ruled(0, at_least=0)  # the end-of-turn token is forbidden before this many new tokens
     # Minimum Bayes risk: generate this many candidates a row (the best beams, or samples when
     # do_sample is true) and keep the one with the highest mean ROUGE-L against the others. 0: off.
-    mbr_candidates: int = 0
+    mbr_candidates: int = ruled(0, at_least=0)
     # torch: the fine-tuned adapter through PyTorch; onnx: the export stage's quantized model
     # through ONNX Runtime GenAI (core/export/runtime.py), on the CPU
-    engine: str = "torch"
+    engine: str = ruled("torch", choices=("torch", "onnx"))
     # greedy and beam search with the hf backend through a static KV cache, each prompt run once
     # whatever its beams, each step replayed as a CUDA graph on a GPU (core/decode/static_cache.py; the
     # tokens of generate()). false: transformers' generate()
@@ -116,10 +139,10 @@ class GenerationConfig:
     # Answer lengths (new tokens) to choose among on the validation split: predict answers it at
     # the longest, keeps the cut with the best ROUGE-L and cuts the test answers there too
     # (0, with answer_prefix echo: the prefix alone). Empty, or no validation rows: max_new_tokens.
-    length_grid: list[int] = dataclasses.field(default_factory=list)
+    length_grid: list[int] = ruled(default_factory=list, at_least=0)
     # echo: every answer starts with "summary" and the prompt echo (core/prompts.py), and the model
     # writes the rest (the diagnosis and plan); the lengths above count the model's tokens only
-    answer_prefix: str = "none"
+    answer_prefix: str = ruled("none", choices=("none", "echo"))
 
     @property
     def longest_answer(self) -> int:
@@ -138,15 +161,15 @@ class GenerationConfig:
 class AlignConfig:
     """Preference tuning (DPO) of the SFT adapter: the align stage."""
 
-    method: str  # none: predict uses the SFT adapter as it is | dpo
-    rejected: list[str]  # where rejected answers come from: llm (the LLM columns), sft (the SFT model's own answers)
-    beta: float  # DPO's temperature: how far the policy may move from the SFT reference
-    learning_rate: float
+    method: str = ruled(choices=("none", "dpo"))  # none: predict uses the SFT adapter as it is | dpo
+    rejected: list[str] = ruled(choices=("llm", "sft"))  # where rejected answers come from: llm (the LLM columns), sft (the SFT model's own answers)
+    beta: float = ruled(above=0)  # DPO's temperature: how far the policy may move from the SFT reference
+    learning_rate: float = ruled(above=0)
     epochs: float
     max_steps: int  # > 0 stops after this many optimiser steps, whatever `epochs` says
-    batch_size: int  # pairs a step (each pair is two sequences)
-    grad_accum: int
-    max_pairs: int  # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
+    batch_size: int = ruled(at_least=1)  # pairs a step (each pair is two sequences)
+    grad_accum: int = ruled(at_least=1)
+    max_pairs: int = ruled(at_least=0)  # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
     seed: int
 
 
@@ -154,26 +177,26 @@ class AlignConfig:
 class ExportConfig:
     """The export stage: the adapter merged into the base model, quantized for a CPU engine."""
 
-    precision: str  # int8 | int4 | fp32: the exported model's weights (MatMul weights; see docs/deploy.md)
+    precision: str = ruled(choices=("int8", "int4", "fp32"))  # int8 | int4 | fp32: the exported model's weights (MatMul weights; see docs/deploy.md)
 
 
 @dataclass(frozen=True)
 class LoraConfig:
-    r: int
-    alpha: int
-    dropout: float
+    r: int = ruled(at_least=1)
+    alpha: int = ruled(above=0)
+    dropout: float = ruled(fraction="")
     target_modules: list[str]
 
 
 @dataclass(frozen=True)
 class ModelProfile:
     key: str  # the profile's name under `models:` (filled in by the loader)
-    family: str
+    family: str = ruled(choices=FAMILY_NAMES)
     name: str  # hub id or local checkpoint directory
-    backend: str  # auto | unsloth | hf
-    dtype: str  # auto | float32 | bfloat16 | float16
+    backend: str = ruled(choices=("auto", "unsloth", "hf"))
+    dtype: str = ruled(choices=("auto", "float32", "bfloat16", "float16"))
     load_in_4bit: bool
-    max_seq_length: int
+    max_seq_length: int = ruled(above=0)
     lora: LoraConfig
     training: TrainingConfig  # shared `training` with the profile's overrides applied
     generation: GenerationConfig  # likewise
@@ -189,32 +212,6 @@ class Params:
     profile: ModelProfile  # the selected models.<model> section, resolved
     align: AlignConfig
     export: ExportConfig
-
-
-# The model families core/models/families.py defines (kept here so that checking params needs no torch).
-FAMILY_NAMES = ("smollm2", "qwen3", "llama32")
-
-_CHOICES = {
-    "family": FAMILY_NAMES,
-    "backend": ("auto", "unsloth", "hf"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "batch_size": ("auto",),  # where a string is allowed (generation); a number must meet _AT_LEAST
-    "rows_per_pass": ("auto",),
-    "padding_free": ("auto",),
-    "method": ("none", "dpo"),
-    "rejected": ("llm", "sft"),  # each item of the list
-    "engine": ("torch", "onnx"),
-    "answer_prefix": ("none", "echo"),
-    "precision": ("int8", "int4", "fp32"),
-}
-# Bounds checked wherever a key of that name appears (training and generation alike).
-_AT_LEAST = {"length_grid": 0, "batch_size": 1, "rows_per_pass": 1, "grad_accum": 1, "r": 1, "max_new_tokens": 1, "num_beams": 1, "min_new_tokens": 0,
-             "no_repeat_ngram_size": 0, "mbr_candidates": 0, "logging_steps": 1, "save_steps": 1, "max_pairs": 0}
-_ABOVE = {"learning_rate": 0, "temperature": 0, "repetition_penalty": 0, "top_p": 0, "alpha": 0, "max_seq_length": 0,
-          "beta": 0}
-_AT_MOST = {"top_p": 1}
-# Fractions from 0 up to but not including 1, with what 0 means where it means something.
-_FRACTION = {"dropout": "", "val_fraction": " (train on every labelled row)"}
 
 
 def _type_name(tp: Any) -> str:
@@ -280,40 +277,42 @@ def _build(cls: type, raw: Any, where: str, **filled: Any) -> Any:
                 problems.found.append(f"{where}.{name}: missing key")
             continue
         with problems.check():
-            values[name] = _build_field(name, hints[name], raw[name], f"{where}.{name}")
+            values[name] = _build_field(hints[name], raw[name], f"{where}.{name}", f.metadata.get("rule"))
     problems.raise_any()
     return cls(**values)
 
 
-def _build_field(name: str, tp: Any, raw: Any, where: str) -> Any:
+def _build_field(tp: Any, raw: Any, where: str, rule: Rule | None) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, raw, where)
     value = _check_value(raw, tp, where)
-    if name in _CHOICES:
+    if rule is None:
+        return value
+    if rule.choices:
         items = value if isinstance(value, list) else [value]
         for item in items:
-            if isinstance(item, str) and item not in _CHOICES[name]:
+            if isinstance(item, str) and item not in rule.choices:
                 raise ConfigError(f"{where}: expected {'items from' if isinstance(value, list) else 'one of'} "
-                                  f"{', '.join(_CHOICES[name])}, got {item!r}")
+                                  f"{', '.join(rule.choices)}, got {item!r}")
         if isinstance(value, list) and not value:
-            raise ConfigError(f"{where}: expected at least one of {', '.join(_CHOICES[name])}, got an empty list")
+            raise ConfigError(f"{where}: expected at least one of {', '.join(rule.choices)}, got an empty list")
     for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
-        _check_bounds(name, item, where if i is None else f"{where}[{i}]")
+        _check_bounds(rule, item, where if i is None else f"{where}[{i}]")
     return value
 
 
-def _check_bounds(name: str, value: Any, where: str) -> None:
+def _check_bounds(rule: Rule, value: Any, where: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     shown = f"{value:g}"  # as the user wrote it: 2, not 2.0
-    if name in _AT_LEAST and value < _AT_LEAST[name]:
-        raise ConfigError(f"{where}: expected at least {_AT_LEAST[name]}, got {shown}")
-    if name in _ABOVE and value <= _ABOVE[name]:
-        raise ConfigError(f"{where}: expected a number above {_ABOVE[name]}, got {shown}")
-    if name in _AT_MOST and value > _AT_MOST[name]:
-        raise ConfigError(f"{where}: expected at most {_AT_MOST[name]}, got {shown}")
-    if name in _FRACTION and not 0 <= value < 1:
-        raise ConfigError(f"{where}: expected a number from 0{_FRACTION[name]} up to but not including 1, got {shown}")
+    if rule.at_least is not None and value < rule.at_least:
+        raise ConfigError(f"{where}: expected at least {rule.at_least:g}, got {shown}")
+    if rule.above is not None and value <= rule.above:
+        raise ConfigError(f"{where}: expected a number above {rule.above:g}, got {shown}")
+    if rule.at_most is not None and value > rule.at_most:
+        raise ConfigError(f"{where}: expected at most {rule.at_most:g}, got {shown}")
+    if rule.fraction is not None and not 0 <= value < 1:
+        raise ConfigError(f"{where}: expected a number from 0{rule.fraction} up to but not including 1, got {shown}")
 
 
 def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, where: str) -> Any:
