@@ -30,7 +30,7 @@ def load(export: str | Path = EXPORT, adapter: str | Path | None = ADAPTER) -> E
     return ExportedModel(export, adapter=adapter if adapter and Path(adapter).exists() else None)
 
 
-def decoding(params_path: str | Path = "params.yaml", max_new_tokens: int | None = None) -> GenerationConfig:
+def generation_settings(params_path: str | Path = "params.yaml", max_new_tokens: int | None = None) -> GenerationConfig:
     """The profile's decoding at one answer length: `max_new_tokens` if given, else params.yaml's
     (ask chooses no length: the length grid is predict's, on the validation split). 0 new tokens
     (the length predict may choose) is the answer prefix alone, so it needs one."""
@@ -75,7 +75,7 @@ def main() -> None:
         parser.error("--max-new-tokens: expected at least 0")
     if args.vignette is not None:
         require_vignette(args.vignette)
-    generation = decoding(args.params, args.max_new_tokens)
+    generation = generation_settings(args.params, args.max_new_tokens)
     rows = read_rows(args.file) if args.file else None
     model = load(args.export)
 

@@ -8,7 +8,7 @@ import torch
 
 from core.config import parse_params
 from core.decode import static_cache
-from core.decode.generation import AUTO_MEMORY_SHARE, answer_only_rules, decoding_settings, mbr_choice, rows_per_batch
+from core.decode.generation import AUTO_MEMORY_SHARE, answer_only_rules, generate_kwargs, mbr_choice, rows_per_batch
 from core.models.backends import BackendError
 from core.models.base import BaseUnslothModel
 from core.models.families import FAMILIES, model_for
@@ -178,7 +178,7 @@ def static_against_generate(model, generation, graphs: bool, with_prefixes: bool
         with torch.inference_mode():
             out = model.model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=[stop_id], use_cache=True,
                                        pad_token_id=model.tokenizer.pad_token_id, logits_processor=rules,
-                                       **decoding_settings(generation))
+                                       **generate_kwargs(generation))
         return out[:, width:].tolist()
 
     early = {}
@@ -284,9 +284,9 @@ def test_auto_batch_size_follows_free_memory_and_splits_evenly():
     assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=2) == 5  # 2 beams a row: 5 rows fit
     # a cache allocated whole (core/decode/static_cache.py) is counted once: 16 * 128 + 1200 bytes a row
     # instead of 2 * 16 * 128 + 1200, so 16 rows fit where 10 did: 2 batches of 13 and 12
-    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, static_cache=True) == 13
+    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, prompt_shared=True) == 13
     # and a row's beams share its prompt there: (10 + 4 x 6) x 128 + 4 x 1200 bytes a row with 4 beams, so 5 rows fit
-    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=4, static_cache=True) == 5
+    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=4, prompt_shared=True) == 5
 
 
 def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatch):

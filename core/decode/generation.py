@@ -39,11 +39,12 @@ def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_new_tokens: int,
                    config, dtype: torch.dtype, free_bytes: int | None, sequences_per_row: int = 1,
-                   static_cache: bool = False) -> int:
+                   prompt_shared: bool = False) -> int:
     """Rows to generate at once: `batch_size` if it is a number; for "auto", as many as
     `free_bytes` of GPU memory hold (AUTO_BATCH_ON_CPU without a GPU), spread evenly over the
     batches so that the last is not a small remainder. A row carries `sequences_per_row`
-    sequences (its beams or MBR candidates), each with its own cache."""
+    sequences (its beams or MBR candidates), each with its own cache; `prompt_shared`: the static
+    cache's layout, one copy of a prompt for all its sequences, allocated whole."""
     if batch_size != "auto":
         return batch_size
     if free_bytes is None:
@@ -55,7 +56,7 @@ def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_
         # share one copy of its prompt. Plus the last position's logits in float32, about three
         # copies while sampling or choosing beams.
         per_token = kv_cache_bytes_per_token(config, dtype)
-        if static_cache:
+        if prompt_shared:
             per_row = (longest_prompt + sequences_per_row * max_new_tokens) * per_token
         else:
             per_row = 2 * (longest_prompt + max_new_tokens) * per_token * sequences_per_row
@@ -86,7 +87,7 @@ def answer_only_rules(generation: GenerationConfig, answer_begins: list[int]) ->
     return [AnswerOnlyRepetition(answer_begins, g.repetition_penalty, g.no_repeat_ngram_size)]
 
 
-def decoding_settings(generation: GenerationConfig) -> dict:
+def generate_kwargs(generation: GenerationConfig) -> dict:
     """The keyword arguments of transformers' generate() that the configuration asks for."""
     g = generation
     settings = {
@@ -129,36 +130,22 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     device = next(model.parameters()).device
     fast = static_allowed and generation.static_cache and static_cache.applies_to(generation)
-    settings = decoding_settings(generation)
-    per_row = settings["num_return_sequences"]
-    auto = generation.batch_size == "auto"
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # memory the allocator keeps but nothing uses counts as free
-        torch.cuda.reset_peak_memory_stats(device)
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    longest = max((len(ids) for ids in encoded), default=0)
-    size = rows_per_batch(generation.batch_size, len(encoded), longest, generation.longest_answer,
-                          model.config, dtype, free, generation.sequences_per_row, static_cache=fast)
-    if auto:
-        log.info("batch_size auto: %d rows a batch of %d sequences each (%s)", size, generation.sequences_per_row,
-                 f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU")
-    if fast:
-        log.info("decoding through a static cache%s (generation.static_cache)",
-                 ", each step a CUDA graph" if device.type == "cuda" else "")
+    settings = generate_kwargs(generation)
+    per_row, auto = settings["num_return_sequences"], generation.batch_size == "auto"
+    size = _first_batch_size(model, encoded, generation, dtype, device, fast)
     n = len(encoded)
-    texts, counts, stopped, kept = [""] * n, [0] * n, [False] * n, [[] for _ in range(n)]
-    largest = decoded = 0
+    answers: list[tuple[str, list[int], bool]] = [("", [], False)] * n  # text, new token ids, stopped
+    largest = decoded = done = 0
     torch.manual_seed(generation.seed)
     start = time.perf_counter()
-    done = 0
     with tqdm(total=n, desc="generating", unit="row") as bar:
         while done < n:
             index = order[done : done + size]
             try:
-                new, steps = _decode(model, tokenizer, [encoded[i] for i in index], [len(prefixes[i][1]) for i in index],
+                new, steps = _answer_batch(model, tokenizer, [encoded[i] for i in index], [len(prefixes[i][1]) for i in index],
                                      stop_id, generation, settings, device, fast)
             except torch.cuda.OutOfMemoryError:
-                if not auto or size == 1:
+                if not auto or size == 1:  # a pinned batch size is the user's: never changed
                     raise
                 torch.cuda.empty_cache()
                 size = max(1, size // 2)
@@ -166,12 +153,7 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
                 continue
             decoded += len(index) * generation.sequences_per_row * steps
             for k, i in enumerate(index):
-                candidates = [trim_at_stop(ids, stop_id) for ids in new[k * per_row : (k + 1) * per_row]]
-                decoded_texts = [join_answer(prefixes[i][0], decode(ids)) for ids, _ in candidates]
-                best = mbr_choice(decoded_texts) if per_row > 1 else 0
-                texts[i] = decoded_texts[best]
-                kept[i], stopped[i] = candidates[best]
-                counts[i] = len(kept[i])
+                answers[i] = _chosen_answer(new[k * per_row : (k + 1) * per_row], prefixes[i][0], stop_id, decode)
             largest = max(largest, len(index))
             done += len(index)
             bar.update(len(index))
@@ -179,11 +161,42 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(device) / 2**30
-    return Generations(texts, counts, stopped, time.perf_counter() - start, largest, peak, decoded, token_ids=kept,
+    seconds = time.perf_counter() - start
+    return Generations([text for text, _, _ in answers], [len(ids) for _, ids, _ in answers], [end for _, _, end in answers],
+                       seconds, largest, peak, decoded, token_ids=[ids for _, ids, _ in answers],
                        prefixes=[text for text, _ in prefixes])
 
 
-def _decode(model, tokenizer, prompts: list[list[int]], prefix_lengths: list[int], stop_id: int,
+def _first_batch_size(model, encoded: list[list[int]], generation: GenerationConfig, dtype: torch.dtype,
+                      device: torch.device, fast: bool) -> int:
+    """Rows a batch: generation.batch_size, or for auto as many as the GPU's free memory holds."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # memory the allocator keeps but nothing uses counts as free
+        torch.cuda.reset_peak_memory_stats(device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    longest = max((len(ids) for ids in encoded), default=0)
+    size = rows_per_batch(generation.batch_size, len(encoded), longest, generation.longest_answer,
+                          model.config, dtype, free, generation.sequences_per_row, prompt_shared=fast)
+    if generation.batch_size == "auto":
+        log.info("batch_size auto: %d rows a batch of %d sequences each (%s)", size, generation.sequences_per_row,
+                 f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU")
+    if fast:
+        log.info("decoding through a static cache%s (generation.static_cache)",
+                 ", each step a CUDA graph" if device.type == "cuda" else "")
+    return size
+
+
+def _chosen_answer(candidates: list[list[int]], prefix: str, stop_id: int,
+                   decode: Callable[[list[int]], str]) -> tuple[str, list[int], bool]:
+    """A row's answer among its candidates (one, or MBR's choice of several): its text after the
+    prefix, its new token ids up to the stop token, and whether it stopped."""
+    trimmed = [trim_at_stop(ids, stop_id) for ids in candidates]
+    texts = [join_answer(prefix, decode(ids)) for ids, _ in trimmed]
+    best = mbr_choice(texts) if len(candidates) > 1 else 0
+    return texts[best], *trimmed[best]
+
+
+def _answer_batch(model, tokenizer, prompts: list[list[int]], prefix_lengths: list[int], stop_id: int,
             generation: GenerationConfig, settings: dict, device: torch.device, fast: bool) -> tuple[list[list[int]], int]:
     """One batch: the new token ids of each sequence (num_return_sequences a row, in row order)
     and the number of decoding steps run. Each prompt ends with its answer's prefix (`prefix_lengths` tokens)."""
