@@ -198,6 +198,12 @@ def main() -> None:
         worker(args)
         return
 
+    print_table(args, run_workers(args))
+
+
+def run_workers(args) -> dict:
+    """Each (backend, variant) in a process of its own, on one checkpoint; their results by name,
+    written to --out after each worker, so that a run cut short keeps what it measured."""
     from tests.checkpoints import REAL_SHAPES, build_checkpoint
 
     results = {}
@@ -218,9 +224,8 @@ def main() -> None:
                     logging.error("%s: the worker failed (exit %d)", name, done.returncode)
                     continue
                 results[name] = json.loads(out.read_text())
-                # after each worker, so that a run cut short keeps what it measured
                 Path(args.out).write_text(json.dumps({"shape": args.shape, "args": vars(args), "results": results}, indent=2))
-    print_table(args, results)
+    return results
 
 
 def print_table(args, results: dict) -> None:

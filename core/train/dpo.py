@@ -118,26 +118,13 @@ def _pretokenized_dpo_trainer():
     return PretokenizedDPOTrainer
 
 
-def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig,
-                                   output_dir: str | Path) -> tuple[dict, list[dict]]:
-    """DPO of the adapter on `model` (loaded trainable), against a frozen copy of itself.
-
-    trl adds the copy (adapter "ref") when handed a PeftModel that already has an adapter; it is
-    deleted afterwards, so that saving writes the trained adapter alone. Resumes from the last
-    checkpoint in `output_dir` like fine_tune. Returns the run's metrics and the trainer's log history."""
+def _dpo_trainer(model, train: dict, val: dict, config: AlignConfig, output_dir: str | Path):
     from datasets import Dataset
-    from transformers import set_seed
     from trl import DPOConfig
 
-    model.backend.prepare_preference_training()
-    set_seed(config.seed)
-    train, train_left_out = preference_examples(model, train_pairs)
-    val, val_left_out = preference_examples(model, val_pairs)
-    if not train["prompt_ids"]:
-        raise DataError(f"no preference pair fits max_seq_length={model.profile.max_seq_length} with its whole chosen answer")
     args = DPOConfig(
-        # evaluated once, after training (below): on a CPU one pass over the validation pairs costs
-        # minutes, and an epoch-end pass would repeat the final one
+        # evaluated once, after training (direct_preference_optimisation): on a CPU one pass over the
+        # validation pairs costs minutes, and an epoch-end pass would repeat the final one
         **common_trainer_arguments(output_dir, seed=config.seed, evaluate=False, dtype=model.dtype,
                                    max_length=model.profile.max_seq_length, save_steps=50),
         beta=config.beta,
@@ -151,7 +138,7 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
         warmup_steps=0.1,  # a fraction of all steps
     )
     model.backend.for_training(model.model)
-    trainer = _pretokenized_dpo_trainer()(
+    return _pretokenized_dpo_trainer()(
         model=model.model,
         ref_model=None,
         args=args,
@@ -160,6 +147,24 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
         processing_class=model.tokenizer,
         callbacks=[divergence_guard(config.learning_rate)],
     )
+
+
+def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig,
+                                   output_dir: str | Path) -> tuple[dict, list[dict]]:
+    """DPO of the adapter on `model` (loaded trainable), against a frozen copy of itself.
+
+    trl adds the copy (adapter "ref") when handed a PeftModel that already has an adapter; it is
+    deleted afterwards, so that saving writes the trained adapter alone. Resumes from the last
+    checkpoint in `output_dir` like fine_tune. Returns the run's metrics and the trainer's log history."""
+    from transformers import set_seed
+
+    model.backend.prepare_preference_training()
+    set_seed(config.seed)
+    train, train_left_out = preference_examples(model, train_pairs)
+    val, val_left_out = preference_examples(model, val_pairs)
+    if not train["prompt_ids"]:
+        raise DataError(f"no preference pair fits max_seq_length={model.profile.max_seq_length} with its whole chosen answer")
+    trainer = _dpo_trainer(model, train, val, config, output_dir)
     run = fit(trainer, output_dir)
     if "ref" in model.model.peft_config:
         model.model.delete_adapter("ref")
