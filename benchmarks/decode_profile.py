@@ -11,6 +11,7 @@ not depend on them. The decoding settings are the profile's (params.yaml), at 25
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import time
@@ -73,6 +74,55 @@ def step_ms(model, prompts, prefix_tokens: int, generation, stop_id: int, pad_id
         static_cache._Batch._copy_forks = copies
 
 
+@contextlib.contextmanager
+def phase_clock(static_cache):
+    """Seconds spent in the decoder's one-off phases while the block runs: the prefill, the eager
+    steps (warm-up before a capture; the first one compiles the Triton kernel) and the graph
+    captures, each between two synchronisations (never inside a capture)."""
+    import collections
+
+    import torch
+
+    clock = argparse.Namespace(seconds=collections.defaultdict(float), counts=collections.Counter())
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            if torch.cuda.is_current_stream_capturing():
+                return fn(*args, **kwargs)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.synchronize()
+                clock.seconds[name] += time.perf_counter() - start
+                clock.counts[name] += 1
+        return wrapper
+
+    batch, graph = static_cache._Batch, torch.cuda.graph
+    saved = batch.prefill, batch.step, graph.__enter__, graph.__exit__
+    started = {}
+
+    def enter(self):
+        torch.cuda.synchronize()
+        started[id(self)] = time.perf_counter()
+        return saved[2](self)
+
+    def leave(self, *exc):
+        result = saved[3](self, *exc)
+        torch.cuda.synchronize()
+        clock.seconds["captures"] += time.perf_counter() - started.pop(id(self))
+        clock.counts["captures"] += 1
+        return result
+
+    batch.prefill, batch.step = timed("prefill", saved[0]), timed("eager steps", saved[1])
+    graph.__enter__, graph.__exit__ = enter, leave
+    try:
+        yield clock
+    finally:
+        batch.prefill, batch.step, graph.__enter__, graph.__exit__ = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen3", choices=["qwen3", "llama32", "smollm2"])
@@ -80,6 +130,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=350, help="the longest prompt (they range 40 tokens below it)")
     parser.add_argument("--prefix-tokens", type=int, default=140, help="of each prompt, the answer's prefix (the echo)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--bucket", type=int, help="generated columns a graph reads, rounded up to this "
+                        "(static_cache.GENERATED_BUCKET; a graph is captured for each): to try another value")
+    parser.add_argument("--calls-only", action="store_true", help="only the two whole decodings, not the step table")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import tempfile
@@ -87,14 +140,12 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    import yaml
-
-    from core.config import parse_params
+    from benchmarks.settings import change_profile, checked, read_params
     from tests.checkpoints import REAL_SHAPES, build_checkpoint
 
-    raw = yaml.safe_load(open("params.yaml", encoding="utf-8"))
-    raw["model"] = args.shape  # the shape's profile, through the stages' own loader
-    generation = dataclasses.replace(parse_params(raw).profile.generation, length_grid=[], max_new_tokens=args.max_new_tokens)
+    # the shape's profile, through the stages' own loader
+    generation = dataclasses.replace(checked(change_profile(read_params(), args.shape)).profile.generation, length_grid=[],
+                                     max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_checkpoint(args.shape, f"{tmp}/{args.shape}", shape=REAL_SHAPES[args.shape])
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
@@ -112,12 +163,21 @@ def main() -> None:
     # costs (kernel compilation, the first large allocations, lazy initialisations)
     from core.decode import static_cache
 
+    if args.bucket:
+        static_cache.GENERATED_BUCKET = args.bucket
+    print(f"graphs read the generated columns in steps of {static_cache.GENERATED_BUCKET}")
     for call in ("first call", "second call"):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        _, steps = static_cache.decode(model, prompts, [args.prefix_tokens] * len(prompts), stop, pad, generation, args.max_new_tokens)
-        torch.cuda.synchronize()
-        print(f"decode, {call}: {time.perf_counter() - start:.2f} s for {steps} steps", flush=True)
+        with phase_clock(static_cache) as phases:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            _, steps = static_cache.decode(model, prompts, [args.prefix_tokens] * len(prompts), stop, pad, generation, args.max_new_tokens)
+            torch.cuda.synchronize()
+        total = time.perf_counter() - start
+        parts = ", ".join(f"{name} {seconds:.2f} s ({phases.counts[name]}x)" for name, seconds in phases.seconds.items())
+        print(f"decode, {call}: {total:.2f} s for {steps} steps: {parts}, the rest (replays, checks) "
+              f"{total - sum(phases.seconds.values()):.2f} s", flush=True)
+    if args.calls_only:
+        return
     for i, (name, decoding_, without_reorder) in enumerate(variants):
         prefill, ms, peak = step_ms(model, prompts, args.prefix_tokens, decoding_, stop, pad, args.max_new_tokens,
                                     without_reorder=without_reorder, table=i == 0)

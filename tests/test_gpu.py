@@ -19,8 +19,8 @@ SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_
 
 # First in the file: the Unsloth tests below import unsloth, which patches transformers for the
 # whole process (CUDA graph capture then fails), so these run before it is imported.
-@pytest.mark.parametrize("load_in_4bit,dtype", [(True, "float32"), (False, "float32"), (True, "bfloat16")],
-                         ids=["4bit-float32", "float32", "4bit-bf16"])
+@pytest.mark.parametrize("load_in_4bit,dtype", [(True, "float32"), (False, "float32"), (True, "bfloat16"), (False, "bfloat16")],
+                         ids=["4bit-float32", "float32", "4bit-bf16", "bf16"])
 def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params, monkeypatch, caplog, load_in_4bit, dtype):
     """The fast generation path (hf backend: static cache, decode step replayed as a CUDA graph,
     grouped decode attention, finished rows dropped) against transformers' generate() on a small
@@ -59,7 +59,11 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
             if "the batch shrinks" in caplog.text:
                 shrunk.add("greedy" if beams == 1 else "beams")
         assert shrunk == {"greedy", "beams"}  # a graph captured again for fewer rows went on right
-    for beams in (1, 4):  # greedy, and the profiles' beam search with their rules and echo prefix
+    # greedy, and the profiles' beam search with their rules and echo prefix. In half precision only
+    # greedy: beam search keeps the near-ties of a barely trained model's flat distributions in play,
+    # and the two paths' rounding then picks other beams for half of the rows (20 of 40 measured);
+    # that beams give generate()'s tokens is shown in float32 above and here.
+    for beams in (1, 4) if dtype == "float32" else (1,):
         settings = dataclasses.replace(profile.generation, num_beams=beams, batch_size="auto", no_repeat_ngram_size=4,
                                        length_grid=[], max_new_tokens=32, answer_prefix="echo")
         graphs = model.generate_responses(ROWS[20:60], settings)

@@ -87,12 +87,14 @@ class HFBackend:
 
         model = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
         compute = model.get_base_model().dtype
-        if self.name == "hf" and not trainable and compute in (torch.bfloat16, torch.float16):
-            # peft keeps LoRA weights in float32, so each LoRA layer would cast its input up and its
-            # output down at every token; training ran them in the compute dtype (autocast) anyway
-            for name, parameter in model.named_parameters():
-                if "lora_" in name and parameter.dtype != compute:
-                    parameter.data = parameter.data.to(compute)
+        quantized = getattr(model.get_base_model(), "is_loaded_in_4bit", False)
+        if self.name == "hf" and not trainable and compute in (torch.bfloat16, torch.float16) and not quantized:
+            # Answering in half precision: the adapter folded into the weights it adapts, so that a
+            # decode step runs the base model's products alone (unmerged, the LoRA layers' small
+            # products and casts were about a tenth of a beam-search step on the Qwen3-0.6B shape:
+            # docs/benchmarks.md). A 4-bit base cannot take it without requantizing; in float32
+            # (the CPU) the adapter stays apart, as training ran it.
+            model.merge_adapter()
         return model
 
     def prepare_preference_training(self) -> None:
