@@ -1,9 +1,8 @@
 """Greedy and beam-search decoding through a static KV cache, each step replayed as a CUDA graph.
 
 At the batch sizes predict uses, transformers' generate() spends most of a decode step in
-Python and in kernel launches (about 80 ms a step for 200 rows of the Qwen3-0.6B shape on an
-H100, the GPU mostly waiting), its cache grows by concatenation, copying itself every step, and
-beam search runs each prompt once per beam. Here the cache is allocated once at its full length
+Python and in kernel launches, the GPU mostly waiting (docs/benchmarks.md), its cache grows by
+concatenation, copying itself every step, and beam search runs each prompt once per beam. Here the cache is allocated once at its full length
 (transformers' StaticCache), each prompt runs once and its cache rows are copied to its beams,
 the step's inputs live in fixed buffers, and the whole step (embedding, every layer, the last
 position's logits, the answer-only repetition rules of core/decode/repetition.py, the choice of tokens:

@@ -90,10 +90,9 @@ class HFBackend:
         quantized = getattr(model.get_base_model(), "is_loaded_in_4bit", False)
         if self.name == "hf" and not trainable and compute in (torch.bfloat16, torch.float16) and not quantized:
             # Answering in half precision: the adapter folded into the weights it adapts, so that a
-            # decode step runs the base model's products alone (unmerged, the LoRA layers' small
-            # products and casts were about a tenth of a beam-search step on the Qwen3-0.6B shape:
-            # docs/benchmarks.md). A 4-bit base cannot take it without requantizing; in float32
-            # (the CPU) the adapter stays apart, as training ran it.
+            # decode step runs the base model's products alone, not the LoRA layers' small products
+            # and casts besides (docs/benchmarks.md, section 5b). A 4-bit base cannot take it without
+            # requantizing; in float32 (the CPU) the adapter stays apart, as training ran it.
             model.merge_adapter()
         return model
 
@@ -157,13 +156,12 @@ def resolve_backend(choice: str, job: str = "train") -> HFBackend:
     """The backend object for `choice` (auto | unsloth | hf) and `job` (train | generate), or a
     one-sentence BackendError.
 
-    `auto` on a GPU takes what benchmarks/backends.py measured faster on one H100
-    (docs/benchmarks.md, sections 4 and 5): to answer, transformers+peft, whose greedy and beam
-    decoding run as CUDA graphs (core/decode/static_cache.py; greedy: 200 answers in 5.3 s against Unsloth's
-    22.8 s on the Qwen3 shape, 4.3 s against 18.4 s on SmolLM2's; 4 beams: 10.7 s, where
-    generate() took 95.1 s with hf and over 110 s with Unsloth); to train, Unsloth (its steady rate 1.9x hf's on the Qwen3 shape and 2.2x
-    on SmolLM2's, in less memory; its first steps compile, so hf finishes first below about 70
-    steps). The answering job never imports Unsloth, which patches transformers' model classes."""
+    `auto` on a GPU takes what benchmarks/backends.py measured faster (docs/benchmarks.md,
+    sections 4 and 5): to answer, transformers+peft, whose greedy and beam decoding run as CUDA
+    graphs (core/decode/static_cache.py), several times faster than Unsloth's own inference path;
+    to train, Unsloth (a higher steady rate in less memory; its first steps compile, so hf finishes
+    short runs first). The answering job never imports Unsloth, which patches transformers' model
+    classes."""
     if choice == "auto" and job == "generate" and cuda_available():
         log.info("backend auto: transformers+peft to answer on this GPU (measured faster: core/models/backends.py)")
         return HFBackend()

@@ -197,7 +197,8 @@ class BaseUnslothModel:
         prefixes = list(zip(prefix_texts, prefix_ids))
         stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
         # The static-cache decoder needs transformers' own forward. Unsloth replaces it, and once imported
-        # it patches the model classes for every model of the process (capture failed there on an H100)
+        # it patches the model classes of every model in the process (a CUDA graph cannot be captured
+        # through them: docs/benchmarks.md)
         static_allowed = self.backend.name == "hf" and "unsloth" not in sys.modules
         return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, self.decode, static_allowed,
                         prefixes)
