@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,23 @@ def parameter_count(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+@contextlib.contextmanager
+def _no_git_here():
+    """The builder stamps model.onnx with the git commit of the repository its own files sit in, and
+    a virtual environment inside this project's checkout is in this project's repository: every commit
+    of ours would change the export's bytes (and rerun what follows it). With git pointed nowhere it
+    falls back to the commit recorded in its own package."""
+    before = os.environ.get("GIT_DIR")
+    os.environ["GIT_DIR"] = os.devnull
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("GIT_DIR", None)
+        else:
+            os.environ["GIT_DIR"] = before
+
+
 def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: str) -> None:
     """ONNX Runtime GenAI's model builder, in this process (torch and transformers are loaded
     already: a second process would spend seconds importing them again), its progress output kept
@@ -62,7 +80,7 @@ def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: s
 
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), _no_git_here():
             options = parse_extra_options(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, [])
             create_model(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, **options)
     except Exception as err:  # whatever the builder raises, the stage says it in one line
