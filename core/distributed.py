@@ -61,20 +61,22 @@ def passes(batch_size: int, grad_accum: int, rows_per_pass: int | str, on_gpu: b
     return rows_per_pass, effective // (rows_per_pass * n)
 
 
-def barrier() -> None:
-    if "torch" not in sys.modules:  # no process group without torch; importing it costs seconds
-        return
+def _process_group():
+    """torch.distributed where a process group is running, else None. A process that never
+    imported torch has none, and importing torch only to find that out costs seconds."""
+    if "torch" not in sys.modules:
+        return None
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def barrier() -> None:
+    if dist := _process_group():
         dist.barrier()
 
 
 def shut_down() -> None:
     """Leave the process group cleanly (torch warns at exit otherwise)."""
-    if "torch" not in sys.modules:  # no process group without torch; importing it costs seconds
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    if dist := _process_group():
         dist.destroy_process_group()
