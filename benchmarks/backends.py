@@ -204,12 +204,11 @@ def main() -> None:
 def run_workers(args) -> dict:
     """Each (backend, variant) in a process of its own, on one checkpoint; their results by name,
     written to --out after each worker, so that a run cut short keeps what it measured."""
-    from tests.checkpoints import REAL_SHAPES, build_checkpoint
+    from tests.checkpoints import build_checkpoint
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        shape = None if args.tiny else REAL_SHAPES[args.shape]
-        checkpoint = build_checkpoint(args.shape, Path(tmp) / args.shape, shape=shape)
+        checkpoint = build_checkpoint(args.shape, Path(tmp) / args.shape, size="tiny" if args.tiny else "full")
         for backend in args.backends.split(","):
             for variant in args.variants.split(","):
                 name = f"{backend} {variant}"

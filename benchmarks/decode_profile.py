@@ -141,13 +141,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from benchmarks.settings import change_profile, checked, read_params
-    from tests.checkpoints import REAL_SHAPES, build_checkpoint
+    from tests.checkpoints import build_checkpoint
 
     # the shape's profile, through the stages' own loader
     generation = dataclasses.replace(checked(change_profile(read_params(), args.shape)).profile.generation, length_grid=[],
                                      max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = build_checkpoint(args.shape, f"{tmp}/{args.shape}", shape=REAL_SHAPES[args.shape])
+        checkpoint = build_checkpoint(args.shape, f"{tmp}/{args.shape}", size="full")
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
     vocab = model.config.vocab_size
     noise = torch.Generator().manual_seed(0)

@@ -95,11 +95,11 @@ def summary(engine: str, report: dict) -> dict:
 def bench_shape(shape: str, args, work: Path) -> list[dict]:
     from core import atomic
     from core.resources import directory_mb
-    from tests.checkpoints import REAL_SHAPES, build_checkpoint
+    from tests.checkpoints import build_checkpoint
 
     checkpoint = None
     if shape != "smollm2":  # SmolLM2 is measured with its real weights (the default profile's)
-        checkpoint = str(build_checkpoint(shape, work / f"{shape}-checkpoint", REAL_SHAPES[shape]))
+        checkpoint = str(build_checkpoint(shape, work / f"{shape}-checkpoint", size="full"))
     params_file = work / f"{shape}.yaml"
     params_file.write_text(yaml.safe_dump(profile_params(shape, checkpoint, args), sort_keys=False))
     from core.data import read_vignettes

@@ -29,10 +29,10 @@ tree_for() {  # tree_for DIR FAMILY [KEY=YAML ...]
   (cd "$dir" && python3 -m benchmarks.backends --write-csv data/scaled --rows "$ROWS" --gen-rows "$GEN_ROWS" >/dev/null &&
    python3 - "$family" "$SHAPE" "$BACKEND" "$@" <<'PY'
 import sys, yaml
-from tests.checkpoints import REAL_SHAPES, build_checkpoint
+from tests.checkpoints import build_checkpoint
 family, shape, backend, *settings = sys.argv[1:]
 checkpoint = f"/tmp/checkpoints/{family}-{shape}"
-build_checkpoint(family, checkpoint, shape=REAL_SHAPES[family] if shape == "real" else None)
+build_checkpoint(family, checkpoint, size="full" if shape == "real" else "tiny")
 p = yaml.safe_load(open("params.yaml"))
 p["model"] = family
 p["data"].update(train_csv="data/scaled/train.csv", test_csv="data/scaled/test.csv", val_fraction=0.1)

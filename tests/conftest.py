@@ -17,7 +17,7 @@ if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 from core.config import parse_params
-from tests.checkpoints import REPO, build_checkpoint
+from tests.checkpoints import REPO, build_checkpoint, build_toy_checkpoint
 
 
 def pytest_collection_modifyitems(config, items):
@@ -69,10 +69,21 @@ def copy_repo(source: Path, dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Tiny Qwen3 and Llama checkpoints, one set for the whole run: a shared pipeline's params name their paths."""
+    """Tiny Qwen3 and Llama stand-ins (the real tokenizers, two small layers), one set for the whole run: a
+    shared pipeline's params name their paths."""
     families = ("qwen3", "llama32")
     root = build_once(shared_dir(tmp_path_factory) / "checkpoints",
                       lambda root: [build_checkpoint(family, root / family) for family in families])
+    return {family: root / family for family in families}
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Qwen3 and Llama with the toy tokenizer (tests/checkpoints.py), for the tests of training mechanics
+    that run many optimiser steps."""
+    families = ("qwen3", "llama32")
+    root = build_once(shared_dir(tmp_path_factory) / "toy-checkpoints",
+                      lambda root: [build_toy_checkpoint(family, root / family) for family in families])
     return {family: root / family for family in families}
 
 
@@ -112,14 +123,15 @@ def workspace(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory, repo_params, tiny_checkpoints) -> Path:
-    """The whole pipeline run once by `dvc repro` on the tiny Qwen3 (two optimiser steps), committed: the
-    starting point of the tests that change, break or share a finished run. Never changed: copy it."""
+def tiny_pipeline(tmp_path_factory, repo_params, toy_checkpoints) -> Path:
+    """The whole pipeline run once by `dvc repro` on the tiny Qwen3 with the toy tokenizer (two optimiser
+    steps), committed: the starting point of the tests that change, break or share a finished run (they test
+    DVC's and the stages' mechanics; the real tokenizers run end to end in `tiny_experiments`). Never changed: copy it."""
     from tests.dvc_helpers import git, run_dvc, use_tiny_model
 
     def build(repo: Path) -> None:
         make_workspace(repo)
-        use_tiny_model(repo, repo_params, "qwen3", tiny_checkpoints["qwen3"], max_steps=2)
+        use_tiny_model(repo, repo_params, "qwen3", toy_checkpoints["qwen3"], max_steps=2)
         run_dvc(repo, "repro")
         git(repo, "add", "-A")
         git(repo, "commit", "-qm", "a good run")
@@ -129,13 +141,14 @@ def tiny_pipeline(tmp_path_factory, repo_params, tiny_checkpoints) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
-    """`tiny_pipeline` and two `dvc exp run`s on it: tiny-qwen3 (SFT, then DPO) and tiny-llama32 (another
-    profile and checkpoint, answering through the export), the work tree holding the last. Never changed: copy it."""
+    """`tiny_pipeline` and two `dvc exp run`s on it, each profile on its tiny stand-in (the real tokenizer,
+    benchmarks/standins.py) through every stage: tiny-qwen3 (SFT, then DPO) and tiny-llama32 (answering through
+    the export), the work tree holding the last. Never changed: copy it."""
     from tests.dvc_helpers import quick_answers, run_dvc, short_run
 
     def build(repo: Path) -> None:
         copy_repo(tiny_pipeline, repo)
-        run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", *quick_answers("qwen3"),  # the SFT adapter as it is
+        run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}", *quick_answers("qwen3"),
                 "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2")
         run_dvc(repo, "exp", "run", "-n", "tiny-llama32", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
                 *short_run("llama32"), "-S", "models.llama32.generation.engine=onnx", "-S", "align.method=none")

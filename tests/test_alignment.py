@@ -41,9 +41,9 @@ def test_pairs_use_every_usable_llm_answer_and_count_the_rows_without_one(tmp_pa
 
 
 @pytest.fixture
-def tiny_sft(repo_params, tiny_checkpoints, tmp_path):
-    """A tiny Qwen3 with a trained-looking SFT adapter saved, and DPO settings of two steps."""
-    params = tiny_params(repo_params, "qwen3", tiny_checkpoints["qwen3"])
+def tiny_sft(repo_params, toy_checkpoints, tmp_path):
+    """A tiny Qwen3 (toy tokenizer) with a trained-looking SFT adapter saved, and DPO settings of two steps."""
+    params = tiny_params(repo_params, "qwen3", toy_checkpoints["qwen3"])
     model = model_for(params.profile, params.prompt.system)
     model.load()
     model.attach_lora(seed=0)

@@ -37,12 +37,12 @@ def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and
     assert any(line.startswith("| rows a pass x passes a step | 2 x 2 | 2 x 2 |") for line in table)  # CPU: auto is batch_size
 
 
-def test_sweep_runs_through_the_stages_loader_on_several_splits_and_scores_every_epoch(tmp_path, repo_params, tiny_checkpoints):
+def test_sweep_runs_through_the_stages_loader_on_several_splits_and_scores_every_epoch(tmp_path, repo_params, toy_checkpoints):
     import yaml
 
     from tests.conftest import tiny_raw_params
 
-    raw = tiny_raw_params(repo_params, "qwen3", tiny_checkpoints["qwen3"])
+    raw = tiny_raw_params(repo_params, "qwen3", toy_checkpoints["qwen3"])
     raw["data"]["train_csv"] = str(REPO / "data/sample/train.csv")
     raw["data"]["test_csv"] = str(REPO / "data/sample/test.csv")
     params = tmp_path / "params.yaml"

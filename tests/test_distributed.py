@@ -25,8 +25,8 @@ def prepared_workspace(workspace: Path, repo_params: dict, checkpoint: Path, **t
     assert done.returncode == 0, done.stderr
 
 
-def test_two_processes_train_one_model_and_only_rank0_writes(workspace, repo_params, tiny_checkpoints, tmp_path):
-    prepared_workspace(workspace, repo_params, tiny_checkpoints["llama32"], max_steps=3, batch_size=2, grad_accum=2)
+def test_two_processes_train_one_model_and_only_rank0_writes(workspace, repo_params, toy_checkpoints, tmp_path):
+    prepared_workspace(workspace, repo_params, toy_checkpoints["llama32"], max_steps=3, batch_size=2, grad_accum=2)
     runs = tmp_path / "runs"
     for r in (0, 1):
         shutil.copytree(workspace, runs / f"rank{r}", ignore=shutil.ignore_patterns(".git"))
@@ -52,8 +52,8 @@ def test_two_processes_train_one_model_and_only_rank0_writes(workspace, repo_par
     assert metrics["backend"] == "hf" and metrics["resumed_from_step"] == 0
 
 
-def test_grad_accum_that_cannot_be_split_is_refused(workspace, repo_params, tiny_checkpoints):
-    prepared_workspace(workspace, repo_params, tiny_checkpoints["llama32"], max_steps=1, batch_size=2, grad_accum=3)
+def test_grad_accum_that_cannot_be_split_is_refused(workspace, repo_params, toy_checkpoints):
+    prepared_workspace(workspace, repo_params, toy_checkpoints["llama32"], max_steps=1, batch_size=2, grad_accum=3)
     done = torchrun("-m", "stages.finetune", cwd=workspace)
     assert done.returncode != 0
     assert "training.grad_accum=3 cannot be split over 2 processes" in done.stderr

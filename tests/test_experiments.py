@@ -32,6 +32,10 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(tiny
     assert 0 <= evaluation["loop_share"]["model"] <= 1 and abs(evaluation["model"]["rougeL"] - max(predicted["length"]["rougeL_by_length"].values())) < 1e-9
     deploy = json.loads((workspace / "metrics/deploy.json").read_text())
     assert deploy["rougeL"]["torch"] is None and "rougeL_loss" not in deploy["limits"]  # nothing to compare with
+    # the llama32 stand-in's run reached a valid submission: every test id once, no empty answer
+    submitted = list(csv.DictReader(io.StringIO((workspace / "submissions/submission.csv").read_text())))
+    test_ids = [row["Master_Index"] for row in read_vignettes(REPO / "data/sample/test.csv", labelled=False)]
+    assert sorted(row["Master_Index"] for row in submitted) == sorted(test_ids) and all(row["Clinician"].strip() for row in submitted)
 
     rows = table(workspace).set_index("experiment")
     for family in ("qwen3", "llama32"):
@@ -72,10 +76,10 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(tiny
     assert {row[model] for row in shown if row["Experiment"]} == {"qwen3", "llama32"}
 
 
-def test_queued_sweep_runs_every_value(workspace, tiny_checkpoints):
+def test_queued_sweep_runs_every_value(workspace, toy_checkpoints):
     # the queue runs from a commit: the tiny profile must be in it. Each queued run stops at finetune (what
     # the sweep compares: the losses); the whole pipeline under `dvc exp run` is the test above.
-    run_dvc(workspace, "exp", "run", "--queue", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
+    run_dvc(workspace, "exp", "run", "--queue", "-S", "model=llama32", "-S", f"models.llama32.name={toy_checkpoints['llama32']}",
             *short_run("llama32"), "-S", "models.llama32.lora.r=4,8", "finetune")
     run_dvc(workspace, "queue", "start", "-j", "1")
     deadline = time.monotonic() + 600

@@ -1,4 +1,4 @@
-"""BaseUnslothModel on the CPU backend, with tiny random-init Qwen3 and Llama checkpoints."""
+"""BaseUnslothModel on the CPU backend, with tiny random-init Qwen3 and Llama checkpoints (the stand-ins; the toy tokenizer where many optimiser steps run)."""
 import copy
 import dataclasses
 from types import SimpleNamespace
@@ -21,15 +21,25 @@ ROWS = read_vignettes(REPO / "data" / "sample" / "train.csv", labelled=True)
 FAMILY_NAMES = ["qwen3", "llama32"]
 
 
-@pytest.fixture(params=FAMILY_NAMES)
-def tiny(request, repo_params, tiny_checkpoints):
-    family = request.param
-    params = tiny_params(repo_params, family, tiny_checkpoints[family])
+def loaded(repo_params, checkpoints, family):
+    params = tiny_params(repo_params, family, checkpoints[family])
     model = model_for(params.profile, params.prompt.system)
     model.load()
     yield model, params
     model.cleanup_model()
     BaseUnslothModel.clear_cache()
+
+
+@pytest.fixture(params=FAMILY_NAMES)
+def tiny(request, repo_params, tiny_checkpoints):
+    """A family's tiny stand-in: its real tokenizer (benchmarks/standins.py)."""
+    yield from loaded(repo_params, tiny_checkpoints, request.param)
+
+
+@pytest.fixture(params=FAMILY_NAMES)
+def toy(request, repo_params, toy_checkpoints):
+    """A family's architecture with the toy tokenizer, for tests that run many optimiser steps (tests/checkpoints.py)."""
+    yield from loaded(repo_params, toy_checkpoints, request.param)
 
 
 def test_prompt_at_prediction_is_the_training_prompt(tiny):
@@ -86,8 +96,8 @@ def _loss_on(model, rows):
         return model.model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
 
 
-def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(tiny, tmp_path, repo_params, tiny_checkpoints):
-    model, params = tiny
+def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(toy, tmp_path, repo_params):
+    model, params = toy
     batch = ROWS[:8]
     training = tiny_params(repo_params, params.profile.family, params.profile.name, max_steps=12, learning_rate=1e-2).profile.training
     model.attach_lora(seed=0)
@@ -115,11 +125,11 @@ def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(tiny, tmp_path, repo_
     reloaded.cleanup_model()
 
 
-def test_padding_free_and_one_pass_updates_follow_the_same_loss_curve(tiny, tmp_path, repo_params):
+def test_padding_free_and_one_pass_updates_follow_the_same_loss_curve(toy, tmp_path, repo_params):
     """The GPU's training settings (a whole update in one pass, rows concatenated without padding),
     forced here on a CPU: the same losses at every step as padded passes accumulated, so the
     prompt stays masked and no row attends to another."""
-    model, params = tiny
+    model, params = toy
     curves = {}
     for name, settings in {"padded, 2 passes a step": dict(rows_per_pass=2, padding_free=False),
                            "padded, 1 pass": dict(rows_per_pass=4, padding_free=False),
@@ -138,8 +148,8 @@ def test_padding_free_and_one_pass_updates_follow_the_same_loss_curve(tiny, tmp_
         assert curve == pytest.approx(reference, rel=1e-4), name
 
 
-def test_training_that_turns_nan_stops_at_once_with_a_clear_error(tiny, tmp_path, repo_params):
-    model, params = tiny
+def test_training_that_turns_nan_stops_at_once_with_a_clear_error(toy, tmp_path, repo_params):
+    model, params = toy
     training = tiny_params(repo_params, params.profile.family, params.profile.name, max_steps=6).profile.training
     model.attach_lora(seed=0)
     with torch.no_grad():  # poisoned embeddings: every loss from the first step on is NaN
@@ -334,6 +344,21 @@ def test_unsloth_without_cuda_fails_in_one_sentence(repo_params):
     assert message.count(". ") == 0 and "\n" not in message
 
 
+@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+                         ids=["T4", "A100", "H100"])
+def test_auto_dtype_is_bfloat16_only_where_the_card_has_it(monkeypatch, capability, expected):
+    """A T4 (compute capability 7.5) trains and answers in float16. torch.cuda.is_bf16_supported() says yes
+    there (bfloat16 can be emulated), and Unsloth replaces it with a function that takes no arguments: neither
+    may decide."""
+    from core.models import backends
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # as emulation, or Unsloth's own, answers
+    assert backends.resolve_dtype("auto") == expected
+    assert backends.resolve_dtype("float32") == torch.float32
+
+
 def test_auto_answers_with_transformers_on_a_gpu_and_trains_with_unsloth(monkeypatch):
     """The measured choice (core/models/backends.py): on a GPU, answering takes transformers+peft (its
     greedy decoding runs as a CUDA graph) without importing Unsloth; training takes Unsloth."""
@@ -358,13 +383,13 @@ def test_every_family_defines_its_template_tokens():
         assert family.chat_template and family.end_of_turn and family.pad_token != family.end_of_turn, name
 
 
-def test_the_best_epoch_by_validation_loss_is_kept(tiny, tmp_path, repo_params):
+def test_the_best_epoch_by_validation_loss_is_kept(toy, tmp_path, repo_params):
     """Three epochs; the third is spoilt on purpose (its LoRA weights scrambled before it is
     evaluated), so its validation loss is the worst: the weights kept are an earlier epoch's,
     exactly, and the metrics say which."""
     from transformers import TrainerCallback
 
-    model, params = tiny
+    model, params = toy
     training = tiny_params(repo_params, params.profile.family, params.profile.name, epochs=3, learning_rate=1e-3,
                            batch_size=8).profile.training
     assert training.keep_best_epoch

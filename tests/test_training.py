@@ -26,8 +26,8 @@ def test_fit_example_keeps_the_answer_and_cuts_the_middle_of_the_prompt():
 
 
 @pytest.fixture
-def tiny_qwen(repo_params, tiny_checkpoints):
-    params = tiny_params(repo_params, "qwen3", tiny_checkpoints["qwen3"])
+def tiny_qwen(repo_params, toy_checkpoints):
+    params = tiny_params(repo_params, "qwen3", toy_checkpoints["qwen3"])
     yield params
     BaseUnslothModel.clear_cache()
 
