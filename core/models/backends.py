@@ -189,5 +189,8 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
     if cuda_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bfloat16 where the card has it natively (compute capability 8.0, Ampere, and up); float16 on a
+        # T4 (7.5). Not torch.cuda.is_bf16_supported(): it says yes where bfloat16 is only emulated (a T4),
+        # and Unsloth, once imported, replaces it with a function of its own (docs/benchmarks.md, section 8)
+        return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
     return torch.float32
