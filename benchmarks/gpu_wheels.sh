@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build .whl/ for the lent GPU machine: the shared Unsloth wheelhouse, with trl pinned as in
 # requirements.txt, plus what the stage scripts need there that the GPU image lacks
-# (dvclive and its dvc closure, rouge-score, pytest). The GPU image already has torch,
+# (dvclive and its dvc closure, rouge-score, pytest; ONNX Runtime GenAI and the onnxruntime and
+# onnx-ir it needs, for the export and deploy stages). The GPU image already has torch,
 # transformers, peft, accelerate, numpy, pandas and pyyaml; those are left out.
 set -euo pipefail
 out=.whl
@@ -20,8 +21,9 @@ skip = {"torch", "transformers", "peft", "accelerate", "numpy", "pandas", "pyyam
         "setuptools", "networkx", "regex", "tokenizers", "huggingface-hub", "safetensors",
         "sympy", "jinja2", "markupsafe", "filelock", "fsspec", "packaging", "requests",
         "urllib3", "idna", "certifi", "charset-normalizer", "tqdm", "typing-extensions",
-        "mpmath", "python-dateutil", "six", "pytz", "tzdata", "psutil", "pyarrow"}
-seen, todo = {}, ["dvclive", "rouge-score", "pytest", "pytest-xdist", "trl"]
+        "mpmath", "python-dateutil", "six", "pytz", "tzdata", "psutil", "pyarrow", "onnx", "protobuf",
+        "ml-dtypes", "flatbuffers"}
+seen, todo = {}, ["dvclive", "rouge-score", "pytest", "pytest-xdist", "trl", "onnxruntime-genai", "onnx-ir"]
 while todo:
     name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
     if name in seen or name in skip:
