@@ -62,23 +62,20 @@ def build_checkpoint(family: str, directory: str | Path, shape: dict | None = No
 
 
 def build_toy_checkpoint(family: str, directory: str | Path, shape: dict | None = None, seed: int = 0) -> Path:
-    """`family`'s published architecture at the tiny size (benchmarks/standins.py) with the toy tokenizer."""
+    """`family`'s architecture class (transformers' defaults) at the tiny size with the toy tokenizer: the
+    checkpoint the mechanics tests were written against."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
-    from benchmarks.standins import PUBLISHED, TINY, model_config
+    from benchmarks.standins import TINY
 
     directory = Path(directory)
     tokenizer = build_tokenizer()
-    # the published special ids lie outside the toy vocabulary: the family code sets its own at load
-    settings = {"vocab_size": len(tokenizer), "max_position_embeddings": 2048, "bos_token_id": None, "eos_token_id": None,
-                **(shape or {})}
-    if family in PUBLISHED:
-        config = model_config(family, "tiny", "float32", settings)
-    else:  # SmolLM2 is a Llama
-        config = LlamaConfig(**{**TINY, **settings})
+    settings = {**TINY, "vocab_size": len(tokenizer), "max_position_embeddings": 2048, **(shape or {})}
+    settings["vocab_size"] = max(settings["vocab_size"], len(tokenizer))
+    config_class = Qwen3Config if family == "qwen3" else LlamaConfig  # SmolLM2 and Llama 3.2 are both Llama
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config_class(**settings))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -6,7 +6,7 @@ import pytest
 
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
-from tests.checkpoints import REPO, build_checkpoint
+from tests.checkpoints import REPO, build_toy_checkpoint
 from tests.conftest import tiny_params
 from core.data import read_vignettes
 from tests.test_model import STATIC_CASES, static_against_generate
@@ -34,7 +34,7 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
 
     if "unsloth" in sys.modules:  # this test comes first in the file; see core/models/base.py, generate_responses
         pytest.skip("Unsloth, imported earlier in this process, patches transformers' model classes: run -k cuda_graph alone")
-    checkpoint = build_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
+    checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=6, learning_rate=1e-3)
     profile = dataclasses.replace(params.profile, backend="hf", load_in_4bit=load_in_4bit, dtype=dtype)
     model = model_for(profile, params.prompt.system)
@@ -80,7 +80,7 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
 def test_unsloth_fine_tunes_generates_and_reloads(tmp_path, repo_params, load_in_4bit):
     import torch
 
-    checkpoint = build_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
+    checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=6, learning_rate=1e-3)
     profile = params.profile.__class__(**{**params.profile.__dict__, "backend": "unsloth", "load_in_4bit": load_in_4bit})
     model = model_for(profile, params.prompt.system)
@@ -113,7 +113,7 @@ def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
 
     from core.train.dpo import build_pairs, direct_preference_optimisation
 
-    checkpoint = build_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
+    checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=4, learning_rate=1e-3)
     profile = dataclasses.replace(params.profile, backend="unsloth", load_in_4bit=True)
     sft = model_for(profile, params.prompt.system)

@@ -215,13 +215,13 @@ STATIC_CASES = [(1, 1, 1.0, 0, False), (1, 1, 1.3, 0, False), (1, 1, 1.3, 3, Tru
 
 
 @pytest.mark.parametrize("beams, returned, penalty, ngram, prefixes", STATIC_CASES)
-def test_static_cache_decoding_gives_generates_tokens(tiny, caplog, monkeypatch, beams, returned, penalty, ngram, prefixes):
+def test_static_cache_decoding_gives_generates_tokens(toy, caplog, monkeypatch, beams, returned, penalty, ngram, prefixes):
     """core/decode/static_cache.py (here eagerly, on a CPU; tests/test_gpu.py replays it as a CUDA graph)
     against transformers' generate(), greedy and beam search (each prompt run once, its cache
     copied to its beams; the N best beams for MBR): the same tokens up to each row's stop token,
     with rows of many prompt lengths, rows that stop early (the batch shrinks), answer prefixes
     and the answer-only repetition rules."""
-    model, params = tiny
+    model, params = toy
     model.attach_lora(seed=0)
     generation = dataclasses.replace(params.profile.generation, num_beams=beams, mbr_candidates=returned if returned > 1 else 0,
                                      repetition_penalty=penalty, no_repeat_ngram_size=ngram)
