@@ -23,6 +23,29 @@ from pathlib import Path
 T4_MEMORY_GIB = 15.0
 
 
+# Kernel compilers read the capability to choose the binary they build: told 7.5 on an H200, Triton
+# builds sm_75 code that the card cannot load ("no kernel image is available for execution on the
+# device", the finetune stage's first kernel launch). Asked from within them, the card's own.
+KERNEL_COMPILERS = ("triton", "torch._inductor", "torch.utils._triton", "torch._dynamo.device_interface")
+# the modules that were told 7.5, for the stage's record
+TOLD_T4 = set()
+
+
+def capability_as_t4(card_capability):
+    """get_device_capability that answers 7.5 (a T4), except to a kernel compiler somewhere up the stack."""
+
+    def capability(device=None):
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_globals.get("__name__", "").startswith(KERNEL_COMPILERS):
+                return card_capability(device)
+            frame = frame.f_back
+        TOLD_T4.add(sys._getframe(1).f_globals.get("__name__", ""))
+        return (7, 5)
+
+    return capability
+
+
 def act_as_t4() -> None:
     import torch
 
@@ -32,7 +55,7 @@ def act_as_t4() -> None:
     # a T4 is compute capability 7.5: torch's native-bfloat16 check and Unsloth's (which reads the
     # capability when it is imported, after this) both say no
     torch.cuda.is_bf16_supported = lambda *args, **kwargs: False  # noqa: ARG005 (the signature varies by torch version)
-    torch.cuda.get_device_capability = lambda device=None: (7, 5)
+    torch.cuda.get_device_capability = capability_as_t4(torch.cuda.get_device_capability)
     device_memory = torch.cuda.mem_get_info
 
     def t4_memory(device=None):
@@ -64,7 +87,7 @@ def main() -> None:
     record = {"stage": args.stage, "t4_like": args.t4_like, "exit": status, "seconds": time.perf_counter() - start,
               "peak_gpu_allocated_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
               "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0,
-              "peak_rss_mb": peak_rss_mb()}
+              "peak_rss_mb": peak_rss_mb(), "told_capability_7_5": sorted(TOLD_T4)}
     Path(args.out).write_text(json.dumps(record, indent=1))
     sys.exit(status)
 

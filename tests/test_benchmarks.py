@@ -65,3 +65,16 @@ def test_sweep_runs_through_the_stages_loader_on_several_splits_and_scores_every
         assert r["val_loss"] == min(r["val_loss_by_epoch"]) and 0 <= r["loop_share"] <= 1
         assert "-S models.qwen3.generation.length_grid=[3, 6]" in r["command"] or "length_grid" in r["command"]
     assert "| e2 | none | b2 | 2 |" in done.stdout  # the table: one line, averaged over the two splits
+
+
+def test_t4_emulation_tells_dtype_choosers_7_5_and_kernel_compilers_the_card():
+    from benchmarks.gpu_stage import capability_as_t4
+
+    capability = capability_as_t4(lambda device=None: (9, 0))
+    assert capability() == (7, 5)  # our resolve_dtype and Unsloth's bfloat16 check: float16, as on a T4
+    # Triton asks through its driver, within a kernel launch: told 7.5 it would build code the H200 cannot load
+    driver = {"__name__": "triton.backends.nvidia.driver", "capability": capability}
+    assert eval("capability(0)", driver) == (9, 0)
+    launcher = {"__name__": "unsloth.kernels.triton_launch", "ask": lambda: eval("capability(0)", driver)}
+    assert eval("ask()", launcher) == (9, 0)
+    assert eval("capability(0)", {"__name__": "unsloth.models._utils", "capability": capability}) == (7, 5)
