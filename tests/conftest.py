@@ -144,12 +144,12 @@ def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
     """`tiny_pipeline` and two `dvc exp run`s on it, each profile on its tiny stand-in (the real tokenizer,
     benchmarks/standins.py) through every stage: tiny-qwen3 (SFT, then DPO) and tiny-llama32 (answering through
     the export), the work tree holding the last. Never changed: copy it."""
-    from tests.dvc_helpers import quick_answers, run_dvc, short_run
+    from tests.dvc_helpers import run_dvc, short_run
 
     def build(repo: Path) -> None:
         copy_repo(tiny_pipeline, repo)
-        run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}", *quick_answers("qwen3"),
-                "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2")
+        run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}", *short_run("qwen3"),
+                "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2", "-S", "align.max_pairs=8")
         run_dvc(repo, "exp", "run", "-n", "tiny-llama32", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
                 *short_run("llama32"), "-S", "models.llama32.generation.engine=onnx", "-S", "align.method=none")
 
