@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from core.errors import ArtifactError
+from core.errors import ArtifactError, DiskFullError
 
 
 def check_safetensors(path: str | Path, fix: str) -> None:
@@ -45,7 +46,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name  # the caller writes a file or makes a directory here
     try:
-        yield target
+        try:
+            yield target
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"{path}: could not be written, no space left on its disk ({path.parent.resolve()}); "
+                                    f"free some and run again: the {path} there before is unchanged") from None
+            raise
         if not target.exists():
             raise ArtifactError(f"nothing was written for {path}")
         if target.is_dir() and path.is_dir():

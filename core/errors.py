@@ -21,6 +21,11 @@ class ArtifactError(UserError, FileNotFoundError):
     """A file an earlier stage writes is missing or damaged; `dvc checkout` or `dvc repro` restores it."""
 
 
+class DiskFullError(UserError, OSError):
+    """An output could not be written for want of space; what stood there before is unchanged."""
+
+
 def how_to_restore(output: object) -> str:
-    """The fix for a damaged output that DVC tracks: its cached copy, or running the pipeline again."""
-    return f"restore it with: dvc checkout {output} (or rebuild it: dvc repro)"
+    """The fix for a damaged output that DVC tracks: its cached copy, or running the pipeline again.
+    `--force`: DVC otherwise refuses to replace a file that differs from its record (the damaged one)."""
+    return f"restore it with: dvc checkout --force {output} (or rebuild it: dvc repro)"

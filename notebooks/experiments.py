@@ -13,7 +13,8 @@ import pandas as pd
 from core.config import ConfigError, parse_params
 
 COLUMNS = ["experiment", "rev", "commit", "model", "checkpoint", "backend", "lora_r", "learning_rate", "epochs", "max_steps",
-           "effective_batch", "align", "train_loss", "val_loss", "val_rougeL", "prompt_echo_rougeL",
+           "effective_batch", "align", "train_loss", "val_loss", "val_rougeL", "answer_prefix_rougeL", "prompt_echo_rougeL",
+           "model_minus_prefix", "loop_share", "length",
            "dpo_val_reward_accuracy", "dpo_val_reward_margin", "train_runtime_s", "train_tokens_per_s", "align_runtime_s",
            "predict_test_s"]
 
@@ -73,7 +74,11 @@ def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
             train_loss=finetune.get("train_loss"),
             val_loss=finetune.get("val_loss"),
             val_rougeL=(evaluation.get("model") or {}).get("rougeL"),
+            answer_prefix_rougeL=(evaluation.get("answer_prefix") or {}).get("rougeL"),
             prompt_echo_rougeL=(evaluation.get("prompt_echo") or {}).get("rougeL"),
+            model_minus_prefix=(evaluation.get("model_minus_prefix") or {}).get("rougeL"),
+            loop_share=(evaluation.get("loop_share") or {}).get("model"),
+            length=(predict.get("length") or {}).get("max_new_tokens"),
             train_runtime_s=finetune.get("train_runtime_s"),
             train_tokens_per_s=finetune.get("train_tokens_per_s"),
             predict_test_s=(predict.get("test") or {}).get("seconds"),

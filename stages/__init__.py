@@ -6,6 +6,7 @@ that fails, or is stopped, leaves the outputs of its last good run as they were.
 DVC started ends when that `dvc` process ends (`_end_with_dvc`), so it never writes behind
 dvc.lock's back.
 """
+import errno
 import logging
 import os
 import select
@@ -128,7 +129,9 @@ def run(main: Callable[[], None]) -> None:
     """Run a stage; a problem the user can fix ends it with one clear line (a line per problem),
     not a traceback."""
     # In a data-parallel run only rank 0 reports progress; the others speak up only on trouble.
-    level = logging.INFO if distributed.is_main_process() else logging.WARNING
+    # KCR_LOG_LEVEL=DEBUG: the libraries' own chatter too (the export builder's, core/export/build.py)
+    asked = os.environ.get("KCR_LOG_LEVEL", "INFO").upper()
+    level = (asked if asked in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO") if distributed.is_main_process() else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _stop)
     _end_with_dvc()
@@ -139,6 +142,12 @@ def run(main: Callable[[], None]) -> None:
         # (a FileNotFoundError names its file whoever raised it)
         for line in str(err).splitlines() or [type(err).__name__]:
             log.error("%s", line)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write outside core.atomic (a library's checkpoint, a cache): the file it names
+        log.error("%s: could not be written, no space left on its disk; free some and run again", err.filename or "a file")
         sys.exit(1)
     finally:
         distributed.shut_down()

@@ -1,4 +1,5 @@
-"""evaluate: ROUGE of the validation predictions against the clinicians, beside the prompt-echo baseline."""
+"""evaluate: ROUGE of the validation predictions against the clinicians, beside the prompt echo and the
+answer prefix alone (the prefix predict wrote before the model's tokens, as metrics/predict.json records it)."""
 import logging
 
 from core import atomic
@@ -18,10 +19,15 @@ def main() -> None:
         logging.warning("no validation rows (data.val_fraction is 0): nothing scored")
         return
     predictions = read_predictions("data/predictions/val.csv", rows)
-    summary, per_panel = validation_report(rows, predictions)
+    prefix_kind = atomic.read_json("metrics/predict.json").get("answer_prefix", "none")
+    summary, per_panel = validation_report(rows, predictions, prefix_kind)
     atomic.write_json(METRICS, summary)
     atomic.write_json(PER_PANEL, per_panel)
-    logging.info("val ROUGE-L: model %.4f, prompt echo %.4f", summary["model"]["rougeL"], summary["prompt_echo"]["rougeL"])
+    logging.info("val ROUGE-L: model %.4f, answer prefix alone (%s) %.4f, prompt echo %.4f; the model's own tokens add %+.4f",
+                 summary["model"]["rougeL"], prefix_kind, summary["answer_prefix"]["rougeL"], summary["prompt_echo"]["rougeL"],
+                 summary["model_minus_prefix"]["rougeL"])
+    if summary["model_tokens"]["answers_without"] == len(rows):
+        logging.warning("no validation answer holds a model token: every answer is the prefix alone")
 
 
 if __name__ == "__main__":

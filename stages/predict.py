@@ -1,11 +1,12 @@
 """predict: answer the validation and test splits with the fine-tuned (and aligned) adapter; the
-answer length is chosen on the validation answers and the test answers are cut at the same length."""
+answer length is chosen on the validation answers, then the test rows are answered at that length
+(at length 0, the answer prefix alone: no model call)."""
 import logging
 
 from core import atomic
 from core.config import load_params
 from core.data import TARGET
-from core.decode.length import choose_length, cut, for_answering
+from core.decode.length import choose_length, cut, for_answering, for_test, prefix_alone
 from core.predictions import predictions_csv
 from stages import run
 
@@ -13,6 +14,11 @@ ADAPTER = "models/aligned"  # the align stage's output: the SFT adapter, prefere
 EXPORT = "models/export"  # the export stage's quantized model, for generation.engine: onnx
 OUT = "data/predictions"
 METRICS = "metrics/predict.json"
+
+
+def log_answers(split: str, rows: list[dict], out) -> None:
+    logging.info("%s: %d responses in %.1f s, %.1f tokens/s, %.1f positions decoded per answer token",
+                 split, len(rows), out.seconds, out.tokens_per_second, out.decoding_work_ratio)
 
 
 def main() -> None:
@@ -31,13 +37,17 @@ def main() -> None:
         answer = model.generate_responses
     splits = {split: atomic.read_jsonl(f"data/prepared/{split}.jsonl") for split in ("val", "test")}
     decoding = for_answering(g, len(splits["val"]))
-    answers = {}
-    for split, rows in splits.items():
-        out = answers[split] = answer(rows, decoding)
-        logging.info("%s: %d responses in %.1f s, %.1f tokens/s, %.1f positions decoded per answer token",
-                     split, len(rows), out.seconds, out.tokens_per_second, out.decoding_work_ratio)
-    # the validation answers choose the length; the test answers are cut by the same rule
+    answers = {"val": answer(splits["val"], decoding)}
+    log_answers("val", splits["val"], answers["val"])
+    # the validation answers choose the length; the test rows are answered at it, not past it
     length = choose_length(answers["val"], [row[TARGET] for row in splits["val"]], decoding, model.decode)
+    if length.max_new_tokens == 0:
+        answers["test"] = prefix_alone(splits["test"], g.answer_prefix)
+        logging.info("test: answer length 0, so every answer is the answer prefix alone (%s): the model was not asked",
+                     g.answer_prefix)
+    else:
+        answers["test"] = answer(splits["test"], for_test(decoding, length.max_new_tokens))
+        log_answers("test", splits["test"], answers["test"])
     report, files = {}, {}
     # Both splits are answered before anything is written: a run stopped half-way leaves the
     # last good predictions and their metrics as they were, not a new val.csv beside an old test.csv.

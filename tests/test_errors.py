@@ -132,3 +132,39 @@ def test_a_stage_ends_when_the_dvc_that_started_it_ends(tmp_path, how):
         time.sleep(0.1)
     assert not process_alive(stage), "the stage outlived the dvc that started it"
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(stage_runner, tmp_path, monkeypatch, caplog):
+    import errno
+
+    from core import atomic
+
+    predictions = tmp_path / "data/predictions"
+    atomic.write_files(predictions, {"val.csv": "the last good answers\n"})
+    real_write = Path.write_text
+
+    def disk_full_after(self, text, *args, **kwargs):
+        real_write(self, text[: len(text) // 2], *args, **kwargs)  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", disk_full_after)
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
+        stage_runner(lambda: atomic.write_files(predictions, {"val.csv": "new answers\n" * 100, "test.csv": "more\n"}))
+    monkeypatch.undo()
+    assert stopped.value.code == 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith(f"{predictions}: could not be written, no space left on its disk") and "unchanged" in line
+    assert all(record.exc_info is None for record in caplog.records)
+    assert [p.name for p in predictions.parent.iterdir()] == ["predictions"]  # no temporary left behind
+    assert (predictions / "val.csv").read_text() == "the last good answers\n" and not (predictions / "test.csv").exists()
+
+    # a write outside core.atomic (a library's own file): the file it names, in one line
+    caplog.clear()
+
+    def main():
+        raise OSError(errno.ENOSPC, "No space left on device", "models/checkpoints/abc/optimizer.pt")
+
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit):
+        stage_runner(main)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "models/checkpoints/abc/optimizer.pt: could not be written, no space left on its disk; free some and run again"]

@@ -224,7 +224,7 @@ def test_a_damaged_adapter_is_named_with_its_fix_by_both_engines(exported, tmp_p
     for error in (engine_error.value, torch_error.value):
         message = str(error)
         assert not isinstance(error, StaleExport) and "\n" not in message
-        assert message.startswith(f"{weights}: damaged (") and f"dvc checkout {damaged}" in message
+        assert message.startswith(f"{weights}: damaged (") and f"dvc checkout --force {damaged}" in message
     weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(ArtifactError, match="not a readable safetensors file"):
         ExportedModel(root / "int8", adapter=damaged)

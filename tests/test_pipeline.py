@@ -34,9 +34,13 @@ def cached_output_hashes(workspace: Path) -> dict[str, str]:
 
 def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     shorten(workspace)
-    out = dvc(workspace, "repro")
+    done = run_dvc(workspace, "repro")
+    out = done.stdout
     for stage in ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy"):
         assert f"Running stage '{stage}'" in out
+    # a run that succeeds says nothing alarming: the export builder's chatter stays at DEBUG
+    printed = done.stdout + done.stderr
+    assert "ERROR" not in printed and "Traceback" not in printed and "matmul_nbits_quantizer" not in printed, printed[-3000:]
 
     submission = (workspace / "submissions" / "submission.csv").read_text(encoding="utf-8").splitlines()
     test_ids = [line.split(",")[0] for line in (workspace / "data/sample/test.csv").read_text().splitlines()[1:] if line.startswith("ID_")]
@@ -61,6 +65,14 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     assert set(deploy["rougeL"]) == {"export", "torch", "loss", "prompt_echo"}
     assert deploy["rougeL"]["torch"] == pytest.approx(values["metrics/eval.json"]["data"]["model"]["rougeL"])
     assert deploy["ms_per_vignette"]["p90"] >= deploy["ms_per_vignette"]["median"] > 0
+    # speed and memory judged on the model writing (the submitted answers are 16 tokens at most): 32 new tokens
+    # timed, and tokens really written in them
+    assert deploy["timed"]["max_new_tokens"] == 32 and deploy["timed"]["model_tokens"]["mean"] > 0 and deploy["tokens_per_s"] > 0
+    assert deploy["timed"]["rows"] == 16 and set(deploy["submitted_model_tokens"]) == {"mean", "answers_without"}
+    # the model's contribution: beside the echo and the answer prefix alone
+    evaluation = values["metrics/eval.json"]["data"]
+    assert evaluation["answer_prefix"]["kind"] == "echo" and 0 < evaluation["answer_prefix"]["rougeL"] < 1
+    assert evaluation["model_minus_prefix"]["rougeL"] == pytest.approx(evaluation["model"]["rougeL"] - evaluation["answer_prefix"]["rougeL"])
 
     assert "Data and pipelines are up to date" in dvc(workspace, "repro")
     predict = yaml.safe_load((workspace / "metrics" / "predict.json").read_text())

@@ -35,6 +35,22 @@ def test_validation_report_has_model_baseline_and_panels():
     assert 0 < summary["prompt_echo"]["rougeL"] < 1
     assert [p["panel"] for p in per_panel] == ["PAEDIATRICS", "SURGERY"]  # case and spaces folded
     assert per_panel[0]["rows"] == 2
+    assert summary["answer_prefix"] == {"kind": "none", "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    assert summary["model_minus_prefix"]["rougeL"] == pytest.approx(1.0) and summary["model_tokens"]["answers_without"] == 0
+
+
+def test_answers_that_are_the_prefix_alone_are_reported_as_adding_nothing():
+    from core.prompts import answer_prefix
+
+    # every answer "summary" + the echo and not one model token: what validation's length 0 gives
+    predictions = {r["Master_Index"]: Prediction(answer_prefix(r, "echo"), 0, False) for r in ROWS}
+    summary, per_panel = validation_report(ROWS, predictions, "echo")
+    assert summary["answer_prefix"]["kind"] == "echo" and summary["model"] == {k: summary["answer_prefix"][k] for k in summary["model"]}
+    assert summary["model_minus_prefix"]["rougeL"] == 0.0 and summary["model_tokens"] == {"mean": 0.0, "answers_without": len(ROWS)}
+    # the prefix holds the echo and one word more: scored apart from the echo
+    assert summary["answer_prefix"]["rougeL"] != summary["prompt_echo"]["rougeL"]
+    assert summary["model_minus_echo"]["rougeL"] == pytest.approx(summary["model"]["rougeL"] - summary["prompt_echo"]["rougeL"])
+    assert all(panel["model_rougeL"] == panel["answer_prefix_rougeL"] for panel in per_panel)
 
 
 def _predictions_file(tmp_path, texts=None):
@@ -131,3 +147,61 @@ def test_texts_with_any_line_ends_and_control_characters_round_trip(tmp_path):
     read = read_predictions(path, ROWS)
     assert [read[r["Master_Index"]].text for r in ROWS] == [
         "first line\nsecond, quoted \"x\"", "a\nb\nc", "escape \x1b and \x14 kept"]
+
+
+class CountingModel:
+    """A stand-in for the fine-tuned model in predict: answers "w1 w2 ..." up to the longest length
+    asked, and records every call (how many rows, up to how many tokens)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def load_adapter(self, path):
+        pass
+
+    def decode(self, ids):
+        return " ".join(f"w{i}" for i in ids)
+
+    def generate_responses(self, rows, decoding):
+        from core.decode.results import Generations
+        from core.prompts import answer_prefix, join_answer
+
+        n = decoding.longest_answer
+        self.calls.append((len(rows), n))
+        prefixes = [answer_prefix(row, decoding.answer_prefix) for row in rows]
+        ids = [list(range(1, n + 1)) for _ in rows]
+        return Generations(texts=[join_answer(p, self.decode(i)) for p, i in zip(prefixes, ids, strict=True)],
+                           new_tokens=[n] * len(rows), stopped=[False] * len(rows), seconds=0.5, token_ids=ids, prefixes=prefixes)
+
+
+@pytest.mark.parametrize("best", [0, 4])
+def test_predict_answers_the_test_rows_at_the_length_chosen_and_not_at_all_at_length_0(best, tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    import core.models.families
+    from core import atomic
+    from core.prompts import answer_prefix
+    from stages import predict
+    from tests.checkpoints import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["models"][params["model"]]["generation"].update(length_grid=[0, 4, 8], max_new_tokens=8, answer_prefix="echo", engine="torch")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    # clinicians who wrote the prefix and then exactly `best` of the model's words: validation must choose `best`
+    val = [dict(row, Clinician=" ".join([answer_prefix(row, "echo"), *[f"w{i}" for i in range(1, best + 1)]])) for row in ROWS]
+    test = [{k: v for k, v in row.items() if k != "Clinician"} | {"Master_Index": f"T_{i}"} for i, row in enumerate(ROWS)]
+    atomic.write_text(tmp_path / "data/prepared/val.jsonl", "".join(json.dumps(r) + "\n" for r in val))
+    atomic.write_text(tmp_path / "data/prepared/test.jsonl", "".join(json.dumps(r) + "\n" for r in test))
+    model = CountingModel()
+    monkeypatch.setattr(core.models.families, "model_for", lambda *args, **kwargs: model)
+    monkeypatch.chdir(tmp_path)
+    predict.main()
+    report = json.loads((tmp_path / "metrics/predict.json").read_text())
+    assert report["length"]["max_new_tokens"] == best
+    # validation at the grid's longest; the test rows at the chosen length, or not asked at all
+    assert model.calls == ([(len(val), 8), (len(test), best)] if best else [(len(val), 8)])
+    answers = list(csv.DictReader(open(tmp_path / "data/predictions/test.csv", encoding="utf-8")))
+    assert [a["Clinician"] for a in answers] == [" ".join([answer_prefix(r, "echo"), *[f"w{i}" for i in range(1, best + 1)]]) for r in test]
+    assert {a["new_tokens"] for a in answers} == {str(best)} and report["test"]["seconds"] == (0.5 if best else 0.0)

@@ -137,6 +137,28 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     assert {"prepare", "evaluate", "submit"} <= set(rerun), out
 
 
+def test_the_restore_command_printed_for_a_damaged_output_restores_it(finished_workspace):
+    """A truncated adapter: the stage's one line ends in a command, and that command, run as printed in the
+    state the line describes, puts back the recorded bytes."""
+    workspace = finished_workspace
+    weights = workspace / "models/aligned/adapter_model.safetensors"
+    good = weights.read_bytes()
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "stages.ask", "a child with fever"], cwd=workspace, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and len(errors(done)) == 1, done.stderr
+    line = errors(done)[0]
+    assert line.startswith("ERROR stages: models/aligned/adapter_model.safetensors: damaged ("), line
+    command = line.split("restore it with: ", 1)[1].split(" (or", 1)[0]
+    assert command == "dvc checkout --force models/aligned"
+    restored = subprocess.run(command, shell=True, cwd=workspace, env=env, capture_output=True, text=True)
+    assert restored.returncode == 0, restored.stderr
+    assert weights.read_bytes() == good
+    assert run_dvc(workspace, "status").stdout.strip().startswith("Data and pipelines are up to date")
+
+
 def test_a_stage_run_by_hand_says_how_to_keep_its_outputs_through_dvc_exp_run(workspace, tmp_path):
     """`dvc exp run` checks out dvc.lock's outputs first: one a stage wrote when run by hand is not in
     DVC's cache and would be deleted. The stage says so and names the command that keeps it."""

@@ -4,8 +4,10 @@ Real clinicians' answers are about 110 words; how many tokens a model should wri
 depends on the model, its training and its decoding, and the synthetic sample chose badly
 (docs/quality.md). So predict answers the validation rows at the longest length of
 `generation.length_grid`, scores each grid length by cutting every answer there (the tokens
-after it dropped), keeps the best, and cuts the test answers at the same length: one generation
-a split, and the test answers follow exactly the rule that was scored. With no validation rows,
+after it dropped), keeps the best, and answers the test rows at that length: no token is decoded
+past it, and at length 0 the model is not asked (the answer is its prefix alone). Greedy answers
+at a length are the longer answers cut there; beam search at a length may keep other beams than
+the longer search did (docs/quality.md measured the choice both ways). With no validation rows,
 or an empty grid, the length is `generation.max_new_tokens`, and the record says so.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from core.config import GenerationConfig
 from core.metrics.rouge import rouge
 from core.predictions import Prediction
 from core.decode.results import Generations
-from core.prompts import join_answer
+from core.prompts import answer_prefix, join_answer
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +70,15 @@ def for_answering(generation: GenerationConfig, validation_rows: int) -> Generat
     """The decoding to generate with: up to the grid's longest length where a choice will be made,
     else only up to max_new_tokens (no need to generate what would be cut)."""
     return generation if validation_rows else dataclasses.replace(generation, length_grid=[])
+
+
+def for_test(decoding: GenerationConfig, length: int) -> GenerationConfig:
+    """The decoding for the test rows: up to the chosen length, no further."""
+    return dataclasses.replace(decoding, length_grid=[], max_new_tokens=length)
+
+
+def prefix_alone(rows: list[dict], prefix_kind: str) -> Generations:
+    """Answers of length 0: each row's answer prefix and no model token, made without the model."""
+    prefixes = [answer_prefix(row, prefix_kind) for row in rows]
+    return Generations(texts=list(prefixes), new_tokens=[0] * len(rows), stopped=[False] * len(rows), seconds=0.0,
+                       token_ids=[[] for _ in rows], prefixes=prefixes)

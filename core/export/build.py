@@ -72,6 +72,33 @@ def _no_git_here():
             os.environ["GIT_DIR"] = before
 
 
+# The builder's libraries log through `logging`, which the stage's handler prints: about 500 INFO
+# lines of the quantizer a node each, "INFO absl: Using default tokenizer.", and "ERROR
+# onnxruntime.quantization.matmul_nbits_quantizer: Gather only supports 4 bits quantization." in
+# every int8 export that succeeds (the embedding's Gather stays unquantized, as intended). They
+# are kept at DEBUG under this module's logger: KCR_LOG_LEVEL=DEBUG shows them.
+BUILDER_LOGGERS = ("onnxruntime", "onnx", "onnx_ir", "onnxscript", "absl")
+
+
+class _ToDebug(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("%s %s: %s", record.levelname, record.name, record.getMessage())
+
+
+@contextlib.contextmanager
+def _builder_logs_at_debug():
+    handler = _ToDebug()
+    loggers = [logging.getLogger(name) for name in BUILDER_LOGGERS]
+    saved = [(logger.propagate, logger.handlers[:]) for logger in loggers]
+    for logger in loggers:
+        logger.propagate, logger.handlers = False, [handler]
+    try:
+        yield
+    finally:
+        for logger, (propagate, handlers) in zip(loggers, saved, strict=True):
+            logger.propagate, logger.handlers = propagate, handlers
+
+
 def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: str) -> None:
     """ONNX Runtime GenAI's model builder, in this process (torch and transformers are loaded
     already: a second process would spend seconds importing them again), its progress output kept
@@ -80,7 +107,7 @@ def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: s
 
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), _no_git_here():
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), _no_git_here(), _builder_logs_at_debug():
             options = parse_extra_options(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, [])
             create_model(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, **options)
     except Exception as err:  # whatever the builder raises, the stage says it in one line
