@@ -17,6 +17,7 @@ tokenizer and config, random weights), so no weights are needed: speed and memor
 Random weights rarely emit the end-of-turn token, so every response runs to max_new_tokens:
 the generation figures are worst cases.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,12 @@ from pathlib import Path
 from benchmarks.settings import REPO, change_profile, checked, read_params, setting_value
 
 COUNTIES = ["Kiambu", "Kakamega", "Uasin Gishu", "Nairobi", "Kisumu", "Nakuru", "Machakos", "Kilifi"]
-LEVELS = ["Health Centres", "Dispensaries and Private Clinics", "Sub-county Hospitals and Nursing Homes", "County Hospitals"]
+LEVELS = [
+    "Health Centres",
+    "Dispensaries and Private Clinics",
+    "Sub-county Hospitals and Nursing Homes",
+    "County Hospitals",
+]
 
 
 def scaled_rows(n: int, labelled: bool, seed: int = 0) -> list[dict]:
@@ -48,10 +54,18 @@ def scaled_rows(n: int, labelled: bool, seed: int = 0) -> list[dict]:
     for i in range(n):
         row = dict(source[i % len(source)])
         county, level, years = rng.choice(COUNTIES), rng.choice(LEVELS), rng.randint(1, 30)
-        row.update({"Master_Index": f"ID_{'T' if labelled else 'S'}{i:05d}", "County": county, "Health level": level,
-                    "Years of Experience": str(years)})
-        row["Prompt"] = (f"I am a nurse with {years} years of experience in General nursing working in a {level} "
-                         f"in {county} county in Kenya. {strip_nurse_intro(row['Prompt'])}")
+        row.update(
+            {
+                "Master_Index": f"ID_{'T' if labelled else 'S'}{i:05d}",
+                "County": county,
+                "Health level": level,
+                "Years of Experience": str(years),
+            }
+        )
+        row["Prompt"] = (
+            f"I am a nurse with {years} years of experience in General nursing working in a {level} "
+            f"in {county} county in Kenya. {strip_nurse_intro(row['Prompt'])}"
+        )
         rows.append(row)
     return rows
 
@@ -63,13 +77,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def params_for(backend: str, checkpoint: str, family: str, variant: str, args) -> "object":
+def params_for(backend: str, checkpoint: str, family: str, variant: str, args) -> object:
     """The profile of `family` on the benchmark's checkpoint and workload, with the variant's changes:
     `profile` as params.yaml has it, `profile+KEY=VALUE+...` with training or generation keys changed."""
     raw = read_params()
     workload = {key: getattr(args, key) for key in ("load_in_4bit", "dtype") if getattr(args, key) is not None}
-    training = {key: getattr(args, key) for key in ("batch_size", "grad_accum", "gradient_checkpointing")
-                if getattr(args, key) is not None}
+    training = {
+        key: getattr(args, key)
+        for key in ("batch_size", "grad_accum", "gradient_checkpointing")
+        if getattr(args, key) is not None
+    }
     training.update(max_steps=args.steps, logging_steps=1, save_steps=10_000)
     # at one length (max_new_tokens, no length grid); with --decoding profile, the profile's own
     # decoding (its beams, repetition rules and answer prefix), else greedy without the prefix
@@ -83,13 +100,23 @@ def params_for(backend: str, checkpoint: str, family: str, variant: str, args) -
     for change in changes:  # profile+padding_free=false: a training or generation key changed
         key, _, value = change.partition("=")
         (generation if key in raw["generation"] else training)[key] = setting_value(value)
-    change_profile(raw, family, name=checkpoint, backend=backend, max_seq_length=1024, gguf_package=None, gguf_file=None,
-                   **workload, training=training, generation=generation)
+    change_profile(
+        raw,
+        family,
+        name=checkpoint,
+        backend=backend,
+        max_seq_length=1024,
+        gguf_package=None,
+        gguf_file=None,
+        **workload,
+        training=training,
+        generation=generation,
+    )
     return checked(raw)
 
 
 def batch_sizes(text: str) -> list:
-    """"1,64,auto" -> [1, 64, "auto"]; "" -> [] (train only)"""
+    """ "1,64,auto" -> [1, 64, "auto"]; "" -> [] (train only)"""
     return [size if size == "auto" else int(size) for size in text.split(",") if size]
 
 
@@ -137,11 +164,15 @@ def worker(args) -> None:
     result["generate"] = {}
     for size in batch_sizes(args.gen_batch_sizes):
         # batch 1 is slow (one token per step for one row): time it on a few rows only
-        out = model.generate_responses(prompts[: args.batch1_rows] if size == 1 else prompts,
-                                       dataclasses.replace(generation, batch_size=size))
+        out = model.generate_responses(
+            prompts[: args.batch1_rows] if size == 1 else prompts, dataclasses.replace(generation, batch_size=size)
+        )
         result["generate"][f"batch_{size}"] = {
-            "rows": len(out.texts), "rows_a_batch": out.batch_size, "seconds": out.seconds,
-            "tokens_per_s": out.tokens_per_second, "mean_new_tokens": sum(out.new_tokens) / len(out.new_tokens),
+            "rows": len(out.texts),
+            "rows_a_batch": out.batch_size,
+            "seconds": out.seconds,
+            "tokens_per_s": out.tokens_per_second,
+            "mean_new_tokens": sum(out.new_tokens) / len(out.new_tokens),
             "peak_gpu_memory_gb": out.peak_gpu_memory_gb,
         }
     Path(args.worker_out).write_text(json.dumps(result, indent=2))
@@ -151,25 +182,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen3", choices=["qwen3", "llama32", "smollm2"])
     parser.add_argument("--backends", default="hf,unsloth")
-    parser.add_argument("--variants", default="profile",
-                        help="comma-separated: profile, each optionally +KEY=VALUE+... (a training or generation "
-                             "key), e.g. profile+static_cache=false,profile")
+    parser.add_argument(
+        "--variants",
+        default="profile",
+        help="comma-separated: profile, each optionally +KEY=VALUE+... (a training or generation "
+        "key), e.g. profile+static_cache=false,profile",
+    )
     parser.add_argument("--rows", type=int, default=400, help="training rows")
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps timed")
     parser.add_argument("--batch-size", type=int, help="the profile's unless given")
     parser.add_argument("--grad-accum", type=int, help="the profile's unless given")
     parser.add_argument("--dtype", help="the profile's unless given (auto: bfloat16 on a GPU)")
     parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the steady train tokens/s")
-    parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None, help="the profile's unless given")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                        help="the profile's unless given (Unsloth's own variant offloads activations to the CPU)")
+    parser.add_argument(
+        "--load-in-4bit", action=argparse.BooleanOptionalAction, default=None, help="the profile's unless given"
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the profile's unless given (Unsloth's own variant offloads activations to the CPU)",
+    )
     parser.add_argument("--gen-rows", type=int, default=200)
-    parser.add_argument("--gen-batch-sizes", default="auto",
-                        help="comma-separated numbers or auto (what the GPU profiles use); batch 1 runs on --batch1-rows rows")
+    parser.add_argument(
+        "--gen-batch-sizes",
+        default="auto",
+        help="comma-separated numbers or auto (what the GPU profiles use); batch 1 runs on --batch1-rows rows",
+    )
     parser.add_argument("--batch1-rows", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--decoding", default="greedy", choices=["greedy", "profile"],
-                        help="greedy (without the answer prefix), or the profile's own decoding (beams, rules, prefix)")
+    parser.add_argument(
+        "--decoding",
+        default="greedy",
+        choices=["greedy", "profile"],
+        help="greedy (without the answer prefix), or the profile's own decoding (beams, rules, prefix)",
+    )
     parser.add_argument("--num-beams", type=int, default=1, help="with --decoding greedy: 1 (default), or beam search")
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--tiny", action="store_true", help="a tiny model instead of the real shape (smoke test, CPU)")
@@ -214,16 +261,38 @@ def run_workers(args) -> dict:
                 name = f"{backend} {variant}"
                 out = Path(tmp) / f"{backend}-{variant}.json"
                 # the workload flags as given; each worker writes its own result file
-                command = [sys.executable, "-m", "benchmarks.backends", *sys.argv[1:], "--worker", "--backend", backend,
-                           "--variant", variant, "--checkpoint", str(checkpoint), "--family", args.shape,
-                           "--worker-out", str(out)]
-                done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+                command = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.backends",
+                    *sys.argv[1:],
+                    "--worker",
+                    "--backend",
+                    backend,
+                    "--variant",
+                    variant,
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--family",
+                    args.shape,
+                    "--worker-out",
+                    str(out),
+                ]
+                done = subprocess.run(
+                    command,
+                    cwd=REPO,
+                    env={
+                        **os.environ,
+                        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                    },
+                )
                 if done.returncode:  # one failed worker leaves the others' figures standing
                     logging.error("%s: the worker failed (exit %d)", name, done.returncode)
                     continue
                 results[name] = json.loads(out.read_text())
-                Path(args.out).write_text(json.dumps({"shape": args.shape, "args": vars(args), "results": results}, indent=2))
+                Path(args.out).write_text(
+                    json.dumps({"shape": args.shape, "args": vars(args), "results": results}, indent=2)
+                )
     return results
 
 
@@ -232,7 +301,11 @@ def print_table(args, results: dict) -> None:
     variant against its first."""
     rows = [
         ("train tokens/s, whole run", lambda r: r["train"]["train_tokens_per_s"], "{:,.0f}"),
-        (f"train tokens/s, after {args.warmup_steps} warm-up steps", lambda r: r["train"].get("steady_tokens_per_s", 0.0), "{:,.0f}"),
+        (
+            f"train tokens/s, after {args.warmup_steps} warm-up steps",
+            lambda r: r["train"].get("steady_tokens_per_s", 0.0),
+            "{:,.0f}",
+        ),
         ("train peak GPU memory (GiB)", lambda r: r["train"].get("peak_gpu_memory_gb", 0.0), "{:.2f}"),
         ("rows a pass x passes a step", lambda r: r["train"], None),
         ("train loss, first / middle / last step", lambda r: r["train"]["losses"], None),
@@ -243,9 +316,20 @@ def print_table(args, results: dict) -> None:
         if size == "auto":
             rows.append(("auto: rows a batch", lambda r, k=key: r["generate"][k]["rows_a_batch"], "{:d}"))
         if size != 1:
-            rows.append((f"{args.gen_rows} responses x up to {args.max_new_tokens} tokens, {label} (s)",
-                         lambda r, k=key: r["generate"][k]["seconds"], "{:.1f}"))
-            rows.append((f"generate peak GPU memory, {label} (GiB)", lambda r, k=key: r["generate"][k]["peak_gpu_memory_gb"], "{:.2f}"))
+            rows.append(
+                (
+                    f"{args.gen_rows} responses x up to {args.max_new_tokens} tokens, {label} (s)",
+                    lambda r, k=key: r["generate"][k]["seconds"],
+                    "{:.1f}",
+                )
+            )
+            rows.append(
+                (
+                    f"generate peak GPU memory, {label} (GiB)",
+                    lambda r, k=key: r["generate"][k]["peak_gpu_memory_gb"],
+                    "{:.2f}",
+                )
+            )
     names = list(results)
     # a ratio column for each later variant of a backend, against that backend's first variant
     ratios = []
@@ -259,15 +343,23 @@ def print_table(args, results: dict) -> None:
             return " / ".join(f"{value[i]:.3f}" for i in (0, len(value) // 2, -1)) if value else "-"
         if fmt is None:
             t = result["train"]
-            return f"{t['rows_per_pass']} x {t['effective_batch_size'] // t['rows_per_pass']}" + (" padding-free" if t.get("padding_free") else "")
+            return f"{t['rows_per_pass']} x {t['effective_batch_size'] // t['rows_per_pass']}" + (
+                " padding-free" if t.get("padding_free") else ""
+            )
         return fmt.format(value)
 
     flags = ("batch_size", "grad_accum", "dtype", "load_in_4bit", "gradient_checkpointing", "num_beams")
     decoding = getattr(args, "decoding", "greedy")  # runs saved before --decoding existed were greedy
-    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None and not (k == "num_beams" and decoding == "profile")}
-    print(f"\n{args.shape} shape, {args.rows} rows, {args.steps} steps, {args.gen_rows} prompts x up to "
-          f"{args.max_new_tokens} new tokens, {'the profile' if decoding == 'profile' else 'greedy'} decoding; "
-          f"the profile's settings{f' except {given}' if given else ''}")
+    given = {
+        k: getattr(args, k)
+        for k in flags
+        if getattr(args, k) is not None and not (k == "num_beams" and decoding == "profile")
+    }
+    print(
+        f"\n{args.shape} shape, {args.rows} rows, {args.steps} steps, {args.gen_rows} prompts x up to "
+        f"{args.max_new_tokens} new tokens, {'the profile' if decoding == 'profile' else 'greedy'} decoding; "
+        f"the profile's settings{f' except {given}' if given else ''}"
+    )
     print("| measure | " + " | ".join(names) + "".join(f" | {later} / {first}" for later, first in ratios) + " |")
     print("|---" * (len(names) + 1 + len(ratios)) + "|")
     for label, get, fmt in rows:
@@ -277,6 +369,7 @@ def print_table(args, results: dict) -> None:
             ok = fmt is not None and not isinstance(base, list) and base
             cells.append(f"{value / base:.2f}x" if ok else "")
         print(f"| {label} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()

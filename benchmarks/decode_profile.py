@@ -8,6 +8,7 @@ and greedy; plus a torch.profiler table of the eager step's kernels.
 Random-init weights of the real shape (tests/checkpoints.py) and random prompt tokens: speed does
 not depend on them. The decoding settings are the profile's (params.yaml), at 256 new tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,17 @@ import time
 log = logging.getLogger("benchmarks.decode_profile")
 
 
-def step_ms(model, prompts, prefix_tokens: int, generation, stop_id: int, pad_id: int, max_new_tokens: int,
-            without_reorder: bool = False, table: bool = False) -> tuple[float, float, float]:
+def step_ms(
+    model,
+    prompts,
+    prefix_tokens: int,
+    generation,
+    stop_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    without_reorder: bool = False,
+    table: bool = False,
+) -> tuple[float, float, float]:
     """(prefill seconds, milliseconds a graph-replayed step, peak GiB) for one batch."""
     import torch
 
@@ -30,15 +40,25 @@ def step_ms(model, prompts, prefix_tokens: int, generation, stop_id: int, pad_id
     torch.cuda.reset_peak_memory_stats()
     copies = static_cache._Batch._copy_forks
     if without_reorder:  # the answers' and seen tokens' copies stay: only the cache's are left out
+
         def answers_only(batch, source):
             batch.answer.copy_(batch.answer.index_select(0, source))
             if batch.seen is not None:
                 batch.seen.copy_(batch.seen.index_select(0, source))
+
         static_cache._Batch._copy_forks = answers_only
     try:
         with torch.inference_mode():
-            batch = static_cache._Batch(model, prompts, [prefix_tokens] * len(prompts), pad_id, stop_id, generation,
-                                    max_new_tokens, torch.device("cuda"))
+            batch = static_cache._Batch(
+                model,
+                prompts,
+                [prefix_tokens] * len(prompts),
+                pad_id,
+                stop_id,
+                generation,
+                max_new_tokens,
+                torch.device("cuda"),
+            )
         if batch.shared:  # a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
             batch.shared.generated = max_new_tokens // 2
         with torch.inference_mode(), static_cache._decode_attention(model, batch.shared):
@@ -97,6 +117,7 @@ def phase_clock(static_cache):
                 torch.cuda.synchronize()
                 clock.seconds[name] += time.perf_counter() - start
                 clock.counts[name] += 1
+
         return wrapper
 
     batch, graph = static_cache._Batch, torch.cuda.graph
@@ -127,11 +148,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen3", choices=["qwen3", "llama32", "smollm2"])
     parser.add_argument("--prompts", type=int, default=200)
-    parser.add_argument("--prompt-tokens", type=int, default=350, help="the longest prompt (they range 40 tokens below it)")
+    parser.add_argument(
+        "--prompt-tokens", type=int, default=350, help="the longest prompt (they range 40 tokens below it)"
+    )
     parser.add_argument("--prefix-tokens", type=int, default=140, help="of each prompt, the answer's prefix (the echo)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--bucket", type=int, help="generated columns a graph reads, rounded up to this "
-                        "(static_cache.GENERATED_BUCKET; a graph is captured for each): to try another value")
+    parser.add_argument(
+        "--bucket",
+        type=int,
+        help="generated columns a graph reads, rounded up to this "
+        "(static_cache.GENERATED_BUCKET; a graph is captured for each): to try another value",
+    )
     parser.add_argument("--calls-only", action="store_true", help="only the two whole decodings, not the step table")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -144,20 +171,39 @@ def main() -> None:
     from tests.checkpoints import build_checkpoint
 
     # the shape's profile, through the stages' own loader
-    generation = dataclasses.replace(checked(change_profile(read_params(), args.shape)).profile.generation, length_grid=[],
-                                     max_new_tokens=args.max_new_tokens)
+    generation = dataclasses.replace(
+        checked(change_profile(read_params(), args.shape)).profile.generation,
+        length_grid=[],
+        max_new_tokens=args.max_new_tokens,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_checkpoint(args.shape, f"{tmp}/{args.shape}", size="full")
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+        model = (
+            AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16, attn_implementation="sdpa")
+            .cuda()
+            .eval()
+        )
     vocab = model.config.vocab_size
     noise = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(100, vocab - 100, (args.prompt_tokens - i % 40,), generator=noise).tolist() for i in range(args.prompts)]
+    prompts = [
+        torch.randint(100, vocab - 100, (args.prompt_tokens - i % 40,), generator=noise).tolist()
+        for i in range(args.prompts)
+    ]
     stop, pad = vocab - 1, vocab - 2  # never chosen by random weights in practice: every step runs
-    variants = [("the profile's decoding", generation, False),
-                ("without the cache copies", generation, True),
-                ("without the repetition rules", dataclasses.replace(generation, repetition_penalty=1.0, no_repeat_ngram_size=0), False),
-                ("greedy, the same rules", dataclasses.replace(generation, num_beams=1, mbr_candidates=0), False)]
-    print(f"{args.shape} shape, bf16, {args.prompts} prompts of up to {args.prompt_tokens} tokens, {args.max_new_tokens} new tokens")
+    variants = [
+        ("the profile's decoding", generation, False),
+        ("without the cache copies", generation, True),
+        (
+            "without the repetition rules",
+            dataclasses.replace(generation, repetition_penalty=1.0, no_repeat_ngram_size=0),
+            False,
+        ),
+        ("greedy, the same rules", dataclasses.replace(generation, num_beams=1, mbr_candidates=0), False),
+    ]
+    print(
+        f"{args.shape} shape, bf16, {args.prompts} prompts of up to "
+        f"{args.prompt_tokens} tokens, {args.max_new_tokens} new tokens"
+    )
     print("| variant | prefill s | ms a step | x steps (s) | peak GiB |\n|---|---|---|---|---|")
     # the whole decoding as predict runs it, twice in this process: the first call pays one-off
     # costs (kernel compilation, the first large allocations, lazy initialisations)
@@ -170,18 +216,37 @@ def main() -> None:
         with phase_clock(static_cache) as phases:
             torch.cuda.synchronize()
             start = time.perf_counter()
-            _, steps = static_cache.decode(model, prompts, [args.prefix_tokens] * len(prompts), stop, pad, generation, args.max_new_tokens)
+            _, steps = static_cache.decode(
+                model, prompts, [args.prefix_tokens] * len(prompts), stop, pad, generation, args.max_new_tokens
+            )
             torch.cuda.synchronize()
         total = time.perf_counter() - start
-        parts = ", ".join(f"{name} {seconds:.2f} s ({phases.counts[name]}x)" for name, seconds in phases.seconds.items())
-        print(f"decode, {call}: {total:.2f} s for {steps} steps: {parts}, the rest (replays, checks) "
-              f"{total - sum(phases.seconds.values()):.2f} s", flush=True)
+        parts = ", ".join(
+            f"{name} {seconds:.2f} s ({phases.counts[name]}x)" for name, seconds in phases.seconds.items()
+        )
+        print(
+            f"decode, {call}: {total:.2f} s for {steps} steps: {parts}, the rest (replays, checks) "
+            f"{total - sum(phases.seconds.values()):.2f} s",
+            flush=True,
+        )
     if args.calls_only:
         return
     for i, (name, decoding_, without_reorder) in enumerate(variants):
-        prefill, ms, peak = step_ms(model, prompts, args.prefix_tokens, decoding_, stop, pad, args.max_new_tokens,
-                                    without_reorder=without_reorder, table=i == 0)
-        print(f"| {name} | {prefill:.2f} | {ms:.1f} | {ms * (args.max_new_tokens - 1) / 1000:.1f} | {peak:.1f} |", flush=True)
+        prefill, ms, peak = step_ms(
+            model,
+            prompts,
+            args.prefix_tokens,
+            decoding_,
+            stop,
+            pad,
+            args.max_new_tokens,
+            without_reorder=without_reorder,
+            table=i == 0,
+        )
+        print(
+            f"| {name} | {prefill:.2f} | {ms:.1f} | {ms * (args.max_new_tokens - 1) / 1000:.1f} | {peak:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ speed and memory do not depend on the weights, and random weights run every answ
 max_new_tokens. Each engine answers in a process
 of its own, so each peak memory is that engine's alone. No adapter: merging one changes no shape.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,23 @@ def profile_params(shape: str, checkpoint: str | None, args) -> dict:
     """params.yaml's dict for `shape`: greedy batch 1, float32 on the CPU, the checkpoint given."""
     raw = read_params()
     raw["models"][shape].pop("generation", None)  # the shared section's decoding, then greedy batch 1
-    change_profile(raw, shape, backend="hf", dtype="float32", load_in_4bit=False,
-                   **({"name": checkpoint, "gguf_package": None} if checkpoint else {}),
-                   generation={"max_new_tokens": args.max_new_tokens, "min_new_tokens": 0, "batch_size": 1, "num_beams": 1,
-                               "repetition_penalty": 1.0, "do_sample": False, "mbr_candidates": 0})
+    change_profile(
+        raw,
+        shape,
+        backend="hf",
+        dtype="float32",
+        load_in_4bit=False,
+        **({"name": checkpoint, "gguf_package": None} if checkpoint else {}),
+        generation={
+            "max_new_tokens": args.max_new_tokens,
+            "min_new_tokens": 0,
+            "batch_size": 1,
+            "num_beams": 1,
+            "repetition_penalty": 1.0,
+            "do_sample": False,
+            "mbr_candidates": 0,
+        },
+    )
     checked(raw)
     return raw
 
@@ -45,8 +59,8 @@ def torch_worker(params_file: str, rows_file: str, out: str) -> None:
     """The PyTorch path as predict runs it (core.models.base), one row a batch."""
     from core import atomic
     from core.config import load_params
-    from core.resources import peak_rss_mb
     from core.models.families import model_for
+    from core.resources import peak_rss_mb
 
     params = load_params(params_file)
     rows = atomic.read_jsonl(rows_file)
@@ -59,8 +73,7 @@ def torch_worker(params_file: str, rows_file: str, out: str) -> None:
         result = model.generate_responses([row], params.profile.generation)
         seconds.append(time.perf_counter() - start)
         tokens.append(result.new_tokens[0])
-    atomic.write_json(out, {"row_seconds": seconds, "new_tokens": tokens,
-                        "peak_rss_mb": peak_rss_mb()})
+    atomic.write_json(out, {"row_seconds": seconds, "new_tokens": tokens, "peak_rss_mb": peak_rss_mb()})
 
 
 def export_base(params_file: str, out_dir: str, precision: str) -> None:
@@ -88,8 +101,13 @@ def run(*command: str) -> None:
 def summary(engine: str, report: dict) -> dict:
     seconds, tokens = report["row_seconds"], report["new_tokens"]
     ms = sorted(s * 1000 for s in seconds)
-    return {"engine": engine, "tokens_per_s": sum(tokens) / sum(seconds), "median_ms_per_vignette": ms[len(ms) // 2],
-            "mean_new_tokens": sum(tokens) / len(tokens), "peak_rss_mb": report["peak_rss_mb"]}
+    return {
+        "engine": engine,
+        "tokens_per_s": sum(tokens) / sum(seconds),
+        "median_ms_per_vignette": ms[len(ms) // 2],
+        "mean_new_tokens": sum(tokens) / len(tokens),
+        "peak_rss_mb": report["peak_rss_mb"],
+    }
 
 
 def bench_shape(shape: str, args, work: Path) -> list[dict]:
@@ -109,30 +127,64 @@ def bench_shape(shape: str, args, work: Path) -> list[dict]:
     rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     results = []
     log.info("%s: PyTorch, batch 1", shape)
-    run("-c", f"from benchmarks.edge import torch_worker; torch_worker({str(params_file)!r}, {str(rows_file)!r}, "
-              f"{str(work / 'torch.json')!r})")
+    run(
+        "-c",
+        f"from benchmarks.edge import torch_worker; torch_worker({str(params_file)!r}, {str(rows_file)!r}, "
+        f"{str(work / 'torch.json')!r})",
+    )
     results.append(summary("torch float32", atomic.read_json(work / "torch.json")))
     for precision in args.precision:
         export = work / f"{shape}-{precision}"
         log.info("%s: exporting with %s weights", shape, precision)
-        run("-c", f"from benchmarks.edge import export_base; export_base({str(params_file)!r}, {str(export)!r}, {precision!r})")
+        run(
+            "-c",
+            "from benchmarks.edge import export_base; "
+            f"export_base({str(params_file)!r}, {str(export)!r}, {precision!r})",
+        )
         report = work / f"{precision}.json"
-        run("-m", "stages.ask", "--file", str(rows_file), "--export", str(export), "--params", str(params_file),
-            "--report", str(report), "--out", str(work / "answers.csv"))
+        run(
+            "-m",
+            "stages.ask",
+            "--file",
+            str(rows_file),
+            "--export",
+            str(export),
+            "--params",
+            str(params_file),
+            "--report",
+            str(report),
+            "--out",
+            str(work / "answers.csv"),
+        )
         results.append({**summary(f"onnx {precision}", atomic.read_json(report)), "files_mb": directory_mb(export)})
-    parameters = atomic.read_json(work / f"{shape}-{args.precision[0]}" / "edge.json")["parameters"] if args.precision else None
+    parameters = (
+        atomic.read_json(work / f"{shape}-{args.precision[0]}" / "edge.json")["parameters"] if args.precision else None
+    )
     base = results[0]["tokens_per_s"]
-    return [{"shape": shape, "parameters": parameters, "rows": len(rows), "max_new_tokens": args.max_new_tokens,
-             "speedup": r["tokens_per_s"] / base, **r} for r in results]
+    return [
+        {
+            "shape": shape,
+            "parameters": parameters,
+            "rows": len(rows),
+            "max_new_tokens": args.max_new_tokens,
+            "speedup": r["tokens_per_s"] / base,
+            **r,
+        }
+        for r in results
+    ]
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| shape | parameters | engine | tokens/s | x PyTorch | median ms / vignette | peak RSS MB | files MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| shape | parameters | engine | tokens/s | x PyTorch | median ms / vignette | peak RSS MB | files MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in records:
-        lines.append(f"| {r['shape']} | {r['parameters'] / 1e6:.0f}M | {r['engine']} | {r['tokens_per_s']:.1f} | "
-                     f"{r['speedup']:.1f} | {r['median_ms_per_vignette']:.0f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r.get('files_mb', float('nan')):.0f} |")
+        lines.append(
+            f"| {r['shape']} | {r['parameters'] / 1e6:.0f}M | {r['engine']} | {r['tokens_per_s']:.1f} | "
+            f"{r['speedup']:.1f} | {r['median_ms_per_vignette']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r.get('files_mb', float('nan')):.0f} |"
+        )
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ Run after `dvc repro` (it reads models/aligned, models/export and data/prepared/
 makes the same comparison at the profile's own decoding; this one separates what quantization
 costs from what the engines' different decoding costs (docs/deploy.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,10 @@ from benchmarks.settings import parse_variant
 from core import atomic
 from core.config import load_params
 from core.data import TARGET
-from core.metrics.echo import prompt_echo
 from core.export.runtime import ExportedModel
-from core.metrics.rouge import rouge
+from core.metrics.echo import prompt_echo
 from core.metrics.loops import loop_share
+from core.metrics.rouge import rouge
 from core.models.families import model_for
 
 
@@ -45,8 +46,13 @@ def main() -> None:
     for name, overrides in map(parse_variant, args.decode):
         # one length, max_new_tokens: the length choice is predict's (both engines cut alike)
         generation = dataclasses.replace(params.profile.generation, **{"length_grid": [], **overrides})
-        record = {"decoding": name, **overrides, "rows": len(rows), "prompt_echo": echo,
-                  "precision": exported.info["precision"]}
+        record = {
+            "decoding": name,
+            **overrides,
+            "rows": len(rows),
+            "prompt_echo": echo,
+            "precision": exported.info["precision"],
+        }
         for engine, answer in (("torch", model.generate_responses), ("export", exported.answer_rows)):
             out = answer(rows, generation)
             record[engine] = rouge(out.texts, references)["rougeL"]
@@ -55,11 +61,17 @@ def main() -> None:
         record["loss"] = record["torch"] - record["export"]
         logging.info("%s", record)
         records.append(record)
-    print("| decoding | PyTorch | export | loss | prompt echo | loops PyTorch / export | s/row PyTorch (batched) | s/row export (batch 1) |")
+    print(
+        "| decoding | PyTorch | export | loss | prompt echo | loops PyTorch / "
+        "export | s/row PyTorch (batched) | s/row export (batch 1) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in records:
-        print(f"| {r['decoding']} | {r['torch']:.3f} | {r['export']:.3f} | {r['loss']:+.3f} | {r['prompt_echo']:.3f} | "
-              f"{r['torch_loop_share']:.2f} / {r['export_loop_share']:.2f} | {r['torch_seconds_per_row']:.1f} | {r['export_seconds_per_row']:.1f} |")
+        print(
+            f"| {r['decoding']} | {r['torch']:.3f} | {r['export']:.3f} | {r['loss']:+.3f} | {r['prompt_echo']:.3f} | "
+            f"{r['torch_loop_share']:.2f} / {r['export_loop_share']:.2f} | "
+            f"{r['torch_seconds_per_row']:.1f} | {r['export_seconds_per_row']:.1f} |"
+        )
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)

@@ -11,6 +11,7 @@ torch.cuda.mem_get_info reports the card's 15 GiB, so that `batch_size: auto` si
 The kernels stay the larger GPU's own: speed is not a T4's, memory and precision are.
 Used by benchmarks/gpu_standins.sh; the figures are in docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,10 +85,16 @@ def main() -> None:
         runpy.run_module(args.stage, run_name="__main__", alter_sys=True)
     except SystemExit as stop:  # the stages end with sys.exit on a user error
         status = stop.code if isinstance(stop.code, int) else 1
-    record = {"stage": args.stage, "t4_like": args.t4_like, "exit": status, "seconds": time.perf_counter() - start,
-              "peak_gpu_allocated_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
-              "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0,
-              "peak_rss_mb": peak_rss_mb(), "told_capability_7_5": sorted(TOLD_T4)}
+    record = {
+        "stage": args.stage,
+        "t4_like": args.t4_like,
+        "exit": status,
+        "seconds": time.perf_counter() - start,
+        "peak_gpu_allocated_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+        "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0,
+        "peak_rss_mb": peak_rss_mb(),
+        "told_capability_7_5": sorted(TOLD_T4),
+    }
     Path(args.out).write_text(json.dumps(record, indent=1))
     sys.exit(status)
 

@@ -1,6 +1,7 @@
 """Settings for the benchmarks: variants as typed on a command line, and params.yaml changed the way a
 benchmark asks, then read and checked by the loader every stage uses (core.config.parse_params), so
 that a section added to params.yaml reaches the benchmarks too."""
+
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _settings(body: str) -> list[str]:
-    """"a=1,b=[2,3],c=x" -> ["a=1", "b=[2,3]", "c=x"]: commas inside brackets belong to a list."""
+    """ "a=1,b=[2,3],c=x" -> ["a=1", "b=[2,3]", "c=x"]: commas inside brackets belong to a list."""
     parts, depth, current = [], 0, ""
     for ch in body:
         depth += ch == "["
@@ -37,9 +38,11 @@ def setting_value(text: str):
 
 
 def parse_variant(text: str, separator: str = ":") -> tuple[str, dict]:
-    """"name:key=value,key=value" -> (name, {key: value}), values as `setting_value` reads them."""
+    """ "name:key=value,key=value" -> (name, {key: value}), values as `setting_value` reads them."""
     name, _, body = text.partition(separator)
-    return name, {key.strip(): setting_value(value) for key, _, value in (pair.partition("=") for pair in _settings(body))}
+    return name, {
+        key.strip(): setting_value(value) for key, _, value in (pair.partition("=") for pair in _settings(body))
+    }
 
 
 def read_params(path: str | Path = REPO / "params.yaml") -> dict:
@@ -47,8 +50,15 @@ def read_params(path: str | Path = REPO / "params.yaml") -> dict:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 
-def change_profile(raw: dict, family: str | None = None, *, training: dict | None = None, generation: dict | None = None,
-                   lora: dict | None = None, **keys) -> dict:
+def change_profile(
+    raw: dict,
+    family: str | None = None,
+    *,
+    training: dict | None = None,
+    generation: dict | None = None,
+    lora: dict | None = None,
+    **keys,
+) -> dict:
     """`raw` with `family` selected (default: raw's `model`) and its profile changed: top-level keys,
     and keys of its `training`, `generation` and `lora` sections (created where the profile has none)."""
     if family is not None:

@@ -7,6 +7,7 @@ stand-ins' real tokenizers (benchmarks/standins.py), through the same family cod
 
 Prints one table (median, p90 and max per column; how many training rows the window cuts or drops).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,25 @@ def count(family: str, checkpoint: Path, train: list[dict], test: list[dict]) ->
     prefixes = [len(model.encode(answer_prefix(row, "echo"))) for row in train + test]
     examples = model.training_examples(train)
     window = params.profile.max_seq_length
-    return {"family": family, "window": window, "prompt": prompts, "answer": answers, "echo prefix": prefixes,
-            "prompt + answer": [p + a for p, a in zip(prompts, answers)],
-            "cut": len(examples.prompt_cut), "dropped": len(examples.dropped), "train_rows": len(train)}
+    return {
+        "family": family,
+        "window": window,
+        "prompt": prompts,
+        "answer": answers,
+        "echo prefix": prefixes,
+        "prompt + answer": [p + a for p, a in zip(prompts, answers, strict=True)],
+        "cut": len(examples.prompt_cut),
+        "dropped": len(examples.dropped),
+        "train_rows": len(train),
+    }
 
 
 def table(results: list[dict]) -> str:
     columns = ["prompt", "answer", "prompt + answer", "echo prefix"]
-    lines = ["| profile | " + " | ".join(f"{c} (median / p90 / max)" for c in columns) + " | over max_seq_length |",
-             "|---" * (len(columns) + 2) + "|"]
+    lines = [
+        "| profile | " + " | ".join(f"{c} (median / p90 / max)" for c in columns) + " | over max_seq_length |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
     for r in results:
         cells = [f"{statistics.median(r[c]):.0f} / {percentile(r[c], 0.9)} / {max(r[c])}" for c in columns]
         over = f"{r['cut']} of {r['train_rows']} cut, {r['dropped']} dropped (window {r['window']})"
@@ -63,8 +74,10 @@ def main() -> None:
     train = read_vignettes(args.train, labelled=True)
     test = read_vignettes(args.test, labelled=False) if args.test else []
     with tempfile.TemporaryDirectory() as tmp:
-        results = [count(family, build_standin(family, "tiny", Path(tmp) / family), train, test)
-                   for family in args.families.split(",")]
+        results = [
+            count(family, build_standin(family, "tiny", Path(tmp) / family), train, test)
+            for family in args.families.split(",")
+        ]
     print(f"{len(train)} labelled rows{f' and {len(test)} test prompts' if test else ''}\n")
     print(table(results))
 

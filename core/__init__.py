@@ -1,1 +1,2 @@
-"""The pipeline's library: configuration, data, models, training, decoding, scoring and export; the stages in stages/ call it."""
+"""The pipeline's library: configuration, data, models, training, decoding, scoring and export;
+the stages in stages/ call it."""

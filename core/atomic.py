@@ -1,4 +1,5 @@
 """Atomic file and directory writes: a reader sees the old artefact or the new one, never half of one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from core.errors import ArtifactError, DiskFullError
 
@@ -50,8 +51,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             yield target
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"{path}: could not be written, no space left on its disk ({path.parent.resolve()}); "
-                                    f"free some and run again: the {path} there before is unchanged") from None
+                raise DiskFullError(
+                    f"{path}: could not be written, no space left on its disk ({path.parent.resolve()}); "
+                    f"free some and run again: the {path} there before is unchanged"
+                ) from None
             raise
         if not target.exists():
             raise ArtifactError(f"nothing was written for {path}")

@@ -5,6 +5,7 @@ type or a value out of range fails before any work starts. Every problem is list
 each, naming the key, the value and what is allowed (for example
 ``params.yaml: models.qwen3.lora.r: expected an integer, got 'sixteen'``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -113,7 +114,9 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = ruled(at_least=1)
-    batch_size: int | str = ruled(choices=("auto",), at_least=1)  # rows per batch, or "auto": as many as the GPU's free memory holds
+    batch_size: int | str = ruled(
+        choices=("auto",), at_least=1
+    )  # rows per batch, or "auto": as many as the GPU's free memory holds
     do_sample: bool
     temperature: float = ruled(above=0)
     top_p: float = ruled(above=0, at_most=1)
@@ -162,14 +165,18 @@ class AlignConfig:
     """Preference tuning (DPO) of the SFT adapter: the align stage."""
 
     method: str = ruled(choices=("none", "dpo"))  # none: predict uses the SFT adapter as it is | dpo
-    rejected: list[str] = ruled(choices=("llm", "sft"))  # where rejected answers come from: llm (the LLM columns), sft (the SFT model's own answers)
+    rejected: list[str] = ruled(
+        choices=("llm", "sft")
+    )  # where rejected answers come from: llm (the LLM columns), sft (the SFT model's own answers)
     beta: float = ruled(above=0)  # DPO's temperature: how far the policy may move from the SFT reference
     learning_rate: float = ruled(above=0)
     epochs: float
     max_steps: int  # > 0 stops after this many optimiser steps, whatever `epochs` says
     batch_size: int = ruled(at_least=1)  # pairs a step (each pair is two sequences)
     grad_accum: int = ruled(at_least=1)
-    max_pairs: int = ruled(at_least=0)  # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
+    max_pairs: int = ruled(
+        at_least=0
+    )  # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
     seed: int
 
 
@@ -177,7 +184,9 @@ class AlignConfig:
 class ExportConfig:
     """The export stage: the adapter merged into the base model, quantized for a CPU engine."""
 
-    precision: str = ruled(choices=("int8", "int4", "fp32"))  # int8 | int4 | fp32: the exported model's weights (MatMul weights; see docs/deploy.md)
+    precision: str = ruled(
+        choices=("int8", "int4", "fp32")
+    )  # int8 | int4 | fp32: the exported model's weights (MatMul weights; see docs/deploy.md)
 
 
 @dataclass(frozen=True)
@@ -292,8 +301,10 @@ def _build_field(tp: Any, raw: Any, where: str, rule: Rule | None) -> Any:
         items = value if isinstance(value, list) else [value]
         for item in items:
             if isinstance(item, str) and item not in rule.choices:
-                raise ConfigError(f"{where}: expected {'items from' if isinstance(value, list) else 'one of'} "
-                                  f"{', '.join(rule.choices)}, got {item!r}")
+                raise ConfigError(
+                    f"{where}: expected {'items from' if isinstance(value, list) else 'one of'} "
+                    f"{', '.join(rule.choices)}, got {item!r}"
+                )
         if isinstance(value, list) and not value:
             raise ConfigError(f"{where}: expected at least one of {', '.join(rule.choices)}, got an empty list")
     for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
@@ -332,18 +343,30 @@ def _check_generation(g: GenerationConfig, where: str) -> None:
     """What no single key can say: settings that only make sense together."""
     problems = []
     if g.min_new_tokens > g.longest_answer:
-        problems.append(f"{where}.min_new_tokens: {g.min_new_tokens} is more than the longest answer "
-                        f"({g.longest_answer} tokens: max_new_tokens and length_grid)")
+        problems.append(
+            f"{where}.min_new_tokens: {g.min_new_tokens} is more than the longest answer "
+            f"({g.longest_answer} tokens: max_new_tokens and length_grid)"
+        )
     if g.mbr_candidates == 1:
         problems.append(f"{where}.mbr_candidates: expected 0 (off) or at least 2 candidates to choose among, got 1")
     if g.num_beams > 1 and g.do_sample and g.mbr_candidates == 0:
-        problems.append(f"{where}.num_beams: beam search with do_sample: true is not supported; set do_sample: false or num_beams: 1")
+        problems.append(
+            f"{where}.num_beams: beam search with do_sample: true is not "
+            "supported; set do_sample: false or num_beams: 1"
+        )
     if g.num_beams > 1 and g.mbr_candidates and g.do_sample:
-        problems.append(f"{where}.mbr_candidates: candidates are either beams (do_sample: false) or samples (num_beams: 1), not both")
+        problems.append(
+            f"{where}.mbr_candidates: candidates are either beams "
+            "(do_sample: false) or samples (num_beams: 1), not both"
+        )
     if 0 in g.length_grid and g.answer_prefix == "none":
-        problems.append(f"{where}.length_grid: 0 (none of the model's tokens) leaves an empty answer without answer_prefix: echo")
+        problems.append(
+            f"{where}.length_grid: 0 (none of the model's tokens) leaves an empty answer without answer_prefix: echo"
+        )
     if g.engine == "onnx" and g.mbr_candidates:
-        problems.append(f"{where}.mbr_candidates: the onnx engine does not do MBR selection; set mbr_candidates: 0 or engine: torch")
+        problems.append(
+            f"{where}.mbr_candidates: the onnx engine does not do MBR selection; set mbr_candidates: 0 or engine: torch"
+        )
     if problems:
         raise ConfigError(*problems)
 
@@ -362,7 +385,11 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     with problems.check():
         if not isinstance(raw, dict):
             raise ConfigError("the file must hold a mapping at the top level")
-        missing = [key for key in ("model", "data", "prompt", "training", "generation", "models", "align", "export") if key not in raw]
+        missing = [
+            key
+            for key in ("model", "data", "prompt", "training", "generation", "models", "align", "export")
+            if key not in raw
+        ]
         if missing:
             raise ConfigError(*(f"{key}: missing key" for key in missing))
     problems.raise_any(f"{source}: ")
@@ -388,7 +415,9 @@ def _build_profile(raw: dict) -> ModelProfile:
     if not isinstance(profiles, dict) or not profiles:
         raise ConfigError("models: expected a mapping of profile name to settings")
     if model not in profiles:
-        raise ConfigError(f"model: unknown model {model!r}; the profiles under models: are {', '.join(map(str, profiles))}")
+        raise ConfigError(
+            f"model: unknown model {model!r}; the profiles under models: are {', '.join(map(str, profiles))}"
+        )
     section = profiles[model]
     where = f"models.{model}"
     if not isinstance(section, dict):
@@ -396,10 +425,14 @@ def _build_profile(raw: dict) -> ModelProfile:
     problems = _Problems()
     training = generation = None
     with problems.check():
-        training = _with_overrides(raw["training"], section.get("training"), TrainingConfig, "training", f"{where}.training")
+        training = _with_overrides(
+            raw["training"], section.get("training"), TrainingConfig, "training", f"{where}.training"
+        )
         _check_training(training, f"training (with {where}.training)")
     with problems.check():
-        generation = _with_overrides(raw["generation"], section.get("generation"), GenerationConfig, "generation", f"{where}.generation")
+        generation = _with_overrides(
+            raw["generation"], section.get("generation"), GenerationConfig, "generation", f"{where}.generation"
+        )
         _check_generation(generation, f"generation (with {where}.generation)")
     profile_raw = {k: v for k, v in section.items() if k not in ("training", "generation")}
     with problems.check():

@@ -4,6 +4,7 @@
 A row is a plain dict keyed by the challenge's column names, so prepared JSONL files read
 the same as the CSVs they came from.
 """
+
 from __future__ import annotations
 
 import csv
@@ -64,13 +65,16 @@ def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(
-            f"{path}: line {line}: not valid UTF-8 (byte {err.start} is {raw[err.start:err.start + 1]!r}); "
+            f"{path}: line {line}: not valid UTF-8 (byte {err.start} is {raw[err.start : err.start + 1]!r}); "
             "save the file as UTF-8"
         ) from None
     header = text.lstrip().splitlines()[0]
     for sep in (";", "\t", "|"):
         if sep in header and "," not in header:
-            raise DataError(f"{path}: line 1: the header is separated by {sep!r}, not commas; save the file as a comma-separated CSV")
+            raise DataError(
+                f"{path}: line 1: the header is separated by {sep!r}, not "
+                "commas; save the file as a comma-separated CSV"
+            )
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -99,7 +103,9 @@ def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
             try:
                 float(years)
             except ValueError:
-                raise DataError(f"{where}, column 'Years of Experience': expected a number or nothing, got {years!r}") from None
+                raise DataError(
+                    f"{where}, column 'Years of Experience': expected a number or nothing, got {years!r}"
+                ) from None
         rows.append(row)
     if not rows:
         raise DataError(f"{path}: the file has a header but no rows")

@@ -5,6 +5,7 @@ and LOCAL_RANK; transformers' Trainer reads them and wraps the model in DDP. Wha
 put each process's model on its own device, keep the effective batch size independent of the
 number of processes, and let only rank 0 write outputs.
 """
+
 from __future__ import annotations
 
 import os

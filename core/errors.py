@@ -5,6 +5,7 @@ Every error the project raises about something outside its own code (params.yaml
 the machine, a base checkpoint, a file an earlier stage wrote) derives from UserError, and
 `stages.run` catches that class. Anything else that escapes a stage is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """The files answers travel in: prediction files (one per split) and the submission file."""
+
 from __future__ import annotations
 
 import csv
@@ -99,10 +100,11 @@ def write_submission(path: str | Path, rows: list[dict], submission: list[list[s
     got = [s[0] for s in submission]
     if sorted(got) != sorted(ids) or len(set(got)) != len(got):
         missing, extra = sorted(set(ids) - set(got)), sorted(set(got) - set(ids))
-        raise DataError(f"{path}: the submission must hold every test id once (missing {missing[:3]}, unexpected {extra[:3]}, {len(got) - len(set(got))} duplicated)")
+        raise DataError(
+            f"{path}: the submission must hold every test id once (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, {len(got) - len(set(got))} duplicated)"
+        )
     empty = [key for key, text in submission if not text.strip()]
     if empty:
         raise DataError(f"{path}: empty response for id {empty[0]!r}")
     atomic.write_text(path, _csv_text(submission, SUBMISSION_COLUMNS))
-
-

@@ -6,6 +6,7 @@ renders the same template here. Both give the same text: transformers renders ch
 with Jinja's sandbox, trim_blocks and lstrip_blocks on, as `render_chat` does (a test compares
 them for every family).
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,7 @@ def cut_middle(ids: list[int], keep: int) -> list[int]:
     if len(ids) <= keep:
         return ids
     head = keep // 2
-    return ids[:head] + ids[len(ids) - (keep - head):]
+    return ids[:head] + ids[len(ids) - (keep - head) :]
 
 
 def shortest_prompt(max_length: int) -> int:
@@ -58,8 +59,9 @@ def shortest_prompt(max_length: int) -> int:
     return max_length // 4
 
 
-def fit_to_window(prompts: list[list[int]], prefixes: list[list[int]], answer_tokens: int, max_length: int,
-                  row_ids: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+def fit_to_window(
+    prompts: list[list[int]], prefixes: list[list[int]], answer_tokens: int, max_length: int, row_ids: list[str]
+) -> tuple[list[list[int]], list[list[int]]]:
     """Prompts and answer prefixes cut so that each, with `answer_tokens` new tokens, fits in the
     window the model was tuned in (max_seq_length), with one warning naming the rows cut.
 
@@ -71,14 +73,20 @@ def fit_to_window(prompts: list[list[int]], prefixes: list[list[int]], answer_to
     fitted_prompts, fitted_prefixes, cut = [], [], []
     for row_id, prompt, prefix in zip(row_ids, prompts, prefixes, strict=True):
         kept = cut_middle(prompt, max(room - len(prefix), shortest_prompt(max_length)))
-        kept_prefix = prefix[max(len(prefix) - max(room - len(kept), 0), 0):]
+        kept_prefix = prefix[max(len(prefix) - max(room - len(kept), 0), 0) :]
         if len(kept) < len(prompt) or len(kept_prefix) < len(prefix):
             cut.append(row_id)
         fitted_prompts.append(kept)
         fitted_prefixes.append(kept_prefix)
     if cut:
-        log.warning("%d of %d prompts do not fit in max_seq_length=%d with their answer: the middle of each was cut, "
-                    "as training cuts it (%s)", len(cut), len(prompts), max_length, ", ".join(cut))
+        log.warning(
+            "%d of %d prompts do not fit in max_seq_length=%d with their answer: the middle of each was cut, "
+            "as training cuts it (%s)",
+            len(cut),
+            len(prompts),
+            max_length,
+            ", ".join(cut),
+        )
     return fitted_prompts, fitted_prefixes
 
 

@@ -1,10 +1,11 @@
-"""What a process and its files take: the threads it computes with, its peak memory, megabytes on disk.
-"""
+"""What a process and its files take: the threads it computes with, its peak memory, megabytes on disk."""
+
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+
 
 def compute_threads() -> int:
     """The threads this process computes with: OMP_NUM_THREADS where it is set (the cap torch honours

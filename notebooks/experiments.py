@@ -1,6 +1,7 @@
 """The experiments table, from `dvc exp show --json`: one row per commit and experiment, with the
 columns worth comparing (the selected model's settings resolved, not every profile's).
 Used by the notebook and by the tests; it reads DVC's output and runs nothing."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,40 @@ import pandas as pd
 
 from core.config import ConfigError, parse_params
 
-COLUMNS = ["experiment", "rev", "commit", "model", "checkpoint", "backend", "lora_r", "learning_rate", "epochs", "max_steps",
-           "effective_batch", "align", "train_loss", "val_loss", "val_rougeL", "answer_prefix_rougeL", "prompt_echo_rougeL",
-           "model_minus_prefix", "loop_share", "length",
-           "dpo_val_reward_accuracy", "dpo_val_reward_margin", "train_runtime_s", "train_tokens_per_s", "align_runtime_s",
-           "predict_test_s"]
+COLUMNS = [
+    "experiment",
+    "rev",
+    "commit",
+    "model",
+    "checkpoint",
+    "backend",
+    "lora_r",
+    "learning_rate",
+    "epochs",
+    "max_steps",
+    "effective_batch",
+    "align",
+    "train_loss",
+    "val_loss",
+    "val_rougeL",
+    "answer_prefix_rougeL",
+    "prompt_echo_rougeL",
+    "model_minus_prefix",
+    "loop_share",
+    "length",
+    "dpo_val_reward_accuracy",
+    "dpo_val_reward_margin",
+    "train_runtime_s",
+    "train_tokens_per_s",
+    "align_runtime_s",
+    "predict_test_s",
+]
 
 
 def exp_show(cwd: str | Path = ".") -> list[dict]:
-    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout)
 
 
@@ -60,8 +86,15 @@ def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
             params = None  # a commit from before params.yaml had its present form
         if params is not None:
             p, t = params.profile, params.profile.training
-            row.update(model=params.model, checkpoint=p.name, backend=p.backend, lora_r=p.lora.r,
-                       learning_rate=t.learning_rate, epochs=t.epochs, max_steps=t.max_steps)
+            row.update(
+                model=params.model,
+                checkpoint=p.name,
+                backend=p.backend,
+                lora_r=p.lora.r,
+                learning_rate=t.learning_rate,
+                epochs=t.epochs,
+                max_steps=t.max_steps,
+            )
         align = _file(data, "metrics", "metrics/align.json")
         # SFT alone, or SFT + DPO (the align stage); "sft" too for a commit from before the stage
         row["align"] = "sft+dpo" if align.get("align_method") == "dpo" else "sft"

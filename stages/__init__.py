@@ -6,6 +6,7 @@ that fails, or is stopped, leaves the outputs of its last good run as they were.
 DVC started ends when that `dvc` process ends (`_end_with_dvc`), so it never writes behind
 dvc.lock's back.
 """
+
 import errno
 import logging
 import os
@@ -14,8 +15,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from core import distributed
 from core.errors import UserError
@@ -38,13 +39,16 @@ def _proc_stat(pid: int) -> tuple[int, str] | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (command name)"
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command name)"
     return int(fields[1]), fields[19]
 
 
 def _started_by(pid: int, variable: str) -> bool:
     try:
-        return any(entry.startswith(variable.encode() + b"=") for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        return any(
+            entry.startswith(variable.encode() + b"=")
+            for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        )
     except OSError:
         return True  # unreadable: not a process of ours to judge, keep walking up
 
@@ -121,8 +125,13 @@ def _note_if_run_by_hand() -> None:
     stage = Path(sys.argv[0]).stem
     outs = _cached_outs(stage) if "DVC_STAGE" not in os.environ and distributed.is_main_process() else []
     if outs:
-        log.warning("%s ran outside DVC: DVC's cache has no copy of %s, which the next `dvc exp run` or `dvc checkout` "
-                    "would replace or delete; to keep them, record them with: dvc commit -f %s", stage, ", ".join(outs), stage)
+        log.warning(
+            "%s ran outside DVC: DVC's cache has no copy of %s, which the next `dvc exp run` or `dvc checkout` "
+            "would replace or delete; to keep them, record them with: dvc commit -f %s",
+            stage,
+            ", ".join(outs),
+            stage,
+        )
 
 
 def run(main: Callable[[], None]) -> None:
@@ -131,7 +140,11 @@ def run(main: Callable[[], None]) -> None:
     # In a data-parallel run only rank 0 reports progress; the others speak up only on trouble.
     # KCR_LOG_LEVEL=DEBUG: the libraries' own chatter too (the export builder's, core/export/build.py)
     asked = os.environ.get("KCR_LOG_LEVEL", "INFO").upper()
-    level = (asked if asked in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO") if distributed.is_main_process() else logging.WARNING
+    level = (
+        (asked if asked in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
+        if distributed.is_main_process()
+        else logging.WARNING
+    )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _stop)
     _end_with_dvc()
@@ -147,7 +160,9 @@ def run(main: Callable[[], None]) -> None:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # a write outside core.atomic (a library's checkpoint, a cache): the file it names
-        log.error("%s: could not be written, no space left on its disk; free some and run again", err.filename or "a file")
+        log.error(
+            "%s: could not be written, no space left on its disk; free some and run again", err.filename or "a file"
+        )
         sys.exit(1)
     finally:
         distributed.shut_down()

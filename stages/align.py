@@ -1,10 +1,11 @@
 """align: preference tuning (DPO) of the SFT adapter; with `align.method: none`, the SFT adapter as it is."""
+
 import logging
 import shutil
 
 from core import atomic
 from core.config import as_dict, load_params
-from core.data import DataError, LLM_COLUMNS
+from core.data import LLM_COLUMNS, DataError
 from core.models.families import model_for
 from core.train.common import write_training_log
 from core.train.dpo import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
@@ -37,25 +38,44 @@ def main() -> None:
     own = own_answers(model, train + val, params.profile.generation) if "sft" in config.rejected else None
     train_pairs, val_pairs = build_pairs(train, config.rejected, own), build_pairs(val, config.rejected, own)
     if not train_pairs.pairs:
-        raise DataError(f"{TRAIN}: no preference pair for align.method: dpo: none of the {len(train)} rows has a usable "
-                        f"rejected answer from {', '.join(config.rejected)} (the {', '.join(LLM_COLUMNS)} columns are "
-                        "empty, missing or the clinician's text); add them, or set align.method: none")
+        raise DataError(
+            f"{TRAIN}: no preference pair for align.method: dpo: none of the {len(train)} rows has a usable "
+            f"rejected answer from {', '.join(config.rejected)} (the {', '.join(LLM_COLUMNS)} columns are "
+            "empty, missing or the clinician's text); add them, or set align.method: none"
+        )
     if train_pairs.skipped:
-        logging.warning("%d of %d train rows have no usable rejected answer and give no pair", len(train_pairs.skipped), len(train))
+        logging.warning(
+            "%d of %d train rows have no usable rejected answer and give no pair", len(train_pairs.skipped), len(train)
+        )
     # max_pairs bounds the time: the validation pairs DPO is scored on are sampled to the same number
     pairs = sample_pairs(train_pairs.pairs, config.max_pairs, config.seed)
     val_sample = sample_pairs(val_pairs.pairs, config.max_pairs, config.seed)
-    logging.info("%d preference pairs (%s), %d used; %d validation pairs, %d used", len(train_pairs.pairs),
-                 ", ".join(f"{k} {v}" for k, v in sorted(train_pairs.by_source.items())), len(pairs),
-                 len(val_pairs.pairs), len(val_sample))
+    logging.info(
+        "%d preference pairs (%s), %d used; %d validation pairs, %d used",
+        len(train_pairs.pairs),
+        ", ".join(f"{k} {v}" for k, v in sorted(train_pairs.by_source.items())),
+        len(pairs),
+        len(val_pairs.pairs),
+        len(val_sample),
+    )
     run_dir = f"{CHECKPOINTS}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
     metrics, history = direct_preference_optimisation(model, pairs, val_sample, config, run_dir)
     model.save_adapter(ALIGNED)
     write_training_log(LIVE, history, always=MARGIN_PLOTS)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
-    atomic.write_json(METRICS, {"align_method": config.method, "dpo": {
-        "beta": config.beta, "learning_rate": config.learning_rate, "rows_without_pair": len(train_pairs.skipped),
-        "pairs_by_source": train_pairs.by_source, **metrics}})
+    atomic.write_json(
+        METRICS,
+        {
+            "align_method": config.method,
+            "dpo": {
+                "beta": config.beta,
+                "learning_rate": config.learning_rate,
+                "rows_without_pair": len(train_pairs.skipped),
+                "pairs_by_source": train_pairs.by_source,
+                **metrics,
+            },
+        },
+    )
     shutil.rmtree(run_dir, ignore_errors=True)
     logging.info("aligned adapter in %s; val reward accuracy %s", ALIGNED, metrics.get("val_reward_accuracy"))
     model.cleanup_model()

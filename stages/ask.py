@@ -6,6 +6,7 @@
 Decoding follows the selected profile's `generation` in params.yaml (--max-new-tokens overrides
 its length). The export must be the one made from the current adapter: `dvc repro export`.
 """
+
 import argparse
 import csv
 import json
@@ -26,7 +27,8 @@ ADAPTER = "models/aligned"  # the adapter the export must have been made from, w
 
 
 def load(export: str | Path = EXPORT, adapter: str | Path | None = ADAPTER) -> ExportedModel:
-    """The exported model, checked against the adapter it should come from (skipped on a device that has only the export)."""
+    """The exported model, checked against the adapter it should come from (skipped on a device
+    that has only the export)."""
     return ExportedModel(export, adapter=adapter if adapter and Path(adapter).exists() else None)
 
 
@@ -62,12 +64,20 @@ def read_rows(path: str) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.ask", description=__doc__.split("\n\n")[0])
     parser.add_argument("vignette", nargs="?", help="the vignette's text (or use --file)")
-    parser.add_argument("--file", help="answer every row of a CSV with a Prompt column (Master_Index and context columns used where present) or a .jsonl")
+    parser.add_argument(
+        "--file",
+        help="answer every row of a CSV with a Prompt column (Master_Index and "
+        "context columns used where present) or a .jsonl",
+    )
     parser.add_argument("--out", help="with --file: write the answers here as CSV (default: standard output)")
-    parser.add_argument("--report", help="with --file: write per-row timings and the process's peak memory here as JSON")
+    parser.add_argument(
+        "--report", help="with --file: write per-row timings and the process's peak memory here as JSON"
+    )
     parser.add_argument("--export", default=EXPORT, help=f"the exported model's directory (default {EXPORT})")
     parser.add_argument("--params", default="params.yaml", help="where the decoding settings are read")
-    parser.add_argument("--max-new-tokens", type=int, help="overrides generation.max_new_tokens (0: the answer prefix alone)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="overrides generation.max_new_tokens (0: the answer prefix alone)"
+    )
     args = parser.parse_args()
     if (args.vignette is None) == (args.file is None):
         parser.error("give one vignette's text, or --file")
@@ -84,19 +94,27 @@ def main() -> None:
         print()
         return
     out = model.answer_rows(rows, generation)
-    lines = [[row[ID], text] for row, text in zip(rows, out.texts)]
+    lines = [[row[ID], text] for row, text in zip(rows, out.texts, strict=True)]
     if args.out:
         with atomic.atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([[ID, TARGET], *lines])
     else:
         csv.writer(sys.stdout, lineterminator="\n").writerows([[ID, TARGET], *lines])
     if args.report:
-        atomic.write_text(args.report, json.dumps({
-            "texts": out.texts, "new_tokens": out.new_tokens, "stopped": out.stopped, "row_seconds": out.row_seconds,
-            # the whole process: Python, the engine, the model and its cache at their largest
-            "peak_rss_mb": peak_rss_mb(),
-            "torch_imported": "torch" in sys.modules,  # a device needs no torch: this says the measure had none
-        }))
+        atomic.write_text(
+            args.report,
+            json.dumps(
+                {
+                    "texts": out.texts,
+                    "new_tokens": out.new_tokens,
+                    "stopped": out.stopped,
+                    "row_seconds": out.row_seconds,
+                    # the whole process: Python, the engine, the model and its cache at their largest
+                    "peak_rss_mb": peak_rss_mb(),
+                    "torch_imported": "torch" in sys.modules,  # a device needs no torch: this says the measure had none
+                }
+            ),
+        )
     logging.info("%d answers in %.1f s (%.1f tokens/s)", len(rows), out.seconds, out.tokens_per_second)
 
 

@@ -7,6 +7,7 @@ prompt echo's. The speed and memory limits are judged on the model writing token
 predict chose is short (at 0 the answers are the prefix alone and the model runs nothing), the
 export is also timed at a length where it must work, and the report says which length it timed.
 """
+
 import logging
 import statistics
 import subprocess
@@ -17,11 +18,11 @@ from pathlib import Path
 from core import atomic
 from core.config import load_params
 from core.data import ID, TARGET
-from core.metrics.echo import prompt_echo
-from core.resources import directory_mb
 from core.export.runtime import EDGE_FILE
+from core.metrics.echo import prompt_echo
 from core.metrics.rouge import rouge
 from core.predictions import read_predictions
+from core.resources import directory_mb
 from stages import run
 
 EXPORT = "models/export"
@@ -53,9 +54,21 @@ def percentile(values: list[float], q: float) -> float:
 def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
         report = Path(tmp) / "report.json"
-        command = [sys.executable, "-m", "stages.ask", "--file", rows_file, "--export", EXPORT,
-                   "--out", str(Path(tmp) / "answers.csv"), "--report", str(report),
-                   "--max-new-tokens", str(max_new_tokens)]
+        command = [
+            sys.executable,
+            "-m",
+            "stages.ask",
+            "--file",
+            rows_file,
+            "--export",
+            EXPORT,
+            "--out",
+            str(Path(tmp) / "answers.csv"),
+            "--report",
+            str(report),
+            "--max-new-tokens",
+            str(max_new_tokens),
+        ]
         # the child's own error line, if any, reaches the console as it is
         if subprocess.run(command).returncode != 0:
             logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, EXPORT)
@@ -63,7 +76,9 @@ def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
         return atomic.read_json(report)
 
 
-def timing_run(rows: list[dict], rows_file: str, submitted: dict, submitted_length: int, longest: int) -> tuple[int, dict]:
+def timing_run(
+    rows: list[dict], rows_file: str, submitted: dict, submitted_length: int, longest: int
+) -> tuple[int, dict]:
     """The answers the limits are judged on: the submitted ones where they are long enough, else the
     export answering (some of) the rows again at a length where the model must write."""
     if submitted_length >= MIN_TIMED_TOKENS:
@@ -72,8 +87,13 @@ def timing_run(rows: list[dict], rows_file: str, submitted: dict, submitted_leng
     with tempfile.TemporaryDirectory(prefix="deploy-timing-") as tmp:
         subset = Path(tmp) / "rows.jsonl"
         atomic.write_jsonl(subset, rows[:TIMED_ROWS])
-        logging.info("the submitted answers are %d new tokens at most: timing %d of the %s rows again at %d new tokens",
-                     submitted_length, min(len(rows), TIMED_ROWS), Path(rows_file).stem, length)
+        logging.info(
+            "the submitted answers are %d new tokens at most: timing %d of the %s rows again at %d new tokens",
+            submitted_length,
+            min(len(rows), TIMED_ROWS),
+            Path(rows_file).stem,
+            length,
+        )
         return length, answer_in_own_process(str(subset), length)
 
 
@@ -99,30 +119,53 @@ def main() -> None:
     tokens, seconds = sum(timed["new_tokens"]), sum(timed["row_seconds"])
     report = {
         # not "engine": predict.json's engine key would then clash in `dvc exp show`
-        "export_engine": info["engine"], "precision": info["precision"], "split": Path(rows_file).stem, "rows": len(rows),
-        "decoding": {"num_beams": g.num_beams, "do_sample": g.do_sample, "repetition_penalty": g.repetition_penalty,
-                     "no_repeat_ngram_size": g.no_repeat_ngram_size, "max_new_tokens": max_new_tokens},
+        "export_engine": info["engine"],
+        "precision": info["precision"],
+        "split": Path(rows_file).stem,
+        "rows": len(rows),
+        "decoding": {
+            "num_beams": g.num_beams,
+            "do_sample": g.do_sample,
+            "repetition_penalty": g.repetition_penalty,
+            "no_repeat_ngram_size": g.no_repeat_ngram_size,
+            "max_new_tokens": max_new_tokens,
+        },
         # what the submitted answers hold of the model: none at all is said plainly
         "submitted_model_tokens": model_tokens(answered),
         # what the speed and memory below were measured on: the model writing, at this length
-        "timed": {"max_new_tokens": timed_length, "rows": len(timed["row_seconds"]), "model_tokens": model_tokens(timed)},
+        "timed": {
+            "max_new_tokens": timed_length,
+            "rows": len(timed["row_seconds"]),
+            "model_tokens": model_tokens(timed),
+        },
         "parameters": info["parameters"],
-        "export_mb": directory_mb(EXPORT), "merged_mb": directory_mb(MERGED),
+        "export_mb": directory_mb(EXPORT),
+        "merged_mb": directory_mb(MERGED),
         "peak_rss_mb": max(answered["peak_rss_mb"], timed["peak_rss_mb"]),
         "ms_per_vignette": {"median": statistics.median(ms) if ms else 0.0, "p90": percentile(ms, 0.9)},
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "batch_size": 1,
     }
     if report["submitted_model_tokens"]["answers_without"] == len(answered["new_tokens"]):
-        logging.warning("the submitted answers hold no model token (length %d): each is the answer prefix alone; "
-                        "speed and memory were timed at %d new tokens", max_new_tokens, timed_length)
+        logging.warning(
+            "the submitted answers hold no model token (length %d): each is the answer prefix alone; "
+            "speed and memory were timed at %d new tokens",
+            max_new_tokens,
+            timed_length,
+        )
     limits = judge(report, info, rows, rows_file, answered, predicted)
-    report["limits"] = {name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()}
+    report["limits"] = {
+        name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()
+    }
     report["all_limits_pass"] = all(ok for _, _, ok in limits.values())
     atomic.write_json(METRICS, report)
-    logging.info("%s: %s (timed at %d new tokens, %.1f a row)", METRICS,
-                 ", ".join(f"{name} {'pass' if ok else 'FAIL'}" for name, (_, _, ok) in limits.items()),
-                 timed_length, report["timed"]["model_tokens"]["mean"])
+    logging.info(
+        "%s: %s (timed at %d new tokens, %.1f a row)",
+        METRICS,
+        ", ".join(f"{name} {'pass' if ok else 'FAIL'}" for name, (_, _, ok) in limits.items()),
+        timed_length,
+        report["timed"]["model_tokens"]["mean"],
+    )
 
 
 def judge(report: dict, info: dict, rows: list[dict], rows_file: str, answered: dict, predicted: dict) -> dict:
@@ -131,13 +174,18 @@ def judge(report: dict, info: dict, rows: list[dict], rows_file: str, answered: 
         "parameters": (report["parameters"], MAX_PARAMETERS, report["parameters"] <= MAX_PARAMETERS),
         "quantized": (info["precision"], "int8 or int4", info["precision"] in ("int8", "int4")),
         "peak_rss_mb": (report["peak_rss_mb"], MAX_RAM_MB, report["peak_rss_mb"] < MAX_RAM_MB),
-        "median_ms_per_vignette": (report["ms_per_vignette"]["median"], MAX_MS_PER_VIGNETTE,
-                                   report["ms_per_vignette"]["median"] < MAX_MS_PER_VIGNETTE),
+        "median_ms_per_vignette": (
+            report["ms_per_vignette"]["median"],
+            MAX_MS_PER_VIGNETTE,
+            report["ms_per_vignette"]["median"] < MAX_MS_PER_VIGNETTE,
+        ),
     }
     if rows_file == VAL:
         references = [row[TARGET] for row in rows]
-        report["rougeL"] = {"export": rouge(answered["texts"], references)["rougeL"],
-                            "prompt_echo": rouge([prompt_echo(r) for r in rows], references)["rougeL"]}
+        report["rougeL"] = {
+            "export": rouge(answered["texts"], references)["rougeL"],
+            "prompt_echo": rouge([prompt_echo(r) for r in rows], references)["rougeL"],
+        }
         predicted_with = predicted.get("engine", "torch")
         if predicted_with == "torch":
             predictions = read_predictions(PREDICTIONS, rows)

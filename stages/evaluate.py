@@ -1,10 +1,11 @@
 """evaluate: ROUGE of the validation predictions against the clinicians, beside the prompt echo and the
 answer prefix alone (the prefix predict wrote before the model's tokens, as metrics/predict.json records it)."""
+
 import logging
 
 from core import atomic
-from core.predictions import read_predictions
 from core.metrics.report import validation_report
+from core.predictions import read_predictions
 from stages import run
 
 METRICS = "metrics/eval.json"
@@ -14,7 +15,9 @@ PER_PANEL = "plots/rouge_by_panel.json"
 def main() -> None:
     rows = atomic.read_jsonl("data/prepared/val.jsonl")
     if not rows:  # data.val_fraction: 0, every labelled row went into training
-        atomic.write_json(METRICS, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"})
+        atomic.write_json(
+            METRICS, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"}
+        )
         atomic.write_json(PER_PANEL, [])
         logging.warning("no validation rows (data.val_fraction is 0): nothing scored")
         return
@@ -23,9 +26,14 @@ def main() -> None:
     summary, per_panel = validation_report(rows, predictions, prefix_kind)
     atomic.write_json(METRICS, summary)
     atomic.write_json(PER_PANEL, per_panel)
-    logging.info("val ROUGE-L: model %.4f, answer prefix alone (%s) %.4f, prompt echo %.4f; the model's own tokens add %+.4f",
-                 summary["model"]["rougeL"], prefix_kind, summary["answer_prefix"]["rougeL"], summary["prompt_echo"]["rougeL"],
-                 summary["model_minus_prefix"]["rougeL"])
+    logging.info(
+        "val ROUGE-L: model %.4f, answer prefix alone (%s) %.4f, prompt echo %.4f; the model's own tokens add %+.4f",
+        summary["model"]["rougeL"],
+        prefix_kind,
+        summary["answer_prefix"]["rougeL"],
+        summary["prompt_echo"]["rougeL"],
+        summary["model_minus_prefix"]["rougeL"],
+    )
     if summary["model_tokens"]["answers_without"] == len(rows):
         logging.warning("no validation answer holds a model token: every answer is the prefix alone")
 

@@ -1,4 +1,5 @@
 """finetune: LoRA fine-tuning of the selected profile on the prepared train split."""
+
 import logging
 import shutil
 
@@ -14,18 +15,38 @@ LIVE = "dvclive/finetune"
 METRICS = "metrics/finetune.json"
 # The run's record beside the settings `dvc exp show` compares; the adapter directory holds
 # nothing of the run itself, so that the same inputs give the same adapter.
-RECORDED = ("train_loss", "val_loss", "best_epoch", "val_loss_last_epoch", "val_loss_by_epoch", "train_runtime_s", "train_tokens_per_s", "resumed_from_step", "steps",
-            "effective_batch_size", "processes", "peak_gpu_memory_gb", "train_examples", "prompts_cut", "rows_dropped",
-            "backend")
+RECORDED = (
+    "train_loss",
+    "val_loss",
+    "best_epoch",
+    "val_loss_last_epoch",
+    "val_loss_by_epoch",
+    "train_runtime_s",
+    "train_tokens_per_s",
+    "resumed_from_step",
+    "steps",
+    "effective_batch_size",
+    "processes",
+    "peak_gpu_memory_gb",
+    "train_examples",
+    "prompts_cut",
+    "rows_dropped",
+    "backend",
+)
 
 
 def run_card(params) -> dict:
     """The selected profile's key settings, resolved: each profile keeps its own keys in
     params.yaml, so without these one table of runs across profiles would need every profile's columns."""
     profile, training = params.profile, params.profile.training
-    return {"lora_r": profile.lora.r, "learning_rate": training.learning_rate,
-            "epochs": training.epochs, "max_steps": training.max_steps, "load_in_4bit": profile.load_in_4bit,
-            "keep_best_epoch": training.keep_best_epoch}
+    return {
+        "lora_r": profile.lora.r,
+        "learning_rate": training.learning_rate,
+        "epochs": training.epochs,
+        "max_steps": training.max_steps,
+        "load_in_4bit": profile.load_in_4bit,
+        "keep_best_epoch": training.keep_best_epoch,
+    }
 
 
 def main() -> None:
@@ -47,7 +68,12 @@ def main() -> None:
         write_training_log(LIVE, model.training_log)
         atomic.write_json(METRICS, {**run_card(params), **{key: metrics[key] for key in RECORDED if key in metrics}})
         shutil.rmtree(run_dir, ignore_errors=True)
-        logging.info("adapter in %s; train loss %.3f, val loss %.3f", ADAPTER, metrics["train_loss"], metrics.get("val_loss", float("nan")))
+        logging.info(
+            "adapter in %s; train loss %.3f, val loss %.3f",
+            ADAPTER,
+            metrics["train_loss"],
+            metrics.get("val_loss", float("nan")),
+        )
     model.cleanup_model()
 
 

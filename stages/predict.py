@@ -1,6 +1,7 @@
 """predict: answer the validation and test splits with the fine-tuned (and aligned) adapter; the
 answer length is chosen on the validation answers, then the test rows are answered at that length
 (at length 0, the answer prefix alone: no model call)."""
+
 import logging
 
 from core import atomic
@@ -17,8 +18,14 @@ METRICS = "metrics/predict.json"
 
 
 def log_answers(split: str, rows: list[dict], out) -> None:
-    logging.info("%s: %d responses in %.1f s, %.1f tokens/s, %.1f positions decoded per answer token",
-                 split, len(rows), out.seconds, out.tokens_per_second, out.decoding_work_ratio)
+    logging.info(
+        "%s: %d responses in %.1f s, %.1f tokens/s, %.1f positions decoded per answer token",
+        split,
+        len(rows),
+        out.seconds,
+        out.tokens_per_second,
+        out.decoding_work_ratio,
+    )
 
 
 def main() -> None:
@@ -43,8 +50,10 @@ def main() -> None:
     length = choose_length(answers["val"], [row[TARGET] for row in splits["val"]], decoding, model.decode)
     if length.max_new_tokens == 0:
         answers["test"] = prefix_alone(splits["test"], g.answer_prefix)
-        logging.info("test: answer length 0, so every answer is the answer prefix alone (%s): the model was not asked",
-                     g.answer_prefix)
+        logging.info(
+            "test: answer length 0, so every answer is the answer prefix alone (%s): the model was not asked",
+            g.answer_prefix,
+        )
     else:
         answers["test"] = answer(splits["test"], for_test(decoding, length.max_new_tokens))
         log_answers("test", splits["test"], answers["test"])
@@ -67,12 +76,19 @@ def main() -> None:
             "peak_gpu_memory_gb": out.peak_gpu_memory_gb,
         }
     # the decoding that made these answers, beside their cost, for a compact `dvc exp show`
-    report.update(engine=g.engine, num_beams=g.num_beams, mbr_candidates=g.mbr_candidates,
-                  repetition_penalty=g.repetition_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size,
-                  answer_prefix=g.answer_prefix,
-                  length=length.as_record())
+    report.update(
+        engine=g.engine,
+        num_beams=g.num_beams,
+        mbr_candidates=g.mbr_candidates,
+        repetition_penalty=g.repetition_penalty,
+        no_repeat_ngram_size=g.no_repeat_ngram_size,
+        answer_prefix=g.answer_prefix,
+        length=length.as_record(),
+    )
     if length.chosen_by != "validation ROUGE-L":
-        logging.warning("answer length: max_new_tokens %d from params.yaml (%s)", length.max_new_tokens, length.chosen_by)
+        logging.warning(
+            "answer length: max_new_tokens %d from params.yaml (%s)", length.max_new_tokens, length.chosen_by
+        )
     atomic.write_files(OUT, files)
     atomic.write_json(METRICS, report)
 

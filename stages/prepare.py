@@ -1,4 +1,5 @@
 """prepare: check the raw CSVs and write the train/validation/test splits as JSONL."""
+
 import logging
 
 from core import atomic

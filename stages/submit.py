@@ -1,4 +1,5 @@
 """submit: the challenge submission from the test predictions, normalised as the host scores."""
+
 import logging
 
 from core import atomic

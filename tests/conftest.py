@@ -16,8 +16,8 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
-from core.config import parse_params
-from tests.checkpoints import REPO, build_checkpoint, build_toy_checkpoint
+from core.config import parse_params  # noqa: E402 (after the thread count: torch reads it when imported)
+from tests.checkpoints import REPO, build_checkpoint, build_toy_checkpoint  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,7 +27,11 @@ def pytest_collection_modifyitems(config, items):
     # tests: the two worker processes (pytest.ini) start on the long ones and the rest fill in
     # around them, rather than the longest file starting last.
     longest = ["test_pipeline.py", "test_experiments.py", "test_notebook.py"]
-    items.sort(key=lambda item: (longest.index(item.path.name) if item.path.name in longest else len(longest) + ("slow" not in item.keywords)))
+    items.sort(
+        key=lambda item: (
+            longest.index(item.path.name) if item.path.name in longest else len(longest) + ("slow" not in item.keywords)
+        )
+    )
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
@@ -72,8 +76,10 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny Qwen3 and Llama stand-ins (the real tokenizers, two small layers), one set for the whole run: a
     shared pipeline's params name their paths."""
     families = ("qwen3", "llama32")
-    root = build_once(shared_dir(tmp_path_factory) / "checkpoints",
-                      lambda root: [build_checkpoint(family, root / family) for family in families])
+    root = build_once(
+        shared_dir(tmp_path_factory) / "checkpoints",
+        lambda root: [build_checkpoint(family, root / family) for family in families],
+    )
     return {family: root / family for family in families}
 
 
@@ -82,8 +88,10 @@ def toy_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Tiny Qwen3 and Llama with the toy tokenizer (tests/checkpoints.py), for the tests of training mechanics
     that run many optimiser steps."""
     families = ("qwen3", "llama32")
-    root = build_once(shared_dir(tmp_path_factory) / "toy-checkpoints",
-                      lambda root: [build_toy_checkpoint(family, root / family) for family in families])
+    root = build_once(
+        shared_dir(tmp_path_factory) / "toy-checkpoints",
+        lambda root: [build_toy_checkpoint(family, root / family) for family in families],
+    )
     return {family: root / family for family in families}
 
 
@@ -106,12 +114,20 @@ def tiny_raw_params(raw: dict, family: str, checkpoint: Path, **training) -> dic
 
 def make_workspace(dest: Path) -> Path:
     """A git+DVC repository at `dest` holding the repo's files, without any run outputs."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
-        if (REPO / name).is_file() and not name.startswith(("data/prepared", "models/", "submissions/", "metrics/", "plots/", "dvclive/", "dvc.lock")):
+        if (REPO / name).is_file() and not name.startswith(
+            ("data/prepared", "models/", "submissions/", "metrics/", "plots/", "dvclive/", "dvc.lock")
+        ):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
 
@@ -126,7 +142,8 @@ def workspace(tmp_path) -> Path:
 def tiny_pipeline(tmp_path_factory, repo_params, toy_checkpoints) -> Path:
     """The whole pipeline run once by `dvc repro` on the tiny Qwen3 with the toy tokenizer (two optimiser
     steps), committed: the starting point of the tests that change, break or share a finished run (they test
-    DVC's and the stages' mechanics; the real tokenizers run end to end in `tiny_experiments`). Never changed: copy it."""
+    DVC's and the stages' mechanics; the real tokenizers run end to end in `tiny_experiments`). Never changed:
+    copy it."""
     from tests.dvc_helpers import git, run_dvc, use_tiny_model
 
     def build(repo: Path) -> None:
@@ -148,10 +165,40 @@ def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
 
     def build(repo: Path) -> None:
         copy_repo(tiny_pipeline, repo)
-        run_dvc(repo, "exp", "run", "-n", "tiny-qwen3", "-S", f"models.qwen3.name={tiny_checkpoints['qwen3']}", *short_run("qwen3"),
-                "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2", "-S", "align.max_pairs=8")
-        run_dvc(repo, "exp", "run", "-n", "tiny-llama32", "-S", "model=llama32", "-S", f"models.llama32.name={tiny_checkpoints['llama32']}",
-                *short_run("llama32"), "-S", "models.llama32.generation.engine=onnx", "-S", "align.method=none")
+        run_dvc(
+            repo,
+            "exp",
+            "run",
+            "-n",
+            "tiny-qwen3",
+            "-S",
+            f"models.qwen3.name={tiny_checkpoints['qwen3']}",
+            *short_run("qwen3"),
+            "-S",
+            "align.method=dpo",
+            "-S",
+            "align.max_steps=2",
+            "-S",
+            "align.batch_size=2",
+            "-S",
+            "align.max_pairs=8",
+        )
+        run_dvc(
+            repo,
+            "exp",
+            "run",
+            "-n",
+            "tiny-llama32",
+            "-S",
+            "model=llama32",
+            "-S",
+            f"models.llama32.name={tiny_checkpoints['llama32']}",
+            *short_run("llama32"),
+            "-S",
+            "models.llama32.generation.engine=onnx",
+            "-S",
+            "align.method=none",
+        )
 
     return build_once(shared_dir(tmp_path_factory) / "tiny-experiments", build)
 

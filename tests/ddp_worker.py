@@ -6,6 +6,7 @@ Each rank runs in its own copy of the work tree (WORKDIR/rank<N>), so that whate
 writes shows up in its own directory, and records a digest of its trained LoRA weights in
 WORKDIR/lora-rank<N>.sha256 before the stage frees the model.
 """
+
 import hashlib
 import os
 import sys

@@ -1,4 +1,5 @@
 """A throw-away OpenSSH server on 127.0.0.1, for testing the ssh:// DVC remote for real."""
+
 from __future__ import annotations
 
 import getpass
@@ -47,7 +48,9 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen, SSHServer]:
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # its privilege-separation directory
-    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:

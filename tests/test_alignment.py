@@ -1,4 +1,5 @@
 """The align stage's parts: preference pairs from the labelled rows, and DPO on the SFT adapter."""
+
 import dataclasses
 
 import pytest
@@ -11,33 +12,55 @@ from core.train.dpo import build_pairs, direct_preference_optimisation, preferen
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 
-HEADER = "Master_Index,County,Health level,Years of Experience,Prompt,Nursing Competency,Clinical Panel,Clinician,GPT4.0,LLAMA,GEMINI\n"
+HEADER = (
+    "Master_Index,County,Health level,Years of Experience,Prompt,Nursing Competency,Clinical Panel,Clinician,"
+    "GPT4.0,LLAMA,GEMINI\n"
+)
 
 
 def test_pairs_use_every_usable_llm_answer_and_count_the_rows_without_one(tmp_path):
     path = tmp_path / "train.csv"
-    path.write_text(HEADER + "\n".join([
-        'ID_1,Kiambu,Health Centre,5,"A child with fever.",Child health,PAEDIATRICS,"Give ORS.","**Summary** long",,"Gemini text"',
-        'ID_2,Kiambu,Health Centre,5,"An adult with cough.",Adult health,MEDICINE,"Check TB.",,,',  # no LLM answer
-        'ID_3,Kiambu,Health Centre,5,"A pregnant woman.",Maternal,OBSTETRICS,"Refer.","refer","Llama text",""',  # GPT = chosen, normalised
-    ]) + "\n", encoding="utf-8")
+    path.write_text(
+        HEADER
+        + "\n".join(
+            [
+                'ID_1,Kiambu,Health Centre,5,"A child with fever.",Child health,PAEDIATRICS,"Give ORS.",'
+                '"**Summary** long",,"Gemini text"',
+                # no LLM answer
+                'ID_2,Kiambu,Health Centre,5,"An adult with cough.",Adult health,MEDICINE,"Check TB.",,,',
+                # GPT = chosen, normalised
+                'ID_3,Kiambu,Health Centre,5,"A pregnant woman.",Maternal,OBSTETRICS,"Refer.","refer","Llama text",""',
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     rows = read_vignettes(path, labelled=True)
     pairs = build_pairs(rows, ["llm"])
     assert [(p["row"]["Master_Index"], p["source"], p["rejected"]) for p in pairs.pairs] == [
-        ("ID_1", "GPT4.0", "**Summary** long"), ("ID_1", "GEMINI", "Gemini text"), ("ID_3", "LLAMA", "Llama text")]
+        ("ID_1", "GPT4.0", "**Summary** long"),
+        ("ID_1", "GEMINI", "Gemini text"),
+        ("ID_3", "LLAMA", "Llama text"),
+    ]
     assert all(p["chosen"] == p["row"]["Clinician"] for p in pairs.pairs)
     assert pairs.skipped == ["ID_2"] and pairs.by_source == {"GPT4.0": 1, "GEMINI": 1, "LLAMA": 1}
 
     # A file without the LLM columns is not an error: every row is counted as without a pair.
     bare = tmp_path / "bare.csv"
-    bare.write_text(HEADER.replace(",GPT4.0,LLAMA,GEMINI", "") + 'ID_9,K,HC,1,"A case.",C,P,"Answer."\n', encoding="utf-8")
+    bare.write_text(
+        HEADER.replace(",GPT4.0,LLAMA,GEMINI", "") + 'ID_9,K,HC,1,"A case.",C,P,"Answer."\n', encoding="utf-8"
+    )
     assert build_pairs(read_vignettes(bare, labelled=True), ["llm"]).skipped == ["ID_9"]
 
     # The model's own answers as rejected ones (on-policy): one pair a row, unless it is the clinician's text.
     own = build_pairs(rows, ["sft"], {"ID_1": "Paracetamol.", "ID_2": "check tb", "ID_3": ""})
     assert [(p["row"]["Master_Index"], p["source"]) for p in own.pairs] == [("ID_1", "sft")]
     assert own.skipped == ["ID_2", "ID_3"]
-    assert [p["source"] for p in sample_pairs(pairs.pairs, 2, seed=0)] in (["GPT4.0", "GEMINI"], ["GPT4.0", "LLAMA"], ["GEMINI", "LLAMA"])
+    assert [p["source"] for p in sample_pairs(pairs.pairs, 2, seed=0)] in (
+        ["GPT4.0", "GEMINI"],
+        ["GPT4.0", "LLAMA"],
+        ["GEMINI", "LLAMA"],
+    )
 
 
 @pytest.fixture
@@ -71,7 +94,7 @@ def test_dpo_moves_the_sft_adapter_and_keeps_the_sft_encoding(tiny_sft, tmp_path
     assert left_out == 0
     assert examples["prompt_ids"][0] == model.encode(model.prompt_for(pairs[0]["row"]))
     end = model.encode(model.end_of_turn)
-    assert examples["chosen_ids"][0][-len(end):] == end
+    assert examples["chosen_ids"][0][-len(end) :] == end
     assert len(examples["rejected_ids"][0]) <= len(examples["chosen_ids"][0])  # cut to the chosen's length
 
     config = dataclasses.replace(params.align, method="dpo", max_steps=2, batch_size=2, learning_rate=1e-2)
@@ -112,21 +135,34 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(finished_wor
     model.load_adapter(workspace / "models/adapter")
     val = core_io.read_jsonl(workspace / "data/prepared/val.jsonl")
     out = model.generate_responses(val, params.profile.generation)
-    direct = predictions_csv(val, [Prediction(*f) for f in zip(out.texts, out.new_tokens, out.stopped)])
+    direct = predictions_csv(val, [Prediction(*f) for f in zip(out.texts, out.new_tokens, out.stopped, strict=True)])
     assert (workspace / "data/predictions/val.csv").read_text(encoding="utf-8") == direct
     model.cleanup_model()
     BaseUnslothModel.clear_cache()
 
-    run_dvc(workspace, "exp", "run", "-S", "align.method=dpo", "-S", "align.max_steps=2", "-S", "align.batch_size=2",
-            "-S", "align.learning_rate=0.01", "predict")  # up to the answers of the preference-tuned adapter
+    run_dvc(
+        workspace,
+        "exp",
+        "run",
+        "-S",
+        "align.method=dpo",
+        "-S",
+        "align.max_steps=2",
+        "-S",
+        "align.batch_size=2",
+        "-S",
+        "align.learning_rate=0.01",
+        "predict",
+    )  # up to the answers of the preference-tuned adapter
     record = json.loads((workspace / "metrics/align.json").read_text())
     aligned = record["dpo"]
     assert record["align_method"] == "dpo" and aligned["steps"] == 2 and aligned["pairs"]["train"] > 0
     assert aligned["val_reward_accuracy"] is not None
     assert (workspace / "dvclive/align/plots/metrics/rewards/margins.tsv").exists()
     # predict now answers with the preference-tuned adapter, not the SFT one
-    assert (workspace / "models/aligned/adapter_model.safetensors").read_bytes() != \
-        (workspace / "models/adapter/adapter_model.safetensors").read_bytes()
+    assert (workspace / "models/aligned/adapter_model.safetensors").read_bytes() != (
+        workspace / "models/adapter/adapter_model.safetensors"
+    ).read_bytes()
 
     # method dpo on a train file with no LLM answer: one line, and the outputs kept
     train_csv = workspace / "data/sample/train.csv"

@@ -1,5 +1,6 @@
 """Beam search's row bookkeeping (core/decode/beam_search.py) and the cache copy it drives
 (core/decode/kernels.py), on hand-made cases; the whole search against generate() is in test_model.py."""
+
 import torch
 
 from core.decode.beam_search import assign_rows

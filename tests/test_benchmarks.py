@@ -1,4 +1,5 @@
 """The benchmark scripts still run (on the CPU, tiny model): a broken one is found here, not on the GPU."""
+
 import json
 import subprocess
 import sys
@@ -13,10 +14,41 @@ pytestmark = pytest.mark.slow
 def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and_prints_the_table(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.backends", "--tiny", "--backends", "hf", "--rows", "16", "--steps", "3", "--warmup-steps", "1",
-         "--batch-size", "2", "--grad-accum", "2", "--gen-rows", "4", "--gen-batch-sizes", "1,4,auto", "--batch1-rows", "1",
-         "--max-new-tokens", "4", "--no-load-in-4bit", "--variants", "profile+static_cache=false,profile", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.backends",
+            "--tiny",
+            "--backends",
+            "hf",
+            "--rows",
+            "16",
+            "--steps",
+            "3",
+            "--warmup-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "2",
+            "--gen-rows",
+            "4",
+            "--gen-batch-sizes",
+            "1,4,auto",
+            "--batch1-rows",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--no-load-in-4bit",
+            "--variants",
+            "profile+static_cache=false,profile",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
@@ -30,14 +62,21 @@ def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and
     assert generate["batch_4"]["rows_a_batch"] == 4 and generate["batch_auto"]["rows_a_batch"] == 4  # 4 rows fit
     assert all(g["tokens_per_s"] > 0 for g in generate.values())
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert table[0] == "| measure | hf profile+static_cache=false | hf profile | hf profile / hf profile+static_cache=false |"
+    assert (
+        table[0]
+        == "| measure | hf profile+static_cache=false | hf profile | hf profile / hf profile+static_cache=false |"
+    )
     assert any(line.startswith("| train tokens/s, whole run | ") for line in table)
     assert any(line.startswith("| generate tokens/s, batch 4 | ") for line in table)
     assert any(line.startswith("| auto: rows a batch | 4 | 4 | 1.00x |") for line in table)
-    assert any(line.startswith("| rows a pass x passes a step | 2 x 2 | 2 x 2 |") for line in table)  # CPU: auto is batch_size
+    assert any(
+        line.startswith("| rows a pass x passes a step | 2 x 2 | 2 x 2 |") for line in table
+    )  # CPU: auto is batch_size
 
 
-def test_sweep_runs_through_the_stages_loader_on_several_splits_and_scores_every_epoch(tmp_path, repo_params, toy_checkpoints):
+def test_sweep_runs_through_the_stages_loader_on_several_splits_and_scores_every_epoch(
+    tmp_path, repo_params, toy_checkpoints
+):
     import yaml
 
     from tests.conftest import tiny_raw_params
@@ -49,10 +88,26 @@ def test_sweep_runs_through_the_stages_loader_on_several_splits_and_scores_every
     params.write_text(yaml.safe_dump(raw))
     out = tmp_path / "sweep.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.sweep", "--params", str(params), "--out", str(out), "--seeds", "42,1", "--per-epoch",
-         "--train", "e2:epochs=2,learning_rate=1e-3,batch_size=16",
-         "--decode", "b2:num_beams=2,repetition_penalty=1.2,no_repeat_ngram_size=3,max_new_tokens=6,length_grid=[3,6]"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.sweep",
+            "--params",
+            str(params),
+            "--out",
+            str(out),
+            "--seeds",
+            "42,1",
+            "--per-epoch",
+            "--train",
+            "e2:epochs=2,learning_rate=1e-3,batch_size=16",
+            "--decode",
+            "b2:num_beams=2,repetition_penalty=1.2,no_repeat_ngram_size=3,max_new_tokens=6,length_grid=[3,6]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]

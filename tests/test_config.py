@@ -31,26 +31,69 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
     [
         (lambda r: r.update(model="gpt5"), "model: unknown model 'gpt5'"),
         (lambda r: r["models"]["smollm2"]["lora"].pop("r"), "models.smollm2.lora.r: missing key"),
-        (lambda r: r["models"]["smollm2"]["lora"].update(r="sixteen"), "models.smollm2.lora.r: expected an integer, got 'sixteen'"),
-        (lambda r: r["models"]["smollm2"].update(load_in_4bit="yes"), "models.smollm2.load_in_4bit: expected true or false"),
-        (lambda r: r["models"]["smollm2"].update(backend="cuda"), "models.smollm2.backend: expected one of auto, unsloth, hf"),
-        (lambda r: r["models"]["smollm2"].update(family="gpt"), "models.smollm2.family: expected one of smollm2, qwen3, llama32, got 'gpt'"),
+        (
+            lambda r: r["models"]["smollm2"]["lora"].update(r="sixteen"),
+            "models.smollm2.lora.r: expected an integer, got 'sixteen'",
+        ),
+        (
+            lambda r: r["models"]["smollm2"].update(load_in_4bit="yes"),
+            "models.smollm2.load_in_4bit: expected true or false",
+        ),
+        (
+            lambda r: r["models"]["smollm2"].update(backend="cuda"),
+            "models.smollm2.backend: expected one of auto, unsloth, hf",
+        ),
+        (
+            lambda r: r["models"]["smollm2"].update(family="gpt"),
+            "models.smollm2.family: expected one of smollm2, qwen3, llama32, got 'gpt'",
+        ),
         (lambda r: r["models"]["smollm2"]["training"].update(lr=1), "models.smollm2.training.lr: unknown key"),
-        (lambda r: r["data"].update(val_fraction=1.5), "data.val_fraction: expected a number from 0 (train on every labelled row) up to but not including 1, got 1.5"),
+        (
+            lambda r: r["data"].update(val_fraction=1.5),
+            "data.val_fraction: expected a number from 0 (train on every "
+            "labelled row) up to but not including 1, got 1.5",
+        ),
         (lambda r: r["data"].update(val_fraction=-0.1), "data.val_fraction: expected a number from 0"),
         (lambda r: r.pop("generation"), "generation: missing key"),
-        (lambda r: r["training"].update(weight_decay=True), "training (with models.smollm2.training).weight_decay: expected a number, got True"),
-        (lambda r: r["generation"].update(batch_size="max"), "generation (with models.smollm2.generation).batch_size: expected one of auto, got 'max'"),
-        (lambda r: r["generation"].update(batch_size=0), "generation (with models.smollm2.generation).batch_size: expected at least 1, got 0"),
+        (
+            lambda r: r["training"].update(weight_decay=True),
+            "training (with models.smollm2.training).weight_decay: expected a number, got True",
+        ),
+        (
+            lambda r: r["generation"].update(batch_size="max"),
+            "generation (with models.smollm2.generation).batch_size: expected one of auto, got 'max'",
+        ),
+        (
+            lambda r: r["generation"].update(batch_size=0),
+            "generation (with models.smollm2.generation).batch_size: expected at least 1, got 0",
+        ),
         (lambda r: r["generation"].update(batch_size=2.5), "batch_size: expected an integer or a string, got 2.5"),
-        (lambda r: r["training"].update(batch_size="auto"), "training (with models.smollm2.training).batch_size: expected an integer, got 'auto'"),
+        (
+            lambda r: r["training"].update(batch_size="auto"),
+            "training (with models.smollm2.training).batch_size: expected an integer, got 'auto'",
+        ),
         (lambda r: r["models"]["smollm2"]["lora"].update(r=0), "models.smollm2.lora.r: expected at least 1, got 0"),
-        (lambda r: r["models"]["smollm2"]["lora"].update(dropout=1.0), "models.smollm2.lora.dropout: expected a number from 0 up to but not including 1"),
-        (lambda r: r["models"]["smollm2"]["training"].update(learning_rate="1e-3"),
-         "training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' (YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"),
-        (lambda r: r["models"]["smollm2"]["training"].update(learning_rate=0), "training (with models.smollm2.training).learning_rate: expected a number above 0, got 0"),
-        (lambda r: r["models"]["smollm2"]["training"].update(epochs=0), "training (with models.smollm2.training).epochs: expected a number above 0 (or max_steps above 0), got 0"),
-        (lambda r: r["training"].update(rows_per_pass=0), "training (with models.smollm2.training).rows_per_pass: expected at least 1, got 0"),
+        (
+            lambda r: r["models"]["smollm2"]["lora"].update(dropout=1.0),
+            "models.smollm2.lora.dropout: expected a number from 0 up to but not including 1",
+        ),
+        (
+            lambda r: r["models"]["smollm2"]["training"].update(learning_rate="1e-3"),
+            "training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' (YAML 1.1 "
+            "reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)",
+        ),
+        (
+            lambda r: r["models"]["smollm2"]["training"].update(learning_rate=0),
+            "training (with models.smollm2.training).learning_rate: expected a number above 0, got 0",
+        ),
+        (
+            lambda r: r["models"]["smollm2"]["training"].update(epochs=0),
+            "training (with models.smollm2.training).epochs: expected a number above 0 (or max_steps above 0), got 0",
+        ),
+        (
+            lambda r: r["training"].update(rows_per_pass=0),
+            "training (with models.smollm2.training).rows_per_pass: expected at least 1, got 0",
+        ),
         (lambda r: r["training"].update(rows_per_pass="all"), "rows_per_pass: expected one of auto, got 'all'"),
         (lambda r: r["training"].update(padding_free="yes"), "padding_free: expected one of auto, got 'yes'"),
         (lambda r: r["generation"].update(static_cache="auto"), "static_cache: expected true or false, got 'auto'"),
@@ -76,7 +119,11 @@ G = "generation (with models.smollm2.generation)"
         ("length_penalty", "long", f"{G}.length_penalty: expected a number, got 'long'"),
         ("early_stopping", "yes", f"{G}.early_stopping: expected true or false, got 'yes'"),
         ("min_new_tokens", -1, f"{G}.min_new_tokens: expected at least 0, got -1"),
-        ("min_new_tokens", 500, f"{G}.min_new_tokens: 500 is more than the longest answer (40 tokens: max_new_tokens and length_grid)"),
+        (
+            "min_new_tokens",
+            500,
+            f"{G}.min_new_tokens: 500 is more than the longest answer (40 tokens: max_new_tokens and length_grid)",
+        ),
         ("mbr_candidates", 1, f"{G}.mbr_candidates: expected 0 (off) or at least 2 candidates"),
         ("mbr_candidates", -2, f"{G}.mbr_candidates: expected at least 0, got -2"),
         ("max_new_tokens", 0, f"{G}.max_new_tokens: expected at least 1, got 0"),
@@ -98,7 +145,13 @@ def test_new_generation_keys_are_accepted_shared_and_per_profile(repo_params):
     raw["generation"].update(length_penalty=0.8, early_stopping=True, min_new_tokens=20)
     raw["models"]["smollm2"]["generation"].update(num_beams=6, mbr_candidates=4)
     g = parse_params(raw).profile.generation
-    assert (g.num_beams, g.length_penalty, g.early_stopping, g.min_new_tokens, g.mbr_candidates) == (6, 0.8, True, 20, 4)
+    assert (g.num_beams, g.length_penalty, g.early_stopping, g.min_new_tokens, g.mbr_candidates) == (
+        6,
+        0.8,
+        True,
+        20,
+        4,
+    )
     assert g.sequences_per_row == 6  # 4 candidates from the 6 beams: the cache holds 6 a row
     raw["models"]["smollm2"]["generation"].update(num_beams=1, do_sample=True, mbr_candidates=5)
     assert parse_params(raw).profile.generation.sequences_per_row == 5  # 5 samples a row
@@ -137,7 +190,10 @@ def test_rows_per_pass_keeps_the_effective_batch(monkeypatch):
     assert passes(8, 2, "auto", on_gpu=True) == (8, 1)  # each process its half
     assert passes(8, 2, "auto", on_gpu=False) == (8, 1)
     assert passes(8, 2, 4, on_gpu=True) == (4, 2)
-    with pytest.raises(ConfigError, match=r"does not divide the effective batch of 16 rows \(batch_size x grad_accum\) over 2 processes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"does not divide the effective batch of 16 rows \(batch_size x grad_accum\) over 2 processes",
+    ):
         passes(8, 2, 16, on_gpu=True)
 
 
@@ -159,20 +215,26 @@ def test_every_problem_is_listed_one_line_each(repo_params):
     with pytest.raises(ConfigError) as err:
         parse_params(raw)
     lines = str(err.value).splitlines()
-    assert sorted(lines) == sorted([
-        "params.yaml: data.val_fraction: expected a number from 0 (train on every labelled row) up to but not including 1, got 2",
-        "params.yaml: models.smollm2.lora.r: expected at least 1, got 0",
-        "params.yaml: models.smollm2.lora.alpha: expected a number above 0, got 0",
-        "params.yaml: generation (with models.smollm2.generation).max_new_tokens: expected at least 1, got 0",
-        "params.yaml: training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' "
-        "(YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)",
-    ]), lines
+    assert sorted(lines) == sorted(
+        [
+            "params.yaml: data.val_fraction: expected a number from 0 (train on "
+            "every labelled row) up to but not including 1, got 2",
+            "params.yaml: models.smollm2.lora.r: expected at least 1, got 0",
+            "params.yaml: models.smollm2.lora.alpha: expected a number above 0, got 0",
+            "params.yaml: generation (with models.smollm2.generation).max_new_tokens: expected at least 1, got 0",
+            "params.yaml: training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' "
+            "(YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)",
+        ]
+    ), lines
 
 
 def test_an_unknown_profile_names_the_known_ones(repo_params):
     raw = copy.deepcopy(repo_params)
     raw["model"] = "gpt5"
-    with pytest.raises(ConfigError, match=r"^params.yaml: model: unknown model 'gpt5'; the profiles under models: are smollm2, qwen3, llama32$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^params.yaml: model: unknown model 'gpt5'; the profiles under models: are smollm2, qwen3, llama32$",
+    ):
         parse_params(raw)
 
 

@@ -126,7 +126,12 @@ def test_bad_csv_gets_a_clear_error(tmp_path, case):
 @pytest.mark.parametrize("case", ["duplicate id", "wrong delimiter", "empty file"])
 def test_prepare_stage_refuses_bad_input_and_keeps_earlier_output(workspace, case):
     env = {**os.environ, "PYTHONPATH": str(workspace)}
-    run = lambda: subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=workspace, env=env, capture_output=True, text=True)  # noqa: E731
+
+    def run():
+        return subprocess.run(
+            [sys.executable, "-m", "stages.prepare"], cwd=workspace, env=env, capture_output=True, text=True
+        )
+
     first = run()
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in (workspace / "data" / "prepared").iterdir()}
@@ -163,7 +168,10 @@ def test_normalise_matches_the_host():
 
 
 def test_prompt_echo_drops_the_nurse_introduction():
-    long = "I am a nurse with 12 years of experience in General nursing working in a Health Centres in Kiambu county in Kenya. A 2 year old with fever."
+    long = (
+        "I am a nurse with 12 years of experience in General nursing working in a Health Centres in Kiambu county in "
+        "Kenya. A 2 year old with fever."
+    )
     short = "i am a nurse working in a Dispensaries and Private Clinics in Nairobi county in kenya\nChild, 3, cough?"
     assert strip_nurse_intro(long) == "A 2 year old with fever."
     assert strip_nurse_intro(short) == "Child, 3, cough?"

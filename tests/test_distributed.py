@@ -1,4 +1,5 @@
 """The finetune stage data-parallel under torchrun: 2 CPU processes, gloo, a tiny model."""
+
 import json
 import os
 import shutil
@@ -15,8 +16,14 @@ pytestmark = pytest.mark.slow
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def prepared_workspace(workspace: Path, repo_params: dict, checkpoint: Path, **training) -> None:

@@ -5,6 +5,7 @@ function, directly or through other modules) and any module it starts as `python
 process of its own. The shared runner (stages/__init__.py: logging, signals, error lines) is
 left out on purpose: changing how a stage is run does not change what it computes.
 """
+
 import ast
 import re
 from pathlib import Path
@@ -37,7 +38,11 @@ def modules_used(path: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from core import io`
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", node.value):
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", node.value)
+        ):
             names.add(node.value)  # `python -m stages.ask`, run in a process of its own
     files = set()
     for name in names:
@@ -83,8 +88,11 @@ def test_the_closure_follows_imports_inside_functions_and_modules_started_as_pro
     deploy = import_closure("stages/deploy.py")
     assert {"stages/deploy.py", "stages/ask.py", "core/export/runtime.py", "core/data.py", "core/errors.py"} <= deploy
     assert RUNNER not in deploy
-    # core/models/backends.py imports unsloth and transformers inside functions; finetune reaches it through core/models/base.py
-    assert {"core/models/backends.py", "core/models/base.py", "core/__init__.py"} <= import_closure("stages/finetune.py")
+    # core/models/backends.py imports unsloth and transformers inside functions; finetune reaches it
+    # through core/models/base.py
+    assert {"core/models/backends.py", "core/models/base.py", "core/__init__.py"} <= import_closure(
+        "stages/finetune.py"
+    )
     assert "core/models/base.py" not in import_closure("stages/submit.py")
 
 

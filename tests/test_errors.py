@@ -1,5 +1,6 @@
 """Every error the project raises about something a user can fix is a UserError, and a stage
 reports it as one line per problem, without a traceback; a stage DVC started ends with DVC."""
+
 import ast
 import importlib
 import inspect
@@ -32,15 +33,27 @@ def project_error_classes() -> list[type]:
     classes = set()
     for path in PROJECT_FILES:
         module = importlib.import_module(module_name(path))
-        classes.update(obj for obj in vars(module).values()
-                       if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__)
+        classes.update(
+            obj
+            for obj in vars(module).values()
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__
+        )
     return sorted(classes, key=lambda cls: cls.__qualname__)
 
 
 def test_every_error_class_of_the_project_is_a_user_error():
     classes = project_error_classes()
-    assert {cls.__name__ for cls in classes} >= {"UserError", "ConfigError", "DataError", "BackendError", "TrainingDiverged",
-                                                 "ExportError", "StaleExport", "CheckpointError", "ArtifactError"}
+    assert {cls.__name__ for cls in classes} >= {
+        "UserError",
+        "ConfigError",
+        "DataError",
+        "BackendError",
+        "TrainingDiverged",
+        "ExportError",
+        "StaleExport",
+        "CheckpointError",
+        "ArtifactError",
+    }
     assert [cls.__name__ for cls in classes if not issubclass(cls, UserError)] == []
 
 
@@ -75,7 +88,9 @@ def test_a_stage_reports_each_user_error_in_one_line_per_problem(error, stage_ru
         stage_runner(main)
     assert stopped.value.code == 1
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("ERROR", "params.yaml: first problem"), ("ERROR", "params.yaml: second problem")]
+        ("ERROR", "params.yaml: first problem"),
+        ("ERROR", "params.yaml: second problem"),
+    ]
     assert all(record.exc_info is None for record in caplog.records)
 
 
@@ -122,8 +137,14 @@ def test_a_stage_ends_when_the_dvc_that_started_it_ends(tmp_path, how):
     out = tmp_path / "answers.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("DVC_STAGE", None)
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD.replace("'", '"'), str(out)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, CHILD.replace("'", '"'), str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stage = int(parent.stdout.readline())  # the stage is at work, its output half written
     parent.send_signal(how)
     parent.wait(timeout=10)
@@ -156,7 +177,9 @@ def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(stage_r
     assert line.startswith(f"{predictions}: could not be written, no space left on its disk") and "unchanged" in line
     assert all(record.exc_info is None for record in caplog.records)
     assert [p.name for p in predictions.parent.iterdir()] == ["predictions"]  # no temporary left behind
-    assert (predictions / "val.csv").read_text() == "the last good answers\n" and not (predictions / "test.csv").exists()
+    assert (predictions / "val.csv").read_text() == "the last good answers\n" and not (
+        predictions / "test.csv"
+    ).exists()
 
     # a write outside core.atomic (a library's own file): the file it names, in one line
     caplog.clear()
@@ -167,4 +190,5 @@ def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(stage_r
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit):
         stage_runner(main)
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
-        "models/checkpoints/abc/optimizer.pt: could not be written, no space left on its disk; free some and run again"]
+        "models/checkpoints/abc/optimizer.pt: could not be written, no space left on its disk; free some and run again"
+    ]

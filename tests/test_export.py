@@ -1,4 +1,6 @@
-"""The export stage's model (core/export/build.py) and its engine (core/export/runtime.py, stages/ask.py), on tiny checkpoints."""
+"""The export stage's model (core/export/build.py) and its engine (core/export/runtime.py,
+stages/ask.py), on tiny checkpoints."""
+
 import dataclasses
 import json
 import logging
@@ -11,10 +13,10 @@ import pytest
 import torch
 
 from core.data import read_vignettes
-from core.metrics.echo import prompt_echo
 from core.errors import ArtifactError
 from core.export.build import build_onnx, export_profile, merge
 from core.export.runtime import ExportedModel, StaleExport
+from core.metrics.echo import prompt_echo
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
 from core.prompts import chat_messages, render_chat
@@ -59,8 +61,9 @@ def exported(repo_params, tiny_checkpoints, tmp_path_factory):
 
 
 def greedy(params, max_new_tokens=12):
-    return dataclasses.replace(params.profile.generation, max_new_tokens=max_new_tokens, num_beams=1,
-                               repetition_penalty=1.0, do_sample=False)
+    return dataclasses.replace(
+        params.profile.generation, max_new_tokens=max_new_tokens, num_beams=1, repetition_penalty=1.0, do_sample=False
+    )
 
 
 def test_unquantized_export_answers_with_the_pytorch_tokens(exported):
@@ -82,8 +85,9 @@ def test_unquantized_export_applies_the_answer_only_rules_and_the_prefix_as_pyto
     params, model, root = exported
     engine = ExportedModel(root / "fp32", adapter=root / "adapter")
     for prefix in ("none", "echo"):
-        g = dataclasses.replace(greedy(params, max_new_tokens=24), repetition_penalty=1.3, no_repeat_ngram_size=3,
-                                answer_prefix=prefix)
+        g = dataclasses.replace(
+            greedy(params, max_new_tokens=24), repetition_penalty=1.3, no_repeat_ngram_size=3, answer_prefix=prefix
+        )
         reference = model.generate_responses(ROWS, g)
         answers = engine.answer_rows(ROWS, g, progress=False)
         assert answers.texts == reference.texts and answers.token_ids == reference.token_ids, prefix
@@ -159,21 +163,29 @@ def test_prompts_render_without_transformers_as_with_it(family, repo_params, tin
     model = model_for(params.profile, params.prompt.system)
     model.load()
     for row in ROWS + [{"Prompt": "  A child with fever.  "}]:
-        assert render_chat(model.chat_template, chat_messages(model.system_prompt, model._create_input_prompt(row))) == \
-            model.prompt_for(row)
+        assert render_chat(
+            model.chat_template, chat_messages(model.system_prompt, model._create_input_prompt(row))
+        ) == model.prompt_for(row)
     model.cleanup_model()
 
 
 def ask(root, *args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "stages.ask", "--export", str(root / "int8"), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "stages.ask", "--export", str(root / "int8"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tmp_path):
     _, _, root = exported
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # the decoding ask follows (beam search here)
-    done = ask(root, "A 3 year old with fever and fast breathing. What should I do?", "--max-new-tokens", "8", cwd=tmp_path)
+    done = ask(
+        root, "A 3 year old with fever and fast breathing. What should I do?", "--max-new-tokens", "8", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
     rows = tmp_path / "rows.jsonl"
@@ -181,7 +193,9 @@ def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tm
     done = ask(root, "--file", str(rows), "--max-new-tokens", "4", "--report", str(tmp_path / "r.json"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "Master_Index,Clinician" and [line.split(",")[0] for line in lines[1:]] == [r["Master_Index"] for r in ROWS[:2]]
+    assert lines[0] == "Master_Index,Clinician" and [line.split(",")[0] for line in lines[1:]] == [
+        r["Master_Index"] for r in ROWS[:2]
+    ]
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["row_seconds"]) == 2 and 0 < report["peak_rss_mb"] < 2048
     assert report["torch_imported"] is False
@@ -192,18 +206,31 @@ def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tm
     assert [line.split(",")[0] for line in done.stdout.splitlines()] == ["Master_Index", "1", "2"]
     # 0 new tokens (a length predict may choose): the echo prefix alone, without running the model
     done = ask(root, "--file", str(prompts_only), "--max-new-tokens", "0", cwd=tmp_path)
-    assert done.returncode == 0 and done.stdout.splitlines()[1:] == ["1,summary a child 2 years fever cough",
-                                                                     "2,summary a woman 30 headache bp 170110"], done.stderr
+    assert done.returncode == 0 and done.stdout.splitlines()[1:] == [
+        "1,summary a child 2 years fever cough",
+        "2,summary a woman 30 headache bp 170110",
+    ], done.stderr
     prompts_only.write_text("Prompt\nA child\n  \n")
     done = ask(root, "--file", str(prompts_only), cwd=tmp_path)
-    assert done.returncode == 1 and done.stderr.strip() == f"ERROR stages: {prompts_only}: row 2, column 'Prompt': empty vignette"
+    assert (
+        done.returncode == 1
+        and done.stderr.strip() == f"ERROR stages: {prompts_only}: row 2, column 'Prompt': empty vignette"
+    )
     # a vignette far beyond the window: its middle cut, one warning, an answer
-    done = ask(root, "A 3 year old with fever. " + "The mother adds more history. " * 800 + "What should I do?",
-               "--max-new-tokens", "4", cwd=tmp_path)
+    done = ask(
+        root,
+        "A 3 year old with fever. " + "The mother adds more history. " * 800 + "What should I do?",
+        "--max-new-tokens",
+        "4",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0 and done.stdout.strip(), done.stderr
     assert [line.split(":")[0] for line in done.stderr.splitlines()] == ["WARNING core.prompts"], done.stderr
     done = ask(root, "   ", cwd=tmp_path)
-    assert done.returncode == 1 and done.stderr.strip() == "ERROR stages: the vignette is empty: there is nothing to answer"
+    assert (
+        done.returncode == 1
+        and done.stderr.strip() == "ERROR stages: the vignette is empty: there is nothing to answer"
+    )
     assert not done.stdout
 
 
@@ -244,8 +271,14 @@ def test_an_over_long_vignette_loses_its_middle_in_both_engines_as_in_training(e
         reference = model.generate_responses([long_row], g)
         text, ids = engine.answer(long_row, g)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warned == [f"1 of 1 prompts do not fit in max_seq_length={params.profile.max_seq_length} with their answer: "
-                      f"the middle of each was cut, as training cuts it ({long_row['Master_Index']})"] * 2
+    assert (
+        warned
+        == [
+            f"1 of 1 prompts do not fit in max_seq_length={params.profile.max_seq_length} with their answer: "
+            f"the middle of each was cut, as training cuts it ({long_row['Master_Index']})"
+        ]
+        * 2
+    )
     assert ids == reference.token_ids[0] and text == reference.texts[0]
     # with the echo prefix, as long as the vignette: the model sees its end, the answer holds it whole
     g = dataclasses.replace(g, answer_prefix="echo")

@@ -1,14 +1,15 @@
 """The Unsloth backend end to end on a small random-init Qwen3 (run on a CUDA machine:
 `python -m pytest -m gpu`; skipped elsewhere)."""
+
 import dataclasses
 
 import pytest
 
+from core.data import read_vignettes
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
 from tests.checkpoints import REPO, build_toy_checkpoint
 from tests.conftest import tiny_params
-from core.data import read_vignettes
 from tests.test_model import STATIC_CASES, static_against_generate
 
 pytestmark = pytest.mark.gpu
@@ -19,9 +20,14 @@ SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_
 
 # First in the file: the Unsloth tests below import unsloth, which patches transformers for the
 # whole process (CUDA graph capture then fails), so these run before it is imported.
-@pytest.mark.parametrize("load_in_4bit,dtype", [(True, "float32"), (False, "float32"), (True, "bfloat16"), (False, "bfloat16")],
-                         ids=["4bit-float32", "float32", "4bit-bf16", "bf16"])
-def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params, monkeypatch, caplog, load_in_4bit, dtype):
+@pytest.mark.parametrize(
+    "load_in_4bit,dtype",
+    [(True, "float32"), (False, "float32"), (True, "bfloat16"), (False, "bfloat16")],
+    ids=["4bit-float32", "float32", "4bit-bf16", "bf16"],
+)
+def test_cuda_graph_decoding_gives_generates_greedy_tokens(
+    tmp_path, repo_params, monkeypatch, caplog, load_in_4bit, dtype
+):
     """The fast generation path (hf backend: static cache, decode step replayed as a CUDA graph,
     grouped decode attention, finished rows dropped) against transformers' generate() on a small
     model, without and with a repetition penalty; and through generate_responses with
@@ -33,7 +39,9 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
     from core.decode import static_cache
 
     if "unsloth" in sys.modules:  # this test comes first in the file; see core/models/base.py, generate_responses
-        pytest.skip("Unsloth, imported earlier in this process, patches transformers' model classes: run -k cuda_graph alone")
+        pytest.skip(
+            "Unsloth, imported earlier in this process, patches transformers' model classes: run -k cuda_graph alone"
+        )
     checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=6, learning_rate=1e-3)
     profile = dataclasses.replace(params.profile, backend="hf", load_in_4bit=load_in_4bit, dtype=dtype)
@@ -49,12 +57,18 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
         # greedy and beams, the answer-only rules and the answers' prefixes inside the graph
         shrunk = set()
         for beams, returned, penalty, ngram, prefixes in STATIC_CASES:
-            decoding_ = dataclasses.replace(profile.generation, num_beams=beams, repetition_penalty=penalty,
-                                            no_repeat_ngram_size=ngram, mbr_candidates=returned if returned > 1 else 0)
+            decoding_ = dataclasses.replace(
+                profile.generation,
+                num_beams=beams,
+                repetition_penalty=penalty,
+                no_repeat_ngram_size=ngram,
+                mbr_candidates=returned if returned > 1 else 0,
+            )
             caplog.clear()
             with caplog.at_level("DEBUG", logger="core.decode.static_cache"):
-                fast, expected = static_against_generate(model, decoding_, graphs=True, with_prefixes=prefixes,
-                                                         max_new_tokens=40 if beams == 1 else 72)
+                fast, expected = static_against_generate(
+                    model, decoding_, graphs=True, with_prefixes=prefixes, max_new_tokens=40 if beams == 1 else 72
+                )
             assert fast == expected, (beams, returned, penalty, ngram, prefixes)
             if "the batch shrinks" in caplog.text:
                 shrunk.add("greedy" if beams == 1 else "beams")
@@ -64,11 +78,18 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(tmp_path, repo_params
     # and the two paths' rounding then picks other beams for half of the rows (20 of 40 measured);
     # that beams give generate()'s tokens is shown in float32 above and here.
     for beams in (1, 4) if dtype == "float32" else (1,):
-        settings = dataclasses.replace(profile.generation, num_beams=beams, batch_size="auto", no_repeat_ngram_size=4,
-                                       length_grid=[], max_new_tokens=32, answer_prefix="echo")
+        settings = dataclasses.replace(
+            profile.generation,
+            num_beams=beams,
+            batch_size="auto",
+            no_repeat_ngram_size=4,
+            length_grid=[],
+            max_new_tokens=32,
+            answer_prefix="echo",
+        )
         graphs = model.generate_responses(ROWS[20:60], settings)
         plain = model.generate_responses(ROWS[20:60], dataclasses.replace(settings, static_cache=False))
-        differ = sum(a != b for a, b in zip(graphs.texts, plain.texts))
+        differ = sum(a != b for a, b in zip(graphs.texts, plain.texts, strict=True))
         assert any(plain.texts)  # the comparison is not between empty answers
         # float32: the same answers; bfloat16: at most 1 in 10 differs (0 of 40 when measured, greedy)
         assert differ <= (0 if dtype == "float32" else 4), f"{beams} beams: {differ} of 40 answers differ"
@@ -82,7 +103,9 @@ def test_unsloth_fine_tunes_generates_and_reloads(tmp_path, repo_params, load_in
 
     checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=6, learning_rate=1e-3)
-    profile = params.profile.__class__(**{**params.profile.__dict__, "backend": "unsloth", "load_in_4bit": load_in_4bit})
+    profile = params.profile.__class__(
+        **{**params.profile.__dict__, "backend": "unsloth", "load_in_4bit": load_in_4bit}
+    )
     model = model_for(profile, params.prompt.system)
     assert model.backend.name == "unsloth"
     metrics = model.fine_tune(ROWS[:16], ROWS[16:20], profile.training, tmp_path / "run")
@@ -130,7 +153,9 @@ def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
     metrics, _ = direct_preference_optimisation(model, pairs[:4], pairs[4:6], config, tmp_path / "align")
     assert metrics["steps"] == 2 and metrics["val_reward_accuracy"] is not None
     assert set(model.model.peft_config) == {"default"}
-    assert any(not torch.equal(w.detach().float(), before[n]) for n, w in model.model.named_parameters() if "lora_" in n)
+    assert any(
+        not torch.equal(w.detach().float(), before[n]) for n, w in model.model.named_parameters() if "lora_" in n
+    )
     out = model.generate_responses(ROWS[20:24], profile.generation)  # and it still answers
     assert len(out.texts) == 4
     model.save_adapter(tmp_path / "aligned")

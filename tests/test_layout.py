@@ -1,5 +1,6 @@
 """The house: production code (core/, stages/) never reaches into benchmarks/ or tests/, holds no
 switch that only a benchmark sets, and README's layout names every module of core/."""
+
 import ast
 import re
 from pathlib import Path
@@ -31,8 +32,13 @@ def class_attributes(paths) -> dict[str, str]:
         for node in ast.walk(tree(path)):
             if isinstance(node, ast.ClassDef):
                 for statement in node.body:
-                    targets = statement.targets if isinstance(statement, ast.Assign) else \
-                        [statement.target] if isinstance(statement, ast.AnnAssign) else []
+                    targets = (
+                        statement.targets
+                        if isinstance(statement, ast.Assign)
+                        else [statement.target]
+                        if isinstance(statement, ast.AnnAssign)
+                        else []
+                    )
                     for target in targets:
                         if isinstance(target, ast.Name):
                             place = path.relative_to(REPO) if path.is_relative_to(REPO) else path
@@ -45,17 +51,31 @@ def attributes_written(paths) -> set[str]:
     written = set()
     for path in paths:
         for node in ast.walk(tree(path)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+                else []
+            )
             written.update(t.attr for t in targets if isinstance(t, ast.Attribute))
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and len(node.args) > 1 \
-                    and isinstance(node.args[1], ast.Constant):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "setattr"
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+            ):
                 written.add(node.args[1].value)
     return written
 
 
 def test_production_code_never_imports_benchmarks_or_tests():
-    reaching = [f"{path.relative_to(REPO)} imports {name}" for path in PRODUCTION for name in sorted(imported_modules(path))
-                if name.split(".")[0] in ("benchmarks", "tests")]
+    reaching = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in PRODUCTION
+        for name in sorted(imported_modules(path))
+        if name.split(".")[0] in ("benchmarks", "tests")
+    ]
     assert not reaching, reaching
 
 
@@ -67,7 +87,9 @@ def test_no_class_attribute_is_a_switch_only_benchmarks_set():
 
 def test_the_check_finds_such_a_switch(tmp_path):
     production, benchmark = tmp_path / "backend.py", tmp_path / "bench.py"
-    production.write_text("class Backend:\n    name = 'hf'\n    legacy_path = False\n\n    def run(self):\n        self.name = 'x'\n")
+    production.write_text(
+        "class Backend:\n    name = 'hf'\n    legacy_path = False\n\n    def run(self):\n        self.name = 'x'\n"
+    )
     benchmark.write_text("from core.backend import Backend\nBackend.legacy_path = True\nBackend.name = 'y'\n")
     by_benchmarks = attributes_written([benchmark]) - attributes_written([production])
     assert {name for name in class_attributes([production]) if name in by_benchmarks} == {"legacy_path"}
@@ -81,7 +103,7 @@ def test_each_package_of_core_says_what_it_is_for():
 
 def test_readme_layout_names_every_module_of_core_and_only_modules_that_exist():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    layout = readme[readme.index("## Layout"):]
+    layout = readme[readme.index("## Layout") :]
     layout = layout[: layout.index("\n## ")] if "\n## " in layout else layout
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)`[^|]* \| (.*) \|$", layout, re.M)}
     named = set()

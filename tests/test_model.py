@@ -1,4 +1,6 @@
-"""BaseUnslothModel on the CPU backend, with tiny random-init Qwen3 and Llama checkpoints (the stand-ins; the toy tokenizer where many optimiser steps run)."""
+"""BaseUnslothModel on the CPU backend, with tiny random-init Qwen3 and Llama checkpoints (the
+stand-ins; the toy tokenizer where many optimiser steps run)."""
+
 import copy
 import dataclasses
 from types import SimpleNamespace
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 from core.config import parse_params
+from core.data import read_vignettes
 from core.decode import static_cache
 from core.decode.generation import AUTO_MEMORY_SHARE, answer_only_rules, generate_kwargs, mbr_choice, rows_per_batch
 from core.models.backends import BackendError
@@ -15,7 +18,6 @@ from core.models.families import FAMILIES, model_for
 from core.train.common import IGNORE_INDEX, TrainingDiverged
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
-from core.data import read_vignettes
 
 ROWS = read_vignettes(REPO / "data" / "sample" / "train.csv", labelled=True)
 FAMILY_NAMES = ["qwen3", "llama32"]
@@ -38,7 +40,8 @@ def tiny(request, repo_params, tiny_checkpoints):
 
 @pytest.fixture(params=FAMILY_NAMES)
 def toy(request, repo_params, toy_checkpoints):
-    """A family's architecture with the toy tokenizer, for tests that run many optimiser steps (tests/checkpoints.py)."""
+    """A family's architecture with the toy tokenizer, for tests that run many optimiser steps
+    (tests/checkpoints.py)."""
     yield from loaded(repo_params, toy_checkpoints, request.param)
 
 
@@ -62,7 +65,7 @@ def test_labels_mask_the_prompt_and_keep_the_end_of_turn(tiny):
     examples = model.training_examples(ROWS[:3])
     eot = model.tokenizer.convert_tokens_to_ids(model.end_of_turn)
     assert model.tokenizer.pad_token_id != eot  # padding can never mask the stop token out
-    for row, ids, labels in zip(ROWS, examples.input_ids, examples.labels):
+    for row, ids, labels in zip(ROWS[:3], examples.input_ids, examples.labels, strict=True):
         n_prompt = len(model.encode(model.prompt_for(row)))
         assert ids[:n_prompt] == model.encode(model.prompt_for(row))  # token-identical to prediction's prompt
         assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
@@ -75,7 +78,7 @@ def test_labels_mask_the_prompt_and_keep_the_end_of_turn(tiny):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     batch = DataCollatorForLanguageModeling(pad_token_id=model.tokenizer.pad_token_id)(
-        [{"input_ids": i, "labels": l} for i, l in zip(examples.input_ids, examples.labels)]
+        [{"input_ids": ids, "labels": labels} for ids, labels in zip(examples.input_ids, examples.labels, strict=True)]
     )
     shortest = min(range(3), key=lambda i: len(examples.input_ids[i]))
     n = len(examples.input_ids[shortest])
@@ -89,7 +92,7 @@ def _loss_on(model, rows):
     width = max(map(len, examples.input_ids))
     pad = model.tokenizer.pad_token_id
     ids = torch.tensor([i + [pad] * (width - len(i)) for i in examples.input_ids])
-    labels = torch.tensor([l + [IGNORE_INDEX] * (width - len(l)) for l in examples.labels])
+    labels = torch.tensor([row + [IGNORE_INDEX] * (width - len(row)) for row in examples.labels])
     mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in examples.input_ids])
     model.model.eval()
     with torch.no_grad():
@@ -99,7 +102,9 @@ def _loss_on(model, rows):
 def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(toy, tmp_path, repo_params):
     model, params = toy
     batch = ROWS[:8]
-    training = tiny_params(repo_params, params.profile.family, params.profile.name, max_steps=12, learning_rate=1e-2).profile.training
+    training = tiny_params(
+        repo_params, params.profile.family, params.profile.name, max_steps=12, learning_rate=1e-2
+    ).profile.training
     model.attach_lora(seed=0)
     before = _loss_on(model, batch)
     metrics = model.fine_tune(batch, ROWS[8:10], training, tmp_path / "run")
@@ -131,15 +136,28 @@ def test_padding_free_and_one_pass_updates_follow_the_same_loss_curve(toy, tmp_p
     prompt stays masked and no row attends to another."""
     model, params = toy
     curves = {}
-    for name, settings in {"padded, 2 passes a step": dict(rows_per_pass=2, padding_free=False),
-                           "padded, 1 pass": dict(rows_per_pass=4, padding_free=False),
-                           "padding-free, 1 pass": dict(rows_per_pass=4, padding_free=True)}.items():
-        training = tiny_params(repo_params, params.profile.family, params.profile.name, max_steps=3, batch_size=2,
-                               grad_accum=2, learning_rate=1e-2, **settings).profile.training
+    for name, settings in {
+        "padded, 2 passes a step": dict(rows_per_pass=2, padding_free=False),
+        "padded, 1 pass": dict(rows_per_pass=4, padding_free=False),
+        "padding-free, 1 pass": dict(rows_per_pass=4, padding_free=True),
+    }.items():
+        training = tiny_params(
+            repo_params,
+            params.profile.family,
+            params.profile.name,
+            max_steps=3,
+            batch_size=2,
+            grad_accum=2,
+            learning_rate=1e-2,
+            **settings,
+        ).profile.training
         BaseUnslothModel.clear_cache()
         run = model_for(params.profile, params.prompt.system)
         metrics = run.fine_tune(ROWS[:12], ROWS[12:16], training, tmp_path / name)
-        assert metrics["rows_per_pass"] == settings["rows_per_pass"] and metrics["padding_free"] is settings["padding_free"]
+        assert (
+            metrics["rows_per_pass"] == settings["rows_per_pass"]
+            and metrics["padding_free"] is settings["padding_free"]
+        )
         curves[name] = [e["loss"] for e in run.training_log if "loss" in e] + [metrics["val_loss"]]
         run.cleanup_model()
     reference = curves.pop("padded, 2 passes a step")
@@ -154,7 +172,9 @@ def test_training_that_turns_nan_stops_at_once_with_a_clear_error(toy, tmp_path,
     model.attach_lora(seed=0)
     with torch.no_grad():  # poisoned embeddings: every loss from the first step on is NaN
         model.model.get_input_embeddings().weight[:, 0] = float("nan")
-    with pytest.raises(TrainingDiverged, match=r"diverged at step 1: loss is nan; nothing was saved\. Lower the learning rate"):
+    with pytest.raises(
+        TrainingDiverged, match=r"diverged at step 1: loss is nan; nothing was saved\. Lower the learning rate"
+    ):
         model.fine_tune(ROWS[:8], [], training, tmp_path / "run")
 
 
@@ -168,8 +188,9 @@ def test_generation_is_batched_greedy_and_order_preserving(tiny):
     assert model.tokenizer.padding_side == "left"
 
 
-def static_against_generate(model, generation, graphs: bool, with_prefixes: bool = False,
-                            max_new_tokens: int = 40) -> tuple[list, list]:
+def static_against_generate(
+    model, generation, graphs: bool, with_prefixes: bool = False, max_new_tokens: int = 40
+) -> tuple[list, list]:
     """Answers of 10 rows of many prompt lengths from core/decode/static_cache.py and from transformers'
     generate() (greedy or beams, as `generation` says; every returned sequence), each cut after
     the stop token. A random model rarely ends its turn, so the stop token is the one most rows
@@ -186,9 +207,15 @@ def static_against_generate(model, generation, graphs: bool, with_prefixes: bool
 
         rules = LogitsProcessorList(answer_only_rules(generation, [width - m for m in prefix_lengths]))
         with torch.inference_mode():
-            out = model.model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=[stop_id], use_cache=True,
-                                       pad_token_id=model.tokenizer.pad_token_id, logits_processor=rules,
-                                       **generate_kwargs(generation))
+            out = model.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=[stop_id],
+                use_cache=True,
+                pad_token_id=model.tokenizer.pad_token_id,
+                logits_processor=rules,
+                **generate_kwargs(generation),
+            )
         return out[:, width:].tolist()
 
     early = {}
@@ -201,8 +228,16 @@ def static_against_generate(model, generation, graphs: bool, with_prefixes: bool
         return ids[: ids.index(stop) + 1] if stop in ids else ids
 
     expected = [upto_stop(ids) for ids in plain(stop)]
-    fast, steps = static_cache.decode(model.model, prompts, prefix_lengths, stop, model.tokenizer.pad_token_id, generation,
-                                  max_new_tokens, graphs=graphs)
+    fast, steps = static_cache.decode(
+        model.model,
+        prompts,
+        prefix_lengths,
+        stop,
+        model.tokenizer.pad_token_id,
+        generation,
+        max_new_tokens,
+        graphs=graphs,
+    )
     if generation.sequences_per_row == 1:  # greedy stops at the first look after the last row's stop token
         assert steps == max(map(len, expected)) or steps % static_cache.CHECK_EVERY == 0
     assert len({len(ids) for ids in expected}) >= 3  # rows stopped at different lengths
@@ -210,12 +245,20 @@ def static_against_generate(model, generation, graphs: bool, with_prefixes: bool
 
 
 # (beams, answers returned, penalty, n-gram size, answer prefixes)
-STATIC_CASES = [(1, 1, 1.0, 0, False), (1, 1, 1.3, 0, False), (1, 1, 1.3, 3, True),
-                (4, 1, 1.0, 0, False), (4, 1, 1.2, 3, True), (3, 2, 1.2, 0, True)]
+STATIC_CASES = [
+    (1, 1, 1.0, 0, False),
+    (1, 1, 1.3, 0, False),
+    (1, 1, 1.3, 3, True),
+    (4, 1, 1.0, 0, False),
+    (4, 1, 1.2, 3, True),
+    (3, 2, 1.2, 0, True),
+]
 
 
 @pytest.mark.parametrize("beams, returned, penalty, ngram, prefixes", STATIC_CASES)
-def test_static_cache_decoding_gives_generates_tokens(toy, caplog, monkeypatch, beams, returned, penalty, ngram, prefixes):
+def test_static_cache_decoding_gives_generates_tokens(
+    toy, caplog, monkeypatch, beams, returned, penalty, ngram, prefixes
+):
     """core/decode/static_cache.py (here eagerly, on a CPU; tests/test_gpu.py replays it as a CUDA graph)
     against transformers' generate(), greedy and beam search (each prompt run once, its cache
     copied to its beams; the N best beams for MBR): the same tokens up to each row's stop token,
@@ -223,13 +266,19 @@ def test_static_cache_decoding_gives_generates_tokens(toy, caplog, monkeypatch, 
     and the answer-only repetition rules."""
     model, params = toy
     model.attach_lora(seed=0)
-    generation = dataclasses.replace(params.profile.generation, num_beams=beams, mbr_candidates=returned if returned > 1 else 0,
-                                     repetition_penalty=penalty, no_repeat_ngram_size=ngram)
+    generation = dataclasses.replace(
+        params.profile.generation,
+        num_beams=beams,
+        mbr_candidates=returned if returned > 1 else 0,
+        repetition_penalty=penalty,
+        no_repeat_ngram_size=ngram,
+    )
     monkeypatch.setattr(static_cache, "SHRINK_BELOW", 0.95)  # drop finished rows as soon as one has finished
     with caplog.at_level("DEBUG", logger="core.decode.static_cache"):
         # beams finish later than greedy rows (a prompt is done once its beams cannot improve)
-        fast, expected = static_against_generate(model, generation, graphs=False, with_prefixes=prefixes,
-                                                 max_new_tokens=40 if beams == 1 else 72)
+        fast, expected = static_against_generate(
+            model, generation, graphs=False, with_prefixes=prefixes, max_new_tokens=40 if beams == 1 else 72
+        )
     assert len(fast) == 10 * returned
     assert fast == expected
     assert "the batch shrinks" in caplog.text  # finished rows were dropped, and the rest went on right
@@ -238,8 +287,9 @@ def test_static_cache_decoding_gives_generates_tokens(toy, caplog, monkeypatch, 
 def test_beam_search_is_batch_independent_and_repeatable(tiny):
     model, params = tiny
     rows = ROWS[:4]
-    beams = dataclasses.replace(params.profile.generation, num_beams=3, repetition_penalty=1.2, max_new_tokens=10,
-                                batch_size=4)
+    beams = dataclasses.replace(
+        params.profile.generation, num_beams=3, repetition_penalty=1.2, max_new_tokens=10, batch_size=4
+    )
     batched = model.generate_responses(rows, beams)
     alone = [model.generate_responses([r], beams).texts[0] for r in rows]
     assert batched.texts == alone  # left padding does not change what a row gets under beam search either
@@ -262,9 +312,9 @@ def test_mbr_returns_one_of_the_candidates_per_row(tiny):
 def test_mbr_picks_the_consensus_candidate():
     # Normalised tokens; ROUGE-L F between two texts = LCS / length when both have the same length.
     candidates = [
-        "fever cough give amoxicillin",     # A
-        "fever cough give paracetamol",     # B: LCS with A 3 -> 3/4; with C 2 -> 2/4
-        "rash itch apply cream",            # C: shares nothing with A ...
+        "fever cough give amoxicillin",  # A
+        "fever cough give paracetamol",  # B: LCS with A 3 -> 3/4; with C 2 -> 2/4
+        "rash itch apply cream",  # C: shares nothing with A ...
         "Fever, cough: give amoxicillin!",  # D: A again once normalised
     ]
     # mean ROUGE-L against the others: A = (3/4 + 0 + 1) / 3, B = (3/4 + 0 + 3/4) / 3, C = 0, D = A's
@@ -274,15 +324,17 @@ def test_mbr_picks_the_consensus_candidate():
     assert matrix[0][1] == pytest.approx(0.75) and matrix[0][3] == pytest.approx(1.0) and matrix[0][2] == 0
     assert mbr_choice(candidates) == 0  # A and D tie; the earlier (the higher-ranked beam) wins
     # The top beam is not kept when the others disagree with it:
-    # "p q r s" -> 0; "a b c d" -> (0 + 3/4 + 1) / 3 = 0.583; "a b c e" -> (0 + 3/4 + 3/4) / 3 = 0.5; last "a b c d" -> 0.583
+    # "p q r s" -> 0; "a b c d" -> (0 + 3/4 + 1) / 3 = 0.583; "a b c e" -> (0 + 3/4 + 3/4) / 3 = 0.5;
+    # the last "a b c d" -> 0.583
     assert mbr_choice(["p q r s", "a b c d", "a b c e", "a b c d"]) == 1
     assert mbr_choice(["only one"]) == 0
 
 
 def test_auto_batch_size_follows_free_memory_and_splits_evenly():
     # 2 layers x (keys + values) x 2 KV heads x head_dim 4 x 4 bytes = 128 bytes a token
-    config = SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=16,
-                             vocab_size=100)
+    config = SimpleNamespace(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=16, vocab_size=100
+    )
     per_row = 2 * (10 + 6) * 128 + 3 * 4 * 100  # the cache counted twice, plus the logits buffers
     free = int(per_row * 10 / AUTO_MEMORY_SHARE) + 1  # room for 10 rows
     assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free) == 9  # 3 batches of 9, 8, 8, not 10, 10, 5
@@ -291,7 +343,9 @@ def test_auto_batch_size_follows_free_memory_and_splits_evenly():
     assert rows_per_batch("auto", 25, 10, 6, config, torch.bfloat16, free) == 13  # half the bytes: 2 batches
     assert rows_per_batch("auto", 40, 10, 6, config, torch.float32, None) == 14  # no GPU: up to 16, evenly
     assert rows_per_batch(5, 40, 10, 6, config, torch.float32, 1) == 5  # a number is taken as given
-    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=2) == 5  # 2 beams a row: 5 rows fit
+    assert (
+        rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=2) == 5
+    )  # 2 beams a row: 5 rows fit
     # a cache allocated whole (core/decode/static_cache.py) is counted once: 16 * 128 + 1200 bytes a row
     # instead of 2 * 16 * 128 + 1200, so 16 rows fit where 10 did: 2 batches of 13 and 12
     assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, prompt_shared=True) == 13
@@ -344,8 +398,11 @@ def test_unsloth_without_cuda_fails_in_one_sentence(repo_params):
     assert message.count(". ") == 0 and "\n" not in message
 
 
-@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
-                         ids=["T4", "A100", "H100"])
+@pytest.mark.parametrize(
+    "capability,expected",
+    [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+    ids=["T4", "A100", "H100"],
+)
 def test_auto_dtype_is_bfloat16_only_where_the_card_has_it(monkeypatch, capability, expected):
     """A T4 (compute capability 7.5) trains and answers in float16. torch.cuda.is_bf16_supported() says yes
     there (bfloat16 can be emulated), and Unsloth replaces it with a function that takes no arguments: neither
@@ -390,8 +447,9 @@ def test_the_best_epoch_by_validation_loss_is_kept(toy, tmp_path, repo_params):
     from transformers import TrainerCallback
 
     model, params = toy
-    training = tiny_params(repo_params, params.profile.family, params.profile.name, epochs=3, learning_rate=1e-3,
-                           batch_size=8).profile.training
+    training = tiny_params(
+        repo_params, params.profile.family, params.profile.name, epochs=3, learning_rate=1e-3, batch_size=8
+    ).profile.training
     assert training.keep_best_epoch
 
     class SpoilLastEpochAndRecord(TrainerCallback):
@@ -405,14 +463,20 @@ def test_the_best_epoch_by_validation_loss_is_kept(toy, tmp_path, repo_params):
                             p.add_(torch.randn_like(p) * 5)
 
         def on_evaluate(self, args, state, control, **kwargs):
-            self.weights[round(state.epoch)] = {n: p.detach().clone() for n, p in model.model.named_parameters() if p.requires_grad}
+            self.weights[round(state.epoch)] = {
+                n: p.detach().clone() for n, p in model.model.named_parameters() if p.requires_grad
+            }
 
     record = SpoilLastEpochAndRecord()
     metrics = model.fine_tune(ROWS[:16], ROWS[16:24], training, tmp_path / "run", callbacks=[record])
     losses = metrics["val_loss_by_epoch"]
     assert len(losses) == 3 and losses[2] > min(losses[:2])
     best = 1 + losses.index(min(losses))
-    assert metrics["best_epoch"] == best and metrics["val_loss"] == min(losses) and metrics["val_loss_last_epoch"] == losses[2]
+    assert (
+        metrics["best_epoch"] == best
+        and metrics["val_loss"] == min(losses)
+        and metrics["val_loss_last_epoch"] == losses[2]
+    )
     kept = {n: p for n, p in model.model.named_parameters() if p.requires_grad}
     assert all(torch.equal(kept[n], w) for n, w in record.weights[best].items())
     assert not all(torch.equal(kept[n], w) for n, w in record.weights[3].items())

@@ -1,5 +1,6 @@
 """The notebook runs headless top to bottom after `dvc repro` and an experiment, saving its charts;
 `dvc plots show` / `dvc plots diff` render the plots declared in dvc.yaml."""
+
 import os
 import sys
 from pathlib import Path
@@ -32,13 +33,19 @@ def two_runs(tmp_path_factory, tiny_experiments):
 def test_notebook_runs_headless_and_saves_its_charts(two_runs, monkeypatch):
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     notebook = nbformat.read(two_runs / NOTEBOOK, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(two_runs / "notebooks")}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(two_runs / "notebooks")}}
+    ).execute()
 
     for name in FIGURES:
         figure = two_runs / "notebooks" / "figures" / name
         assert figure.stat().st_size > 5000, name  # a real chart, not an empty canvas
-    outputs = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                      for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    outputs = "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    )
     assert "tiny-llama32" in outputs and "tiny-qwen3" in outputs  # both experiments in the table
     assert "sft+dpo" in outputs  # SFT against SFT + DPO
     assert "[answered in" in outputs and "peak_rss_mb" in outputs  # the export asked, and its deploy report

@@ -1,6 +1,7 @@
 """`dvc repro` of the default profile (the real SmolLM2 weights) on the sample data, shortened: the
 whole pipeline once; a generation key's change, which would rerun predict onwards only; predict
 and submit again, to the same bytes."""
+
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,20 @@ def shorten(workspace: Path, **generation) -> None:
     params = yaml.safe_load(path.read_text())
     params["data"]["val_fraction"] = 0.2
     params["models"]["smollm2"]["training"].update(max_steps=2, batch_size=2)
-    params["models"]["smollm2"]["generation"].update({"max_new_tokens": 16, "length_grid": [0, 8, 16], "num_beams": 2, **generation})
+    params["models"]["smollm2"]["generation"].update(
+        {"max_new_tokens": 16, "length_grid": [0, 8, 16], "num_beams": 2, **generation}
+    )
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def cached_output_hashes(workspace: Path) -> dict[str, str]:
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
-            if not out["path"].startswith(("metrics/", "dvclive/", "plots/"))}
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+        if not out["path"].startswith(("metrics/", "dvclive/", "plots/"))
+    }
 
 
 def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
@@ -40,10 +47,16 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
         assert f"Running stage '{stage}'" in out
     # a run that succeeds says nothing alarming: the export builder's chatter stays at DEBUG
     printed = done.stdout + done.stderr
-    assert "ERROR" not in printed and "Traceback" not in printed and "matmul_nbits_quantizer" not in printed, printed[-3000:]
+    assert "ERROR" not in printed and "Traceback" not in printed and "matmul_nbits_quantizer" not in printed, printed[
+        -3000:
+    ]
 
     submission = (workspace / "submissions" / "submission.csv").read_text(encoding="utf-8").splitlines()
-    test_ids = [line.split(",")[0] for line in (workspace / "data/sample/test.csv").read_text().splitlines()[1:] if line.startswith("ID_")]
+    test_ids = [
+        line.split(",")[0]
+        for line in (workspace / "data/sample/test.csv").read_text().splitlines()[1:]
+        if line.startswith("ID_")
+    ]
     assert submission[0] == "Master_Index,Clinician"
     assert sorted(line.split(",", 1)[0] for line in submission[1:]) == sorted(test_ids)
     assert all(line.split(",", 1)[1].strip() for line in submission[1:])
@@ -56,8 +69,21 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     assert "prompt_echo" in values["metrics/eval.json"]["data"]
     # the deployability report: the export against each of the challenge's limits, beside PyTorch and the echo
     deploy = values["metrics/deploy.json"]["data"]
-    assert set(deploy) >= {"export_engine", "precision", "parameters", "export_mb", "merged_mb", "peak_rss_mb", "ms_per_vignette",
-                           "tokens_per_s", "rougeL", "limits", "all_limits_pass", "rows", "decoding"}
+    assert set(deploy) >= {
+        "export_engine",
+        "precision",
+        "parameters",
+        "export_mb",
+        "merged_mb",
+        "peak_rss_mb",
+        "ms_per_vignette",
+        "tokens_per_s",
+        "rougeL",
+        "limits",
+        "all_limits_pass",
+        "rows",
+        "decoding",
+    }
     assert set(deploy["limits"]) == {"parameters", "quantized", "peak_rss_mb", "median_ms_per_vignette", "rougeL_loss"}
     assert all(set(limit) == {"value", "limit", "pass"} for limit in deploy["limits"].values())
     assert deploy["limits"]["parameters"]["pass"] and 134_000_000 < deploy["parameters"] < 136_000_000
@@ -67,12 +93,18 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     assert deploy["ms_per_vignette"]["p90"] >= deploy["ms_per_vignette"]["median"] > 0
     # speed and memory judged on the model writing (the submitted answers are 16 tokens at most): 32 new tokens
     # timed, and tokens really written in them
-    assert deploy["timed"]["max_new_tokens"] == 32 and deploy["timed"]["model_tokens"]["mean"] > 0 and deploy["tokens_per_s"] > 0
+    assert (
+        deploy["timed"]["max_new_tokens"] == 32
+        and deploy["timed"]["model_tokens"]["mean"] > 0
+        and deploy["tokens_per_s"] > 0
+    )
     assert deploy["timed"]["rows"] == 16 and set(deploy["submitted_model_tokens"]) == {"mean", "answers_without"}
     # the model's contribution: beside the echo and the answer prefix alone
     evaluation = values["metrics/eval.json"]["data"]
     assert evaluation["answer_prefix"]["kind"] == "echo" and 0 < evaluation["answer_prefix"]["rougeL"] < 1
-    assert evaluation["model_minus_prefix"]["rougeL"] == pytest.approx(evaluation["model"]["rougeL"] - evaluation["answer_prefix"]["rougeL"])
+    assert evaluation["model_minus_prefix"]["rougeL"] == pytest.approx(
+        evaluation["model"]["rougeL"] - evaluation["answer_prefix"]["rougeL"]
+    )
 
     assert "Data and pipelines are up to date" in dvc(workspace, "repro")
     predict = yaml.safe_load((workspace / "metrics" / "predict.json").read_text())
@@ -84,9 +116,14 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     shorten(workspace, answer_prefix="none", length_grid=[12], max_new_tokens=12)
     status = dvc(workspace, "status")
     assert "predict:" in status and "finetune:" not in status and "prepare:" not in status, status
-    out = dvc(workspace, "repro", "--dry")  # the stages that read generation keys; evaluate and submit follow predict's new answers
-    assert [s for s in ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy")
-            if f"Running stage '{s}'" in out] == ["predict", "deploy"], out
+    out = dvc(
+        workspace, "repro", "--dry"
+    )  # the stages that read generation keys; evaluate and submit follow predict's new answers
+    assert [
+        s
+        for s in ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy")
+        if f"Running stage '{s}'" in out
+    ] == ["predict", "deploy"], out
     (workspace / "params.yaml").write_text(ran)
     assert "Data and pipelines are up to date" in dvc(workspace, "status")
 

@@ -4,13 +4,17 @@ import pytest
 
 from core.data import DataError
 from core.metrics.echo import prompt_echo
+from core.metrics.report import validation_report
 from core.metrics.rouge import rouge
 from core.predictions import Prediction, build_submission, read_predictions, write_predictions, write_submission
-from core.metrics.report import validation_report
 
 ROWS = [
-    {"Master_Index": f"ID_{i}", "Prompt": f"I am a nurse working in a Health Centres in Kisumu county in Kenya. Case {i}: fever, cough.",
-     "Clinical Panel": panel, "Clinician": f"Summary: case {i}. Diagnosis: pneumonia. Management: amoxicillin."}
+    {
+        "Master_Index": f"ID_{i}",
+        "Prompt": f"I am a nurse working in a Health Centres in Kisumu county in Kenya. Case {i}: fever, cough.",
+        "Clinical Panel": panel,
+        "Clinician": f"Summary: case {i}. Diagnosis: pneumonia. Management: amoxicillin.",
+    }
     for i, panel in enumerate(["PAEDIATRICS", "Paediatrics ", "SURGERY"])
 ]
 
@@ -36,7 +40,10 @@ def test_validation_report_has_model_baseline_and_panels():
     assert [p["panel"] for p in per_panel] == ["PAEDIATRICS", "SURGERY"]  # case and spaces folded
     assert per_panel[0]["rows"] == 2
     assert summary["answer_prefix"] == {"kind": "none", "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    assert summary["model_minus_prefix"]["rougeL"] == pytest.approx(1.0) and summary["model_tokens"]["answers_without"] == 0
+    assert (
+        summary["model_minus_prefix"]["rougeL"] == pytest.approx(1.0)
+        and summary["model_tokens"]["answers_without"] == 0
+    )
 
 
 def test_answers_that_are_the_prefix_alone_are_reported_as_adding_nothing():
@@ -45,11 +52,18 @@ def test_answers_that_are_the_prefix_alone_are_reported_as_adding_nothing():
     # every answer "summary" + the echo and not one model token: what validation's length 0 gives
     predictions = {r["Master_Index"]: Prediction(answer_prefix(r, "echo"), 0, False) for r in ROWS}
     summary, per_panel = validation_report(ROWS, predictions, "echo")
-    assert summary["answer_prefix"]["kind"] == "echo" and summary["model"] == {k: summary["answer_prefix"][k] for k in summary["model"]}
-    assert summary["model_minus_prefix"]["rougeL"] == 0.0 and summary["model_tokens"] == {"mean": 0.0, "answers_without": len(ROWS)}
+    assert summary["answer_prefix"]["kind"] == "echo" and summary["model"] == {
+        k: summary["answer_prefix"][k] for k in summary["model"]
+    }
+    assert summary["model_minus_prefix"]["rougeL"] == 0.0 and summary["model_tokens"] == {
+        "mean": 0.0,
+        "answers_without": len(ROWS),
+    }
     # the prefix holds the echo and one word more: scored apart from the echo
     assert summary["answer_prefix"]["rougeL"] != summary["prompt_echo"]["rougeL"]
-    assert summary["model_minus_echo"]["rougeL"] == pytest.approx(summary["model"]["rougeL"] - summary["prompt_echo"]["rougeL"])
+    assert summary["model_minus_echo"]["rougeL"] == pytest.approx(
+        summary["model"]["rougeL"] - summary["prompt_echo"]["rougeL"]
+    )
     assert all(panel["model_rougeL"] == panel["answer_prefix_rougeL"] for panel in per_panel)
 
 
@@ -75,7 +89,10 @@ def _edit(path, change):
     [
         (lambda r: r.pop(1), r"1 id\(s\) have no prediction, first 'ID_1'"),
         (lambda r: r.append(dict(r[0])), r"row 4, column 'Master_Index': duplicate id 'ID_0' \(first in row 1\)"),
-        (lambda r: r[2].update(Clinician=""), r"row 3, column 'Clinician': the text is empty but predict wrote '8' characters"),
+        (
+            lambda r: r[2].update(Clinician=""),
+            r"row 3, column 'Clinician': the text is empty but predict wrote '8' characters",
+        ),
         (lambda r: r[0].update(Master_Index="ID_99"), r"row 1, column 'Master_Index': id 'ID_99' is not in the rows"),
     ],
     ids=["missing id", "duplicate id", "empty text", "unknown id"],
@@ -98,7 +115,12 @@ def test_submit_stage_refuses_damaged_predictions_and_keeps_the_old_submission(w
     (workspace / "data" / "predictions").mkdir(parents=True)
     path = _predictions_file(workspace / "data" / "predictions")
     env = {**os.environ, "PYTHONPATH": str(workspace)}
-    run = lambda: subprocess.run([sys.executable, "-m", "stages.submit"], cwd=workspace, env=env, capture_output=True, text=True)  # noqa: E731
+
+    def run():
+        return subprocess.run(
+            [sys.executable, "-m", "stages.submit"], cwd=workspace, env=env, capture_output=True, text=True
+        )
+
     assert run().returncode == 0
     good = (workspace / "submissions/submission.csv").read_bytes()
     _edit(path, lambda r: r.append(dict(r[1])))
@@ -141,12 +163,15 @@ def test_write_submission_checks_ids_and_text(tmp_path):
 
 def test_texts_with_any_line_ends_and_control_characters_round_trip(tmp_path):
     # Found on the GPU: a response with a bare "\r" (which csv.writer leaves unquoted) split its row.
-    texts = ["first line\rsecond, quoted \"x\"", "a\r\nb\nc", "escape \x1b and \x14 kept"]
+    texts = ['first line\rsecond, quoted "x"', "a\r\nb\nc", "escape \x1b and \x14 kept"]
     path = tmp_path / "val.csv"
     write_predictions(path, ROWS, [Prediction(t, 5, True) for t in texts])
     read = read_predictions(path, ROWS)
     assert [read[r["Master_Index"]].text for r in ROWS] == [
-        "first line\nsecond, quoted \"x\"", "a\nb\nc", "escape \x1b and \x14 kept"]
+        'first line\nsecond, quoted "x"',
+        "a\nb\nc",
+        "escape \x1b and \x14 kept",
+    ]
 
 
 class CountingModel:
@@ -170,8 +195,14 @@ class CountingModel:
         self.calls.append((len(rows), n))
         prefixes = [answer_prefix(row, decoding.answer_prefix) for row in rows]
         ids = [list(range(1, n + 1)) for _ in rows]
-        return Generations(texts=[join_answer(p, self.decode(i)) for p, i in zip(prefixes, ids, strict=True)],
-                           new_tokens=[n] * len(rows), stopped=[False] * len(rows), seconds=0.5, token_ids=ids, prefixes=prefixes)
+        return Generations(
+            texts=[join_answer(p, self.decode(i)) for p, i in zip(prefixes, ids, strict=True)],
+            new_tokens=[n] * len(rows),
+            stopped=[False] * len(rows),
+            seconds=0.5,
+            token_ids=ids,
+            prefixes=prefixes,
+        )
 
 
 @pytest.mark.parametrize("best", [0, 4])
@@ -187,11 +218,18 @@ def test_predict_answers_the_test_rows_at_the_length_chosen_and_not_at_all_at_le
     from tests.checkpoints import REPO
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["models"][params["model"]]["generation"].update(length_grid=[0, 4, 8], max_new_tokens=8, answer_prefix="echo", engine="torch")
+    params["models"][params["model"]]["generation"].update(
+        length_grid=[0, 4, 8], max_new_tokens=8, answer_prefix="echo", engine="torch"
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     # clinicians who wrote the prefix and then exactly `best` of the model's words: validation must choose `best`
-    val = [dict(row, Clinician=" ".join([answer_prefix(row, "echo"), *[f"w{i}" for i in range(1, best + 1)]])) for row in ROWS]
-    test = [{k: v for k, v in row.items() if k != "Clinician"} | {"Master_Index": f"T_{i}"} for i, row in enumerate(ROWS)]
+    val = [
+        dict(row, Clinician=" ".join([answer_prefix(row, "echo"), *[f"w{i}" for i in range(1, best + 1)]]))
+        for row in ROWS
+    ]
+    test = [
+        {k: v for k, v in row.items() if k != "Clinician"} | {"Master_Index": f"T_{i}"} for i, row in enumerate(ROWS)
+    ]
     atomic.write_text(tmp_path / "data/prepared/val.jsonl", "".join(json.dumps(r) + "\n" for r in val))
     atomic.write_text(tmp_path / "data/prepared/test.jsonl", "".join(json.dumps(r) + "\n" for r in test))
     model = CountingModel()
@@ -203,5 +241,7 @@ def test_predict_answers_the_test_rows_at_the_length_chosen_and_not_at_all_at_le
     # validation at the grid's longest; the test rows at the chosen length, or not asked at all
     assert model.calls == ([(len(val), 8), (len(test), best)] if best else [(len(val), 8)])
     answers = list(csv.DictReader(open(tmp_path / "data/predictions/test.csv", encoding="utf-8")))
-    assert [a["Clinician"] for a in answers] == [" ".join([answer_prefix(r, "echo"), *[f"w{i}" for i in range(1, best + 1)]]) for r in test]
+    assert [a["Clinician"] for a in answers] == [
+        " ".join([answer_prefix(r, "echo"), *[f"w{i}" for i in range(1, best + 1)]]) for r in test
+    ]
     assert {a["new_tokens"] for a in answers} == {str(best)} and report["test"]["seconds"] == (0.5 if best else 0.0)

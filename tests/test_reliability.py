@@ -1,5 +1,6 @@
 """Under `dvc repro` / `dvc exp run`, a stage that fails or is stopped keeps its last good outputs;
 bad settings stop before any work with one line each; the same inputs give the same adapter."""
+
 import csv
 import hashlib
 import io
@@ -17,8 +18,17 @@ from tests.dvc_helpers import git, run_dvc
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ("data/prepared", "models/adapter", "dvclive/finetune", "models/merged", "models/export", "data/predictions",
-           "submissions", "metrics", "plots")
+OUTPUTS = (
+    "data/prepared",
+    "models/adapter",
+    "dvclive/finetune",
+    "models/merged",
+    "models/export",
+    "data/predictions",
+    "submissions",
+    "metrics",
+    "plots",
+)
 
 
 def snapshot(workspace: Path) -> dict[str, str]:
@@ -67,15 +77,18 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
         csv.writer(f).writerows(rows)
     done = run_dvc(workspace, "repro", check=False)
     assert done.returncode != 0
-    assert len(errors(done)) == 1 and "data/sample/train.csv" in errors(done)[0] and "duplicate" in errors(done)[0], done.stderr
+    assert len(errors(done)) == 1 and "data/sample/train.csv" in errors(done)[0] and "duplicate" in errors(done)[0], (
+        done.stderr
+    )
     assert snapshot(workspace) == good and not leftovers(workspace)
     train_csv.write_text(original, encoding="utf-8")
 
     # 2. An unknown profile: the project's message, with the profiles, before DVC's; nothing is lost.
     done = run_dvc(workspace, "exp", "run", "-S", "model=gpt5", check=False)
     assert done.returncode != 0
-    assert errors(done) == ["ERROR stages: params.yaml: model: unknown model 'gpt5'; the profiles under models: are "
-                            "smollm2, qwen3, llama32"], done.stderr
+    assert errors(done) == [
+        "ERROR stages: params.yaml: model: unknown model 'gpt5'; the profiles under models: are smollm2, qwen3, llama32"
+    ], done.stderr
     assert snapshot(workspace) == good
     git(workspace, "checkout", "params.yaml")  # `dvc exp run -S` wrote model: gpt5 there
 
@@ -83,19 +96,26 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     def bad(raw):
         raw["models"]["qwen3"]["lora"]["r"] = 0
         raw["models"]["qwen3"]["generation"]["max_new_tokens"] = 0
+
     edit_params(workspace, bad)
     done = run_dvc(workspace, "repro", check=False)
     assert done.returncode != 0 and "loading" not in done.stderr
     assert sorted(errors(done)) == [
-        "ERROR stages: params.yaml: generation (with models.qwen3.generation).max_new_tokens: expected at least 1, got 0",
-        "ERROR stages: params.yaml: models.qwen3.lora.r: expected at least 1, got 0"], done.stderr
+        "ERROR stages: params.yaml: generation (with "
+        "models.qwen3.generation).max_new_tokens: expected at least 1, got 0",
+        "ERROR stages: params.yaml: models.qwen3.lora.r: expected at least 1, got 0",
+    ], done.stderr
     assert snapshot(workspace) == good
     params = workspace / "params.yaml"
     git(workspace, "checkout", "params.yaml")
     edit_params(workspace, lambda raw: raw["training"].update(learning_rate="1e-3"))
-    params.write_text(params.read_text().replace("learning_rate: '1e-3'", "learning_rate: 1e-3"))  # as typed: text to YAML 1.1
+    params.write_text(
+        params.read_text().replace("learning_rate: '1e-3'", "learning_rate: 1e-3")
+    )  # as typed: text to YAML 1.1
     done = run_dvc(workspace, "repro", check=False)
-    assert done.returncode != 0 and "write it with a dot and a signed exponent, e.g. 1.0e-3" in errors(done)[0], done.stderr
+    assert done.returncode != 0 and "write it with a dot and a signed exponent, e.g. 1.0e-3" in errors(done)[0], (
+        done.stderr
+    )
     assert snapshot(workspace) == good
     git(workspace, "checkout", "params.yaml")
 
@@ -103,8 +123,15 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     # validation answers and the test ones: the stage ends too, before it writes anything.
     edit_params(workspace, lambda raw: raw["models"]["qwen3"]["generation"].update(max_new_tokens=100))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=workspace, env=env, text=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    repro = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=workspace,
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     seen = []
     for line in repro.stderr:
         seen.append(line)
@@ -132,8 +159,11 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     data_module = workspace / "core/data.py"
     data_module.write_text(data_module.read_text(encoding="utf-8") + "\n# normalised differently\n", encoding="utf-8")
     out = run_dvc(workspace, "repro", "--dry").stdout
-    rerun = [stage for stage in ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy")
-             if f"Running stage '{stage}'" in out]
+    rerun = [
+        stage
+        for stage in ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy")
+        if f"Running stage '{stage}'" in out
+    ]
     assert {"prepare", "evaluate", "submit"} <= set(rerun), out
 
 
@@ -146,8 +176,13 @@ def test_the_restore_command_printed_for_a_damaged_output_restores_it(finished_w
     with open(weights, "r+b") as f:
         f.truncate(1000)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, "-m", "stages.ask", "a child with fever"], cwd=workspace, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.ask", "a child with fever"],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and len(errors(done)) == 1, done.stderr
     line = errors(done)[0]
     assert line.startswith("ERROR stages: models/aligned/adapter_model.safetensors: damaged ("), line
@@ -164,11 +199,15 @@ def test_a_stage_run_by_hand_says_how_to_keep_its_outputs_through_dvc_exp_run(wo
     DVC's cache and would be deleted. The stage says so and names the command that keeps it."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("DVC_STAGE", None)
-    done = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=workspace, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.prepare"], cwd=workspace, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert [line for line in done.stderr.splitlines() if line.startswith("WARNING")] == [
-        "WARNING stages: prepare ran outside DVC: DVC's cache has no copy of data/prepared, which the next `dvc exp run` or "
-        "`dvc checkout` would replace or delete; to keep them, record them with: dvc commit -f prepare"]
+        "WARNING stages: prepare ran outside DVC: DVC's cache has no copy "
+        "of data/prepared, which the next `dvc exp run` or "
+        "`dvc checkout` would replace or delete; to keep them, record them with: dvc commit -f prepare"
+    ]
     run_dvc(workspace, "commit", "-f", "prepare")
     prepared = {p.name: p.read_bytes() for p in (workspace / "data/prepared").iterdir()}
     bad = tmp_path / "bad.csv"
@@ -187,8 +226,10 @@ def test_a_hub_model_out_of_reach_stops_at_once_in_one_line_naming_the_key(works
     assert done.returncode != 0 and time.monotonic() - began < 60
     [line] = errors(done)
     name = repo_params["models"]["qwen3"]["name"]
-    assert line.startswith(f"ERROR stages: params.yaml: models.qwen3.name: '{name}' is neither a local directory "
-                           "nor in the Hugging Face cache, and the hub did not give it (ConnectError"), line
+    assert line.startswith(
+        f"ERROR stages: params.yaml: models.qwen3.name: '{name}' is neither a local directory "
+        "nor in the Hugging Face cache, and the hub did not give it (ConnectError"
+    ), line
     assert line.endswith("set models.qwen3.name to a local directory holding its config.json and weights")
     assert "Traceback" not in done.stderr and "Running stage 'finetune'" not in done.stdout
     assert not (workspace / "dvc.lock").exists()

@@ -1,5 +1,6 @@
 """Data, adapters, predictions and submissions travel through DVC remotes: the shipped default
 (a local directory outside the work tree) and a real ssh:// remote on a throw-away sshd."""
+
 import hashlib
 import shutil
 from pathlib import Path
@@ -10,10 +11,19 @@ from tests.conftest import copy_repo
 from tests.dvc_helpers import git, run_dvc
 
 pytestmark = pytest.mark.slow
-OUTPUTS = ["data/raw/train.csv", "data/raw/test.csv", "data/prepared/train.jsonl", "data/prepared/test.jsonl",
-           "models/adapter/adapter_model.safetensors", "models/adapter/profile.json", "data/predictions/test.csv",
-           "submissions/submission.csv", "models/merged/model.safetensors", "models/export/edge.json",
-           "models/export/model.onnx.data"]
+OUTPUTS = [
+    "data/raw/train.csv",
+    "data/raw/test.csv",
+    "data/prepared/train.jsonl",
+    "data/prepared/test.jsonl",
+    "models/adapter/adapter_model.safetensors",
+    "models/adapter/profile.json",
+    "data/predictions/test.csv",
+    "submissions/submission.csv",
+    "models/merged/model.safetensors",
+    "models/export/edge.json",
+    "models/export/model.onnx.data",
+]
 
 
 def snapshot(tree: Path) -> dict[str, str]:
@@ -70,7 +80,9 @@ def test_ssh_remote_round_trip_and_experiments_travel(finished, ssh_server, tmp_
     git(root, "clone", "-q", str(repo), str(work))
     run_dvc(work, "pull")  # from the default store, as a team member would start
     run_dvc(work, "remote", "add", "-d", "ssh", ssh_server.url(tmp_path / "ssh-store"))
-    run_dvc(work, "remote", "modify", "--local", "ssh", "keyfile", str(ssh_server.keyfile))  # credentials stay out of git
+    run_dvc(
+        work, "remote", "modify", "--local", "ssh", "keyfile", str(ssh_server.keyfile)
+    )  # credentials stay out of git
     assert str(ssh_server.keyfile) not in (work / ".dvc/config").read_text()
     git(work, "commit", "-qam", "ssh remote")
     git(work, "remote", "set-url", "origin", str(origin))

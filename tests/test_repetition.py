@@ -1,5 +1,6 @@
 """The answer-only repetition rules (core/decode/repetition.py and the export's NumPy copy), the loop
 measure, the answer length chosen on validation and the answer prefix, on hand-made inputs."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,9 +8,9 @@ import torch
 from core.config import parse_params
 from core.decode.length import choose_length, cut
 from core.decode.repetition import AnswerOnlyRepetition, repeated_ngram_bans
+from core.decode.results import Generations
 from core.export.runtime import answer_only_rules as numpy_rules
 from core.metrics.loops import cut_at_first_loop, has_loop, loop_share
-from core.decode.results import Generations
 from core.prompts import answer_prefix, join_answer
 
 VOCAB = 8
@@ -45,15 +46,14 @@ def test_no_repeat_ngram_bans_a_repeated_answer_ngram_but_not_one_copied_from_th
     # transformers' own rule bans 7 in the first case too: it counts the prompt
     from transformers import NoRepeatNGramLogitsProcessor
 
-    assert torch.isinf(NoRepeatNGramLogitsProcessor(3)(torch.tensor([[5, 6, 7, 1, 5, 6]]), torch.zeros((1, VOCAB)))).any()
+    assert torch.isinf(
+        NoRepeatNGramLogitsProcessor(3)(torch.tensor([[5, 6, 7, 1, 5, 6]]), torch.zeros((1, VOCAB)))
+    ).any()
 
 
 def test_rules_follow_each_rows_answer_start_and_expand_over_beams():
     # two prompt rows of one left-padded batch, two beams each; row 0's answer starts at column 2, row 1's at 4
-    ids = torch.tensor([[3, 4, 3, 4, 3, 4],
-                        [3, 4, 3, 4, 1, 2],
-                        [3, 4, 3, 4, 3, 4],
-                        [1, 1, 1, 1, 1, 2]])
+    ids = torch.tensor([[3, 4, 3, 4, 3, 4], [3, 4, 3, 4, 1, 2], [3, 4, 3, 4, 3, 4], [1, 1, 1, 1, 1, 2]])
     out = AnswerOnlyRepetition([2, 4], penalty=1.0, ngram_size=2)(ids, torch.zeros((4, VOCAB)))
     banned = [torch.isinf(row).nonzero().view(-1).tolist() for row in out]
     # row 0 (answer 3 4 3 4): after 4, "4 3" exists -> 3 banned. Row 1's beams: answer "3 4" (beam 3) or "1 2".
@@ -83,20 +83,27 @@ def test_a_loop_is_a_repeated_run_of_six_words():
     assert has_loop(looping)
     assert not has_loop("give oxygen and monitor the patient closely then refer to the county hospital")
     assert not has_loop("refer refer refer refer refer")  # five words: under the run length
-    assert loop_share([looping, "fine", "Give oxygen, and monitor the patient! Give oxygen and monitor the patient"]) == 2 / 3
+    assert (
+        loop_share([looping, "fine", "Give oxygen, and monitor the patient! Give oxygen and monitor the patient"])
+        == 2 / 3
+    )
 
 
 def test_an_answer_is_cut_where_it_first_repeats_a_run_of_words():
     text = "Give oxygen, and monitor the patient. Give oxygen and monitor the patient closely again"
     assert cut_at_first_loop(text) == "Give oxygen, and monitor the patient."
-    assert cut_at_first_loop("no loop here at all, just one long sentence of words") == "no loop here at all, just one long sentence of words"
+    assert (
+        cut_at_first_loop("no loop here at all, just one long sentence of words")
+        == "no loop here at all, just one long sentence of words"
+    )
     assert not has_loop(cut_at_first_loop(text))
 
 
 def generations(token_ids, texts=None, prefixes=None):
     texts = texts or [" ".join(f"w{t}" for t in ids) for ids in token_ids]
-    return Generations(texts, [len(i) for i in token_ids], [True] * len(token_ids), 1.0, token_ids=token_ids,
-                       prefixes=prefixes or [])
+    return Generations(
+        texts, [len(i) for i in token_ids], [True] * len(token_ids), 1.0, token_ids=token_ids, prefixes=prefixes or []
+    )
 
 
 def decode(ids):
@@ -127,7 +134,9 @@ def test_the_length_choice_picks_the_grid_length_the_validation_rows_favour(repo
 
 
 def test_an_echo_prefix_leads_every_answer_and_a_zero_cut_keeps_it_alone():
-    row = {"Prompt": "I am a nurse with 5 years of experience in Kiambu county in Kenya. A child, 2 years, has a fever."}
+    row = {
+        "Prompt": "I am a nurse with 5 years of experience in Kiambu county in Kenya. A child, 2 years, has a fever."
+    }
     prefix = answer_prefix(row, "echo")
     assert prefix == "summary a child 2 years has a fever" and answer_prefix(row, "none") == ""
     answers = generations([[1, 2, 3]], texts=[join_answer(prefix, "w1 w2 w3")], prefixes=[prefix])

@@ -4,6 +4,7 @@ the export's tokenizer) on those real tokenizers.
 
 The reference for every encoding is the tokenizer the packages themselves ship (tiktoken over the
 same rank files): a stand-in that drifts from it, or from the ids below, fails here."""
+
 import dataclasses
 import json
 from pathlib import Path
@@ -23,12 +24,29 @@ FAMILIES = ["qwen3", "llama32"]
 ROWS = read_vignettes(REPO / "data" / "sample" / "train.csv", labelled=True)
 # Published special-token ids (each model's tokenizer_config.json).
 SPECIAL_IDS = {
-    "qwen3": {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_pad|>": 151654,
-              "<tool_call>": 151657, "<|fim_prefix|>": 151659, "<think>": 151667, "</think>": 151668},
-    "llama32": {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|reserved_special_token_0|>": 128002,
-                "<|finetune_right_pad_id|>": 128004, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007,
-                "<|eom_id|>": 128008, "<|eot_id|>": 128009, "<|python_tag|>": 128010,
-                "<|reserved_special_token_3|>": 128011, "<|reserved_special_token_247|>": 128255},
+    "qwen3": {
+        "<|endoftext|>": 151643,
+        "<|im_start|>": 151644,
+        "<|im_end|>": 151645,
+        "<|vision_pad|>": 151654,
+        "<tool_call>": 151657,
+        "<|fim_prefix|>": 151659,
+        "<think>": 151667,
+        "</think>": 151668,
+    },
+    "llama32": {
+        "<|begin_of_text|>": 128000,
+        "<|end_of_text|>": 128001,
+        "<|reserved_special_token_0|>": 128002,
+        "<|finetune_right_pad_id|>": 128004,
+        "<|start_header_id|>": 128006,
+        "<|end_header_id|>": 128007,
+        "<|eom_id|>": 128008,
+        "<|eot_id|>": 128009,
+        "<|python_tag|>": 128010,
+        "<|reserved_special_token_3|>": 128011,
+        "<|reserved_special_token_247|>": 128255,
+    },
 }
 # (tokens the tokenizer holds, rows of the embedding) as published
 VOCABULARY = {"qwen3": (151669, 151936), "llama32": (128256, 128256)}
@@ -123,14 +141,23 @@ def test_config_holds_the_published_architecture(standin):
     assert generation.eos_token_id == PUBLISHED[family].generation_config["eos_token_id"]
 
 
-@pytest.mark.parametrize("family,billions,embedding_rows", [("qwen3", (0.59, 0.60), 151936), ("llama32", (1.23, 1.24), 128256)])
+@pytest.mark.parametrize(
+    "family,billions,embedding_rows", [("qwen3", (0.59, 0.60), 151936), ("llama32", (1.23, 1.24), 128256)]
+)
 def test_full_size_has_the_published_shape_and_parameter_count(family, billions, embedding_rows):
     """The real size, built without memory (meta device): Qwen3-0.6B has about 0.60 billion parameters
     (0.44 without its embedding), Llama-3.2-1B about 1.24 billion with its tied embedding counted once."""
     from transformers import AutoModelForCausalLM
 
     config = model_config(family, "full", "bfloat16")
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+    ):
         assert getattr(config, key) == PUBLISHED[family].config[key], key
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -166,7 +193,7 @@ def test_labels_stops_and_padding_use_the_real_ids(family_model):
     assert model.model.config.eos_token_id == model.model.generation_config.eos_token_id == END_OF_TURN[family]
     assert model.model.config.pad_token_id == PAD[family]
     examples = model.training_examples(ROWS[:4])
-    for row, ids, labels in zip(ROWS, examples.input_ids, examples.labels):
+    for row, ids, labels in zip(ROWS[:4], examples.input_ids, examples.labels, strict=True):
         prompt = model.encode(model.prompt_for(row))
         answer = model.encode(row["Clinician"].strip() + model.end_of_turn)
         assert ids == prompt + answer and labels == [-100] * len(prompt) + answer
@@ -186,8 +213,14 @@ def test_generation_stops_at_the_real_end_of_turn_id(family_model, num_beams):
         always.bias[END_OF_TURN[family]] = 10.0
     model.model.lm_head = always
     for static_cache in (True, False):
-        generation = dataclasses.replace(params.profile.generation, max_new_tokens=6, length_grid=[], num_beams=num_beams,
-                                         answer_prefix="none", static_cache=static_cache)
+        generation = dataclasses.replace(
+            params.profile.generation,
+            max_new_tokens=6,
+            length_grid=[],
+            num_beams=num_beams,
+            answer_prefix="none",
+            static_cache=static_cache,
+        )
         out = model.generate_responses(ROWS[:3], generation)
         assert out.texts == ["", "", ""] and out.stopped == [True, True, True], (static_cache, out)
         assert out.new_tokens == [1, 1, 1]  # the end of turn itself, then nothing
@@ -201,7 +234,9 @@ def test_prompts_are_cut_in_real_tokens_keeping_both_ends(family_model):
     assert len(prompt) > 2 * window
     (kept,), _ = fit_to_window([prompt], [[]], 40, window, ["long"])
     assert len(kept) == window - 40
-    assert kept[:20] == prompt[:20] and kept[-20:] == prompt[-20:]  # system prompt and header; question and assistant header
+    assert (
+        kept[:20] == prompt[:20] and kept[-20:] == prompt[-20:]
+    )  # system prompt and header; question and assistant header
     examples = model.training_examples([long_row])
     assert len(examples.input_ids[0]) <= window and examples.labels[0][-1] == END_OF_TURN[family]
     if family == "llama32":

@@ -1,4 +1,5 @@
 """Fine-tuning records and limits: over-long rows, a resumed run's log and clock, the DVCLive log."""
+
 import csv
 import dataclasses
 
@@ -7,8 +8,7 @@ import pytest
 from core import atomic
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
-from core.train.common import IGNORE_INDEX
-from core.train.common import CLOCK_FILE, fit_example, write_training_log
+from core.train.common import CLOCK_FILE, IGNORE_INDEX, fit_example, write_training_log
 from tests.conftest import tiny_params
 from tests.test_model import ROWS
 
@@ -46,13 +46,17 @@ def test_an_over_long_row_is_trained_on_with_its_whole_answer_or_dropped(tiny_qw
     assert examples.prompt_cut == [row["Master_Index"]] and examples.dropped == ["ID_LONG"]
     assert len(examples.input_ids) == 2 and len(examples.input_ids[0]) < window  # short: untouched
     cut, labels = examples.input_ids[1], examples.labels[1]
-    assert len(cut) == window and cut[-len(answer):] == answer  # the answer and its end-of-turn token, whole
+    assert len(cut) == window and cut[-len(answer) :] == answer  # the answer and its end-of-turn token, whole
     assert labels == [IGNORE_INDEX] * (window - len(answer)) + answer  # only the answer is learned
     prompt_part = cut[: window - len(answer)]
     assert prompt_part[:20] == full_prompt[:20] and prompt_part[-20:] == full_prompt[-20:]  # start and question kept
-    assert f"1 of 3 rows are longer than max_seq_length={window}: trained on with the middle of the prompt cut, " \
-           f"the answer whole ({row['Master_Index']})" in caplog.text
-    assert "1 of 3 rows left out: the answer alone leaves less than a quarter" in caplog.text and "ID_LONG" in caplog.text
+    assert (
+        f"1 of 3 rows are longer than max_seq_length={window}: trained on with the middle of the prompt cut, "
+        f"the answer whole ({row['Master_Index']})" in caplog.text
+    )
+    assert (
+        "1 of 3 rows left out: the answer alone leaves less than a quarter" in caplog.text and "ID_LONG" in caplog.text
+    )
     model.cleanup_model()
 
 

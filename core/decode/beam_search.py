@@ -13,6 +13,7 @@ Only the tokens a beam generates are kept here (`running`, `finished`: [prompts,
 The caller keeps the key/value cache; `assign_rows` says which of its rows each new beam takes,
 so that only a beam that forks from another copies that beam's cache.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,17 @@ NEVER = -1.0e9
 class BeamState:
     """Running and finished beams of `prompts` prompts, `beams` each."""
 
-    def __init__(self, prompts: int, beams: int, max_new_tokens: int, stop_id: int, pad_id: int,
-                 length_penalty: float, early_stopping: bool, device: torch.device) -> None:
+    def __init__(
+        self,
+        prompts: int,
+        beams: int,
+        max_new_tokens: int,
+        stop_id: int,
+        pad_id: int,
+        length_penalty: float,
+        early_stopping: bool,
+        device: torch.device,
+    ) -> None:
         self.max_new_tokens, self.stop_id = max_new_tokens, stop_id
         self.length_penalty, self.early_stopping = length_penalty, early_stopping
         k = beams
@@ -63,21 +73,23 @@ class BeamState:
         # the finished answers: the K best of those kept so far and those that ended among the top K
         just_ended = ends & self.in_top_k[None, :]
         generated = step.to(torch.float64) + 1
-        ended_scores = top_scores / (generated ** self.length_penalty).to(torch.float32)
+        ended_scores = top_scores / (generated**self.length_penalty).to(torch.float32)
         full = self.is_finished.all(-1, keepdim=True) & self.early_stopping
         ended_scores = ended_scores + full.float() * NEVER
         ended_scores = ended_scores + (~self.can_improve).float() * NEVER
         ended_scores = ended_scores + (~just_ended).float() * NEVER
         merged_scores = torch.cat((self.finished_scores, ended_scores), dim=1)
         best = torch.topk(merged_scores, k)[1]
-        self.finished.copy_(torch.take_along_dim(torch.cat((self.finished, candidates), dim=1), best[:, :, None], dim=1))
+        self.finished.copy_(
+            torch.take_along_dim(torch.cat((self.finished, candidates), dim=1), best[:, :, None], dim=1)
+        )
         self.finished_scores.copy_(torch.gather(merged_scores, 1, best))
         self.is_finished.copy_(torch.gather(torch.cat((self.is_finished, just_ended), dim=1), 1, best))
         self.running.copy_(new_running)
         self.running_scores.copy_(new_running_scores)
 
         # can the best running beam still beat the worst finished answer? (as generate() estimates it)
-        best_running = self.running_scores[:, :1] / (generated ** self.length_penalty).to(torch.float32)
+        best_running = self.running_scores[:, :1] / (generated**self.length_penalty).to(torch.float32)
         worst_finished = torch.where(self.is_finished, self.finished_scores.min(1, keepdim=True)[0], NEVER)
         self.can_improve &= (best_running > worst_finished).any(-1, keepdim=True)
         return new_parent, new_token

@@ -5,12 +5,13 @@ BaseUnslothModel.generate_responses prepares the model and the prompts and calls
 Greedy and beam search are deterministic; sampling is seeded once per call (`generation.seed`),
 so a rerun with the same rows and batch size gives the same answers.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -18,8 +19,8 @@ from tqdm.auto import tqdm
 from core.config import GenerationConfig
 from core.decode import static_cache
 from core.decode.repetition import AnswerOnlyRepetition
-from core.metrics.rouge import rouge_l_matrix
 from core.decode.results import Generations, trim_at_stop
+from core.metrics.rouge import rouge_l_matrix
 from core.prompts import join_answer
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,17 @@ def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
 
 
-def rows_per_batch(batch_size: int | str, n_rows: int, longest_prompt: int, max_new_tokens: int,
-                   config, dtype: torch.dtype, free_bytes: int | None, sequences_per_row: int = 1,
-                   prompt_shared: bool = False) -> int:
+def rows_per_batch(
+    batch_size: int | str,
+    n_rows: int,
+    longest_prompt: int,
+    max_new_tokens: int,
+    config,
+    dtype: torch.dtype,
+    free_bytes: int | None,
+    sequences_per_row: int = 1,
+    prompt_shared: bool = False,
+) -> int:
     """Rows to generate at once: `batch_size` if it is a number; for "auto", as many as
     `free_bytes` of GPU memory hold (AUTO_BATCH_ON_CPU without a GPU), spread evenly over the
     batches so that the last is not a small remainder. A row carries `sequences_per_row`
@@ -111,9 +120,17 @@ def generate_kwargs(generation: GenerationConfig) -> dict:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generation: GenerationConfig,
-             dtype: torch.dtype, decode: Callable[[list[int]], str], static_allowed: bool = False,
-             prefixes: list[tuple[str, list[int]]] | None = None) -> Generations:
+def generate(
+    model,
+    tokenizer,
+    encoded: list[list[int]],
+    stop_id: int,
+    generation: GenerationConfig,
+    dtype: torch.dtype,
+    decode: Callable[[list[int]], str],
+    static_allowed: bool = False,
+    prefixes: list[tuple[str, list[int]]] | None = None,
+) -> Generations:
     """Answer every prompt in `encoded` (token ids, no padding), in batches of similar length.
     `prefixes` (text, token ids), one a row: the start of each answer, written for the model
     (generation.answer_prefix); the model writes on from there and the repetition rules count it.
@@ -142,8 +159,17 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
         while done < n:
             index = order[done : done + size]
             try:
-                new, steps = _answer_batch(model, tokenizer, [encoded[i] for i in index], [len(prefixes[i][1]) for i in index],
-                                     stop_id, generation, settings, device, fast)
+                new, steps = _answer_batch(
+                    model,
+                    tokenizer,
+                    [encoded[i] for i in index],
+                    [len(prefixes[i][1]) for i in index],
+                    stop_id,
+                    generation,
+                    settings,
+                    device,
+                    fast,
+                )
             except torch.cuda.OutOfMemoryError:
                 if not auto or size == 1:  # a pinned batch size is the user's: never changed
                     raise
@@ -162,32 +188,57 @@ def generate(model, tokenizer, encoded: list[list[int]], stop_id: int, generatio
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     seconds = time.perf_counter() - start
-    return Generations([text for text, _, _ in answers], [len(ids) for _, ids, _ in answers], [end for _, _, end in answers],
-                       seconds, largest, peak, decoded, token_ids=[ids for _, ids, _ in answers],
-                       prefixes=[text for text, _ in prefixes])
+    return Generations(
+        [text for text, _, _ in answers],
+        [len(ids) for _, ids, _ in answers],
+        [end for _, _, end in answers],
+        seconds,
+        largest,
+        peak,
+        decoded,
+        token_ids=[ids for _, ids, _ in answers],
+        prefixes=[text for text, _ in prefixes],
+    )
 
 
-def _first_batch_size(model, encoded: list[list[int]], generation: GenerationConfig, dtype: torch.dtype,
-                      device: torch.device, fast: bool) -> int:
+def _first_batch_size(
+    model, encoded: list[list[int]], generation: GenerationConfig, dtype: torch.dtype, device: torch.device, fast: bool
+) -> int:
     """Rows a batch: generation.batch_size, or for auto as many as the GPU's free memory holds."""
     if device.type == "cuda":
         torch.cuda.empty_cache()  # memory the allocator keeps but nothing uses counts as free
         torch.cuda.reset_peak_memory_stats(device)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     longest = max((len(ids) for ids in encoded), default=0)
-    size = rows_per_batch(generation.batch_size, len(encoded), longest, generation.longest_answer,
-                          model.config, dtype, free, generation.sequences_per_row, prompt_shared=fast)
+    size = rows_per_batch(
+        generation.batch_size,
+        len(encoded),
+        longest,
+        generation.longest_answer,
+        model.config,
+        dtype,
+        free,
+        generation.sequences_per_row,
+        prompt_shared=fast,
+    )
     if generation.batch_size == "auto":
-        log.info("batch_size auto: %d rows a batch of %d sequences each (%s)", size, generation.sequences_per_row,
-                 f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU")
+        log.info(
+            "batch_size auto: %d rows a batch of %d sequences each (%s)",
+            size,
+            generation.sequences_per_row,
+            f"{free / 2**30:.1f} GiB of GPU memory free" if free is not None else "no GPU",
+        )
     if fast:
-        log.info("decoding through a static cache%s (generation.static_cache)",
-                 ", each step a CUDA graph" if device.type == "cuda" else "")
+        log.info(
+            "decoding through a static cache%s (generation.static_cache)",
+            ", each step a CUDA graph" if device.type == "cuda" else "",
+        )
     return size
 
 
-def _chosen_answer(candidates: list[list[int]], prefix: str, stop_id: int,
-                   decode: Callable[[list[int]], str]) -> tuple[str, list[int], bool]:
+def _chosen_answer(
+    candidates: list[list[int]], prefix: str, stop_id: int, decode: Callable[[list[int]], str]
+) -> tuple[str, list[int], bool]:
     """A row's answer among its candidates (one, or MBR's choice of several): its text after the
     prefix, its new token ids up to the stop token, and whether it stopped."""
     trimmed = [trim_at_stop(ids, stop_id) for ids in candidates]
@@ -196,20 +247,35 @@ def _chosen_answer(candidates: list[list[int]], prefix: str, stop_id: int,
     return texts[best], *trimmed[best]
 
 
-def _answer_batch(model, tokenizer, prompts: list[list[int]], prefix_lengths: list[int], stop_id: int,
-            generation: GenerationConfig, settings: dict, device: torch.device, fast: bool) -> tuple[list[list[int]], int]:
+def _answer_batch(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    prefix_lengths: list[int],
+    stop_id: int,
+    generation: GenerationConfig,
+    settings: dict,
+    device: torch.device,
+    fast: bool,
+) -> tuple[list[list[int]], int]:
     """One batch: the new token ids of each sequence (num_return_sequences a row, in row order)
     and the number of decoding steps run. Each prompt ends with its answer's prefix (`prefix_lengths` tokens)."""
     if fast:
-        return static_cache.decode(model, prompts, prefix_lengths, stop_id, tokenizer.pad_token_id, generation,
-                               generation.longest_answer)
+        return static_cache.decode(
+            model, prompts, prefix_lengths, stop_id, tokenizer.pad_token_id, generation, generation.longest_answer
+        )
     from transformers import LogitsProcessorList
 
     batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     batch = {k: v.to(device) for k, v in batch.items()}
     width = batch["input_ids"].shape[1]
-    output = model.generate(**batch, max_new_tokens=generation.longest_answer, eos_token_id=[stop_id],
-                            pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                            logits_processor=LogitsProcessorList(answer_only_rules(generation, [width - n for n in prefix_lengths])),
-                            **settings)
+    output = model.generate(
+        **batch,
+        max_new_tokens=generation.longest_answer,
+        eos_token_id=[stop_id],
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+        logits_processor=LogitsProcessorList(answer_only_rules(generation, [width - n for n in prefix_lengths])),
+        **settings,
+    )
     return output[:, width:].tolist(), output.shape[1] - width

@@ -8,6 +8,7 @@ on the Qwen3 shape, docs/benchmarks.md section 5); this kernel reads the number 
 columns and each row's source from the GPU, and a row that keeps its own history costs nothing.
 Without Triton (a CPU), `copy_rows` does the same with PyTorch indexing, eagerly.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,6 +22,7 @@ except ImportError:  # a CPU-only install: the PyTorch path below
 BLOCK = 2048  # elements a program copies: a row's head holds columns x head size contiguous ones
 
 if triton is not None:
+
     @triton.jit
     def _copy_rows(base, source, count, row_stride, head_stride, begin, head_size: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
@@ -44,13 +46,15 @@ def copy_rows(cache: torch.Tensor, source: torch.Tensor, begin: int, count: torc
     if cache.is_cuda and triton is not None:
         assert cache.stride(3) == 1 and cache.stride(2) == head_size
         grid = (rows, heads)
-        _copy_rows[grid](cache, source, count, cache.stride(0), cache.stride(1), begin, head_size=head_size, BLOCK=BLOCK)
+        _copy_rows[grid](
+            cache, source, count, cache.stride(0), cache.stride(1), begin, head_size=head_size, BLOCK=BLOCK
+        )
         return
     if cache.is_cuda:  # no Triton: every row, every column (slower, and still graph-safe)
-        region = cache[:, :, begin: begin + most]
+        region = cache[:, :, begin : begin + most]
         region.copy_(region.index_select(0, source))
         return
     moved = (source != torch.arange(rows, device=source.device)).nonzero().view(-1)
     if len(moved):
-        region = cache[:, :, begin: begin + int(count)]
+        region = cache[:, :, begin : begin + int(count)]
         region[moved] = region[source[moved]]

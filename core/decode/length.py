@@ -10,17 +10,18 @@ at a length are the longer answers cut there; beam search at a length may keep o
 the longer search did (docs/quality.md measured the choice both ways). With no validation rows,
 or an empty grid, the length is `generation.max_new_tokens`, and the record says so.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from core.config import GenerationConfig
+from core.decode.results import Generations
 from core.metrics.rouge import rouge
 from core.predictions import Prediction
-from core.decode.results import Generations
 from core.prompts import answer_prefix, join_answer
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ class LengthChoice:
     rougeL_by_length: dict[int, float] = field(default_factory=dict)  # each grid length's validation ROUGE-L
 
     def as_record(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "chosen_by": self.chosen_by,
-                "rougeL_by_length": {str(n): score for n, score in self.rougeL_by_length.items()}}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "chosen_by": self.chosen_by,
+            "rougeL_by_length": {str(n): score for n, score in self.rougeL_by_length.items()},
+        }
 
 
 def cut(answers: Generations, length: int, decode: Callable[[list[int]], str]) -> list[Prediction]:
@@ -49,8 +53,9 @@ def cut(answers: Generations, length: int, decode: Callable[[list[int]], str]) -
     return predictions
 
 
-def choose_length(answers: Generations, references: list[str], generation: GenerationConfig,
-                  decode: Callable[[list[int]], str]) -> LengthChoice:
+def choose_length(
+    answers: Generations, references: list[str], generation: GenerationConfig, decode: Callable[[list[int]], str]
+) -> LengthChoice:
     """The grid length whose cut answers score the best validation ROUGE-L (the shorter on a tie)."""
     if not references:
         return LengthChoice(generation.max_new_tokens, "params: no validation rows (data.val_fraction is 0)")
@@ -61,8 +66,11 @@ def choose_length(answers: Generations, references: list[str], generation: Gener
         texts = [p.text for p in cut(answers, length, decode)]
         scores[length] = rouge(texts, references)["rougeL"]
     best = max(scores, key=lambda n: (scores[n], -n))
-    log.info("answer length %d tokens, chosen on validation ROUGE-L (%s)", best,
-             ", ".join(f"{n}: {s:.4f}" for n, s in scores.items()))
+    log.info(
+        "answer length %d tokens, chosen on validation ROUGE-L (%s)",
+        best,
+        ", ".join(f"{n}: {s:.4f}" for n, s in scores.items()),
+    )
     return LengthChoice(best, "validation ROUGE-L", scores)
 
 
@@ -80,5 +88,11 @@ def for_test(decoding: GenerationConfig, length: int) -> GenerationConfig:
 def prefix_alone(rows: list[dict], prefix_kind: str) -> Generations:
     """Answers of length 0: each row's answer prefix and no model token, made without the model."""
     prefixes = [answer_prefix(row, prefix_kind) for row in rows]
-    return Generations(texts=list(prefixes), new_tokens=[0] * len(rows), stopped=[False] * len(rows), seconds=0.0,
-                       token_ids=[[] for _ in rows], prefixes=prefixes)
+    return Generations(
+        texts=list(prefixes),
+        new_tokens=[0] * len(rows),
+        stopped=[False] * len(rows),
+        seconds=0.0,
+        token_ids=[[] for _ in rows],
+        prefixes=prefixes,
+    )

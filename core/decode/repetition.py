@@ -14,6 +14,7 @@ The same two tensor functions serve transformers' generate() (greedy and beam se
 whose shapes must stay fixed: so the n-gram rule takes a history buffer and a length that may be
 a tensor. The export's engine (core/export/runtime.py) runs the same rules in NumPy for greedy decoding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,9 @@ def penalise(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.
     return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
-def repeated_ngram_bans(tokens: torch.Tensor, end: torch.Tensor | int, n: int, vocab: int,
-                        begin: torch.Tensor | int = 0) -> torch.Tensor:
+def repeated_ngram_bans(
+    tokens: torch.Tensor, end: torch.Tensor | int, n: int, vocab: int, begin: torch.Tensor | int = 0
+) -> torch.Tensor:
     """[rows, vocab] bool: the tokens that would complete an n-gram already in the answer.
 
     A row's answer is its columns `begin` (a number, or one per row) up to but not including

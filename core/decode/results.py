@@ -1,9 +1,11 @@
 """What decoding returns: the answers of a batch of rows and what it took to make them (both
 engines: PyTorch in core/decode/generation.py, ONNX Runtime GenAI in core/export/runtime.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 
 @dataclass
 class Generations:
@@ -17,8 +19,12 @@ class Generations:
     peak_gpu_memory_gb: float = 0.0  # while generating; 0 on a CPU
     decoded_tokens: int = 0  # token positions decoded over every sequence carried (beams, candidates, padding)
     row_seconds: list[float] = field(default_factory=list)  # per row, where rows are answered one at a time
-    token_ids: list[list[int]] = field(default_factory=list)  # per row, the new tokens kept (end-of-turn token included)
-    prefixes: list[str] = field(default_factory=list)  # per row, the text written for the model before its tokens (answer_prefix)
+    token_ids: list[list[int]] = field(
+        default_factory=list
+    )  # per row, the new tokens kept (end-of-turn token included)
+    prefixes: list[str] = field(
+        default_factory=list
+    )  # per row, the text written for the model before its tokens (answer_prefix)
 
     @property
     def tokens_per_second(self) -> float:

@@ -1,19 +1,20 @@
 """Greedy and beam-search decoding through a static KV cache, each step replayed as a CUDA graph.
 
-At the batch sizes predict uses, transformers' generate() spends most of a decode step in
-Python and in kernel launches, the GPU mostly waiting (docs/benchmarks.md), its cache grows by
-concatenation, copying itself every step, and beam search runs each prompt once per beam. Here the cache is allocated once at its full length
-(transformers' StaticCache), each prompt runs once and its cache rows are copied to its beams,
-the step's inputs live in fixed buffers, and the whole step (embedding, every layer, the last
-position's logits, the answer-only repetition rules of core/decode/repetition.py, the choice of tokens:
-argmax, or core/decode/beam_search.py's selection and the copy of forked beams' cache rows) is captured
-once as a CUDA graph and then replayed: one launch a token. A beam stays in its row while it
-continues itself (rows are assigned as beams go on, generate()'s beam order kept apart), so a
-step copies only the forked beams' generated columns (core/decode/kernels.py); the prompt's part of
-the cache is the same in every beam of a prompt and never moves. Decoding ends when every
-prompt is done (greedy: its stop token; beams: its finished answers can no longer change); once at
-most half of a batch is still going, the finished prompts are dropped (their cache rows gathered
-away and the graph captured again for the smaller batch). On a CPU the same steps run eagerly.
+At the batch sizes predict uses, transformers' generate() spends most of a decode step in Python and
+in kernel launches, the GPU mostly waiting (docs/benchmarks.md), its cache grows by concatenation,
+copying itself every step, and beam search runs each prompt once per beam. Here the cache is
+allocated once at its full length (transformers' StaticCache), each prompt runs once and its cache
+rows are copied to its beams, the step's inputs live in fixed buffers, and the whole step
+(embedding, every layer, the last position's logits, the answer-only repetition rules of
+core/decode/repetition.py, the choice of tokens: argmax, or core/decode/beam_search.py's selection
+and the copy of forked beams' cache rows) is captured once as a CUDA graph and then replayed: one
+launch a token. A beam stays in its row while it continues itself (rows are assigned as beams go on,
+generate()'s beam order kept apart), so a step copies only the forked beams' generated columns
+(core/decode/kernels.py); the prompt's part of the cache is the same in every beam of a prompt and
+never moves. Decoding ends when every prompt is done (greedy: its stop token; beams: its finished
+answers can no longer change); once at most half of a batch is still going, the finished prompts are
+dropped (their cache rows gathered away and the graph captured again for the smaller batch). On a
+CPU the same steps run eagerly.
 
 Attention during decode steps folds a grouped-query model's query heads onto their shared
 key/value heads (`_grouped_decode_attention`): transformers' sdpa path, given a padding mask,
@@ -26,6 +27,7 @@ prefix and what was generated), and beams are chosen by generate()'s arithmetic,
 are the same tokens: tests/test_model.py checks it on a CPU without graphs, tests/test_gpu.py on
 a GPU with them. Sampling and minimum lengths stay with generate() (core/decode/generation.py decides).
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,7 +71,9 @@ def _grouped_decode_attention(module, query, key, value, attention_mask, dropout
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     if length != 1 or heads == kv_heads or attention_mask is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     folded = query.reshape(batch, kv_heads, heads // kv_heads, dim)
     out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask, scale=scaling)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
@@ -104,10 +108,14 @@ def _beam_decode_attention(shared: _SharedPrompt, module, query, key, value, att
     new, beams, width = shared.generated, shared.beams, shared.width
     key, value, kv_heads = key[:, :, :new], value[:, :, :new], key.shape[1]
     prompts, per_kv = rows // beams, heads // kv_heads
-    scale = scaling if scaling is not None else dim ** -0.5
+    scale = scaling if scaling is not None else dim**-0.5
     prompt_keys, prompt_values = shared.keys[module.layer_idx], shared.values[module.layer_idx]
     # the prompt: [prompts x kv heads, beams x query heads a kv head, width]
-    folded = query.reshape(prompts, beams, kv_heads, per_kv, dim).transpose(1, 2).reshape(prompts * kv_heads, beams * per_kv, dim)
+    folded = (
+        query.reshape(prompts, beams, kv_heads, per_kv, dim)
+        .transpose(1, 2)
+        .reshape(prompts * kv_heads, beams * per_kv, dim)
+    )
     prompt_scores = _float_bmm(folded, prompt_keys.reshape(prompts * kv_heads, width, dim).transpose(1, 2)) * scale
     prompt_scores = prompt_scores.view(prompts, kv_heads, beams, per_kv, width)
     prompt_scores = prompt_scores.masked_fill(~attention_mask[::beams, :, None, :, :width], -float("inf"))
@@ -115,16 +123,20 @@ def _beam_decode_attention(shared: _SharedPrompt, module, query, key, value, att
     own = query.reshape(rows * kv_heads, per_kv, dim)
     generated_scores = _float_bmm(own, key.reshape(rows * kv_heads, new, dim).transpose(1, 2)) * scale
     generated_scores = generated_scores.view(rows, kv_heads, per_kv, new)
-    generated_scores = generated_scores.masked_fill(~attention_mask[:, :, :, width: width + new], -float("inf"))
+    generated_scores = generated_scores.masked_fill(~attention_mask[:, :, :, width : width + new], -float("inf"))
     generated_scores = generated_scores.view(prompts, beams, kv_heads, per_kv, new).transpose(1, 2)
     top = torch.maximum(prompt_scores.amax(-1), generated_scores.amax(-1))  # a prompt token is always there: finite
     prompt_weights = torch.exp(prompt_scores - top[..., None])
     generated_weights = torch.exp(generated_scores - top[..., None])
     total = prompt_weights.sum(-1) + generated_weights.sum(-1)  # [prompts, kv heads, beams, per kv]
-    out = _float_bmm(prompt_weights.reshape(prompts * kv_heads, beams * per_kv, width).to(value.dtype),
-                     prompt_values.reshape(prompts * kv_heads, width, dim)).view(prompts, kv_heads, beams, per_kv, dim)
+    out = _float_bmm(
+        prompt_weights.reshape(prompts * kv_heads, beams * per_kv, width).to(value.dtype),
+        prompt_values.reshape(prompts * kv_heads, width, dim),
+    ).view(prompts, kv_heads, beams, per_kv, dim)
     own_weights = generated_weights.transpose(1, 2).reshape(rows * kv_heads, per_kv, new).to(value.dtype)
-    own_out = _float_bmm(own_weights, value.reshape(rows * kv_heads, new, dim)).view(prompts, beams, kv_heads, per_kv, dim)
+    own_out = _float_bmm(own_weights, value.reshape(rows * kv_heads, new, dim)).view(
+        prompts, beams, kv_heads, per_kv, dim
+    )
     out = (out + own_out.transpose(1, 2)) / total[..., None]
     return out.transpose(1, 2).reshape(rows, 1, heads, dim).to(query.dtype), None
 
@@ -143,7 +155,9 @@ def _decode_attention(model, shared: _SharedPrompt | None):
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         if shared is not None and query.shape[2] == 1 and shared.keys is not None:
             return _beam_decode_attention(shared, module, query, key, value, attention_mask, scaling=scaling)
-        return _grouped_decode_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return _grouped_decode_attention(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
 
     before = config._attn_implementation
     AttentionInterface.register(GROUPED_ATTENTION, attention)
@@ -158,8 +172,17 @@ class _Batch:
     """The decoding state of the prompts still going (`beams` rows each, consecutive): fixed-address
     buffers that the graph reads and writes."""
 
-    def __init__(self, model, prompts: list[list[int]], prefix_lengths: list[int], pad_id: int, stop_id: int,
-                 generation: GenerationConfig, max_new_tokens: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        model,
+        prompts: list[list[int]],
+        prefix_lengths: list[int],
+        pad_id: int,
+        stop_id: int,
+        generation: GenerationConfig,
+        max_new_tokens: int,
+        device: torch.device,
+    ) -> None:
         from transformers import StaticCache
 
         g = generation
@@ -171,8 +194,8 @@ class _Batch:
         ids = torch.full((n, width), pad_id, dtype=torch.long)
         real = torch.zeros((n, width), dtype=torch.bool)
         for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            real[i, width - len(prompt):] = True
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            real[i, width - len(prompt) :] = True
         self.ids, self.real = ids.to(device), real.to(device)
         self.prompts = torch.arange(n, device=device)  # which input prompt each group of rows answers
         # greedy: one cache, prompt then answer; beams: the prompts in a cache of their own (one
@@ -193,18 +216,26 @@ class _Batch:
         begin = torch.zeros((n, 1), dtype=torch.long)
         for i, (prompt, m) in enumerate(zip(prompts, prefix_lengths, strict=True)):
             if m:
-                self.answer[i, self.prefix_width - m: self.prefix_width] = torch.tensor(prompt[-m:], dtype=torch.long)
+                self.answer[i, self.prefix_width - m : self.prefix_width] = torch.tensor(prompt[-m:], dtype=torch.long)
             begin[i] = self.prefix_width - m
         self.answer = self.answer.to(device).repeat_interleave(k, 0)
         self.begin = begin.to(device).repeat_interleave(k, 0)
-        self.written = torch.zeros((), dtype=torch.long, device=device)  # new tokens chosen so far (read inside the graph)
+        self.written = torch.zeros(
+            (), dtype=torch.long, device=device
+        )  # new tokens chosen so far (read inside the graph)
         self.seen = None
         if self.penalty != 1.0:
             vocab = model.config.get_text_config().vocab_size
             inside = (torch.arange(self.prefix_width, device=device) >= self.begin).float()
-            self.seen = torch.zeros((n * k, vocab), device=device).scatter_add_(1, self.answer[:, : self.prefix_width], inside) > 0
-        self.search = (BeamState(n, k, max_new_tokens, stop_id, pad_id, g.length_penalty, g.early_stopping, device)
-                       if k > 1 else None)
+            self.seen = (
+                torch.zeros((n * k, vocab), device=device).scatter_add_(1, self.answer[:, : self.prefix_width], inside)
+                > 0
+            )
+        self.search = (
+            BeamState(n, k, max_new_tokens, stop_id, pad_id, g.length_penalty, g.early_stopping, device)
+            if k > 1
+            else None
+        )
         # beams: the row (of its prompt's K) that holds each beam (generate()'s beam order is the search's)
         self.beam_rows = torch.arange(k, device=device).repeat(n, 1)
         self.finished = torch.zeros(n, dtype=torch.bool, device=device)  # greedy: the stop token written
@@ -214,15 +245,26 @@ class _Batch:
         width = self.prompt_width
         cache = self.prompt_cache if self.shared else self.cache
         causal = torch.ones((width, width), dtype=torch.bool, device=self.ids.device).tril()
-        mask = torch.zeros((len(self.ids), 1, width, width if self.shared else self.length), dtype=torch.bool,
-                           device=self.ids.device)
+        mask = torch.zeros(
+            (len(self.ids), 1, width, width if self.shared else self.length), dtype=torch.bool, device=self.ids.device
+        )
         mask[:, 0, :, :width] = causal & self.real[:, None, :]
         # a padding position attends to nothing and sdpa would fill it with NaN, which masked
         # keys still carry into sums (0 x NaN): let it see itself; no real token ever sees it
         mask[:, 0, :, :width] |= torch.eye(width, dtype=torch.bool, device=self.ids.device) & ~self.real[:, None, :]
         positions = (self.real.long().cumsum(1) - 1).masked_fill(~self.real, 1)
-        logits = self.model(input_ids=self.ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        logits = (
+            self.model(
+                input_ids=self.ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+        )
         if self.shared:
             self._share_prompts()
             logits = logits.repeat_interleave(self.beams, 0)
@@ -234,8 +276,18 @@ class _Batch:
 
     def step(self) -> None:
         """One decode step on the buffers: feeds `token`, chooses the next."""
-        logits = self.model(input_ids=self.token, attention_mask=self.keys, position_ids=self.position,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        logits = (
+            self.model(
+                input_ids=self.token,
+                attention_mask=self.keys,
+                position_ids=self.position,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+        )
         self.position.add_(1)
         self._choose(logits)
 
@@ -243,8 +295,9 @@ class _Batch:
         if self.seen is not None:
             scores = penalise(scores, self.seen, self.penalty)
         if self.ngram_size:
-            bans = repeated_ngram_bans(self.answer, self.prefix_width + self.written, self.ngram_size, scores.shape[-1],
-                                       self.begin)
+            bans = repeated_ngram_bans(
+                self.answer, self.prefix_width + self.written, self.ngram_size, scores.shape[-1], self.begin
+            )
             scores = scores.masked_fill(bans, -float("inf"))
         return scores
 
@@ -290,7 +343,7 @@ class _Batch:
     def answers(self, count: int) -> torch.Tensor:
         """[prompts, count, max_new] each prompt's answers so far (greedy: one)."""
         if self.search is None:
-            return self.answer[:, None, self.prefix_width:]
+            return self.answer[:, None, self.prefix_width :]
         return self.search.answers(count)
 
     def keep(self, index: torch.Tensor) -> None:
@@ -319,8 +372,16 @@ def _keep_cache_rows(cache, rows: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
-def decode(model, prompts: list[list[int]], prefix_lengths: list[int], stop_id: int, pad_id: int,
-           generation: GenerationConfig, max_new_tokens: int, graphs: bool | None = None) -> tuple[list[list[int]], int]:
+def decode(
+    model,
+    prompts: list[list[int]],
+    prefix_lengths: list[int],
+    stop_id: int,
+    pad_id: int,
+    generation: GenerationConfig,
+    max_new_tokens: int,
+    graphs: bool | None = None,
+) -> tuple[list[list[int]], int]:
     """Answers to `prompts` (token ids, unpadded; each ends with its answer's prefix,
     `prefix_lengths` tokens) in one batch, greedy or by beam search as `generation` says:
     num_return_sequences lists of new token ids a prompt, best first (each up to its stop token;
@@ -346,7 +407,12 @@ def _run(batch: _Batch, returned: int, graphs: bool, device: torch.device):
             if len(going) == 0:
                 break
             if len(going) <= SHRINK_BELOW * len(batch.prompts) and len(batch.prompts) * batch.beams >= SMALLEST_BATCH:
-                log.debug("step %d: %d of %d prompts still going; the batch shrinks to them", t, len(going), len(batch.prompts))
+                log.debug(
+                    "step %d: %d of %d prompts still going; the batch shrinks to them",
+                    t,
+                    len(going),
+                    len(batch.prompts),
+                )
                 ended = done.nonzero().view(-1)
                 out[batch.prompts[ended]] = batch.answers(returned).index_select(0, ended)
                 batch.keep(going)

@@ -6,6 +6,7 @@ wheel with no compiler, runs Llama- and Qwen3-shaped models, quantizes weights t
 and answered 4x faster than PyTorch at batch 1 where CTranslate2 managed about 2x;
 llama.cpp's Python binding builds llama.cpp from source on install.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -107,16 +108,24 @@ def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: s
 
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), _no_git_here(), _builder_logs_at_debug():
+        with (
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+            _no_git_here(),
+            _builder_logs_at_debug(),
+        ):
             options = parse_extra_options(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, [])
             create_model(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, **options)
     except Exception as err:  # whatever the builder raises, the stage says it in one line
         last = (str(err).strip().splitlines() or [""])[-1]
-        raise ExportError(f"{merged_dir}: the ONNX Runtime GenAI model builder failed: {type(err).__name__}: {last}") from None
+        raise ExportError(
+            f"{merged_dir}: the ONNX Runtime GenAI model builder failed: {type(err).__name__}: {last}"
+        ) from None
 
 
-def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: str, adapter_dir: str | Path,
-               parameters: int) -> None:
+def build_onnx(
+    model, merged_dir: str | Path, out_dir: str | Path, precision: str, adapter_dir: str | Path, parameters: int
+) -> None:
     """Convert the merged checkpoint with ONNX Runtime GenAI's model builder (weights quantized to
     `precision`) and write edge.json: what the engine needs to prompt the model as training did."""
     tokenizer = model.tokenizer
@@ -131,18 +140,20 @@ def build_onnx(model, merged_dir: str | Path, out_dir: str | Path, precision: st
         config["model"]["eos_token_id"] = end_of_turn_id
         config["model"]["pad_token_id"] = tokenizer.pad_token_id
         atomic.write_json(config_path, config)
-        atomic.write_json(tmp / EDGE_FILE, {
-            "engine": ENGINE,
-            "precision": precision,
-            "family": model.profile.family,
-            "base_model": model.profile.name,
-            "parameters": parameters,
-            "adapter_digest": adapter_digest(adapter_dir),
-            "system_prompt": model.system_prompt,
-            "chat_template": model.chat_template,
-            "end_of_turn": model.end_of_turn,
-            "end_of_turn_id": end_of_turn_id,
-            "max_seq_length": model.profile.max_seq_length,  # the window it was tuned in: longer prompts are cut to it
-        })
-
-
+        atomic.write_json(
+            tmp / EDGE_FILE,
+            {
+                "engine": ENGINE,
+                "precision": precision,
+                "family": model.profile.family,
+                "base_model": model.profile.name,
+                "parameters": parameters,
+                "adapter_digest": adapter_digest(adapter_dir),
+                "system_prompt": model.system_prompt,
+                "chat_template": model.chat_template,
+                "end_of_turn": model.end_of_turn,
+                "end_of_turn_id": end_of_turn_id,
+                # the window it was tuned in: longer prompts are cut to it
+                "max_seq_length": model.profile.max_seq_length,
+            },
+        )

@@ -14,25 +14,34 @@ ONNX Runtime GenAI 0.18 shows the logits of every beam but the tokens of none bu
 its beams search without the rules and the answer is cut where it first repeats a run of words
 (core.metrics.loops.cut_at_first_loop), the substitute measured in docs/quality.md.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 
 from core import atomic
 from core.config import GenerationConfig
 from core.data import ID, PROMPT, require_vignette
+from core.decode.results import Generations, trim_at_stop
 from core.errors import ArtifactError, how_to_restore
 from core.metrics.loops import cut_at_first_loop
-from core.decode.results import Generations, trim_at_stop
+from core.prompts import (
+    answer_prefix,
+    chat_messages,
+    fit_to_window,
+    join_answer,
+    render_chat,
+    tidy_answer,
+    user_message,
+)
 from core.resources import compute_threads
-from core.prompts import answer_prefix, chat_messages, fit_to_window, join_answer, render_chat, tidy_answer, user_message
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +59,12 @@ def adapter_digest(adapter_dir: str | Path) -> str:
     for name in ADAPTER_FILES:
         path = Path(adapter_dir) / name
         if not path.exists():
-            raise ArtifactError(f"{adapter_dir}: no LoRA adapter here ({name} is missing); run the finetune stage first")
-        if path.suffix == ".safetensors":  # a damaged adapter is not "another adapter": say which file and how to restore it
+            raise ArtifactError(
+                f"{adapter_dir}: no LoRA adapter here ({name} is missing); run the finetune stage first"
+            )
+        if (
+            path.suffix == ".safetensors"
+        ):  # a damaged adapter is not "another adapter": say which file and how to restore it
             atomic.check_safetensors(path, how_to_restore(adapter_dir))
         digest.update(name.encode())
         digest.update(path.read_bytes())
@@ -75,9 +88,9 @@ def answer_only_rules(logits, answers: list[list[int]], penalty: float, ngram_si
             values = logits[row, seen]
             logits[row, seen] = np.where(values < 0, values * penalty, values / penalty)
         if ngram_size and len(answer) >= ngram_size:
-            suffix = answer[len(answer) - ngram_size + 1:] if ngram_size > 1 else []
+            suffix = answer[len(answer) - ngram_size + 1 :] if ngram_size > 1 else []
             for j in range(len(answer) - ngram_size + 1):
-                if answer[j:j + ngram_size - 1] == suffix:
+                if answer[j : j + ngram_size - 1] == suffix:
                     logits[row, answer[j + ngram_size - 1]] = -np.inf
     return logits
 
@@ -97,7 +110,9 @@ def search_options(generation: GenerationConfig, prompt_tokens: int) -> dict:
     )
     if generation.do_sample:
         # top_k 50 is transformers' default, which the PyTorch path keeps
-        options.update(temperature=generation.temperature, top_p=generation.top_p, top_k=50, random_seed=generation.seed)
+        options.update(
+            temperature=generation.temperature, top_p=generation.top_p, top_k=50, random_seed=generation.seed
+        )
     return options
 
 
@@ -112,8 +127,9 @@ class ExportedModel:
         self.directory = directory
         self.info = json.loads((directory / EDGE_FILE).read_text(encoding="utf-8"))
         if adapter is not None and adapter_digest(adapter) != self.info["adapter_digest"]:
-            raise StaleExport(f"{directory} is stale: it was exported from another adapter than the one in {adapter} now; "
-                              f"re{rebuild}")
+            raise StaleExport(
+                f"{directory} is stale: it was exported from another adapter than the one in {adapter} now; re{rebuild}"
+            )
         import onnxruntime_genai as og
         from tokenizers import Tokenizer
 
@@ -121,7 +137,9 @@ class ExportedModel:
         config = og.Config(str(directory))
         # ONNX Runtime's default thread count left half of a 2-core machine idle (70 against 100
         # tokens/s, docs/deploy.md): one thread per CPU this process may use, as torch does
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": compute_threads()}}}}))
+        config.overlay(
+            json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": compute_threads()}}}})
+        )
         self.model = og.Model(config)
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.stop_id = self.info["end_of_turn_id"]
@@ -141,8 +159,9 @@ class ExportedModel:
         return tidy_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     # --- answering ---------------------------------------------------------------------------
-    def answer(self, row: dict, generation: GenerationConfig,
-               on_text: Callable[[str], None] | None = None) -> tuple[str, list[int]]:
+    def answer(
+        self, row: dict, generation: GenerationConfig, on_text: Callable[[str], None] | None = None
+    ) -> tuple[str, list[int]]:
         """The answer to one row and its new token ids (end-of-turn token included where the
         model ended its turn). With greedy or sampled decoding `on_text` receives the answer's
         text piece by piece as it is generated; beam search knows its answer only at the end."""
@@ -155,8 +174,13 @@ class ExportedModel:
                 on_text(prefix_text)
             return prefix_text, []
         prefix = self.tokenizer.encode(prefix_text, add_special_tokens=False).ids if prefix_text else []
-        (prompt,), (prefix,) = fit_to_window([self.prompt_ids(row)], [prefix], generation.longest_answer, self.max_seq_length,
-                                             [str(row.get(ID, "the vignette"))])
+        (prompt,), (prefix,) = fit_to_window(
+            [self.prompt_ids(row)],
+            [prefix],
+            generation.longest_answer,
+            self.max_seq_length,
+            [str(row.get(ID, "the vignette"))],
+        )
         params = og.GeneratorParams(self.model)
         params.set_search_options(**search_options(generation, len(prompt) + len(prefix)))
         generator = og.Generator(self.model, params)
@@ -170,9 +194,10 @@ class ExportedModel:
         while not generator.is_done():
             if rules and not beams:
                 logits = generator.get_logits()  # [1, 1, vocab]
-                answer = [int(t) for t in generator.get_sequence(0)[len(prompt):]]  # the prefix included
-                shaped = answer_only_rules(logits.reshape(1, -1), [answer], generation.repetition_penalty,
-                                           generation.no_repeat_ngram_size)
+                answer = [int(t) for t in generator.get_sequence(0)[len(prompt) :]]  # the prefix included
+                shaped = answer_only_rules(
+                    logits.reshape(1, -1), [answer], generation.repetition_penalty, generation.no_repeat_ngram_size
+                )
                 generator.set_logits(shaped.reshape(logits.shape))
             generator.generate_next_token()
             if generation.num_beams == 1:
@@ -180,10 +205,10 @@ class ExportedModel:
                 if on_text is not None:
                     text = self.decode(new)
                     if text.startswith(shown) and len(text) > len(shown):
-                        on_text(text[len(shown):])
+                        on_text(text[len(shown) :])
                         shown = text
         if beams:
-            new = [int(t) for t in generator.get_sequence(0)[len(prompt) + len(prefix):]]
+            new = [int(t) for t in generator.get_sequence(0)[len(prompt) + len(prefix) :]]
         new, _ = trim_at_stop(new, self.stop_id)
         own = self.decode(new)
         if rules and beams:
@@ -192,7 +217,7 @@ class ExportedModel:
                 new = self.tokenizer.encode(cut, add_special_tokens=False).ids
                 own = cut
         if on_text is not None and own != shown:
-            on_text(own[len(shown):] if own.startswith(shown) else "\n" + own)
+            on_text(own[len(shown) :] if own.startswith(shown) else "\n" + own)
         return join_answer(prefix_text, own), new
 
     def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
@@ -207,6 +232,14 @@ class ExportedModel:
             ids.append(new)
             counts.append(len(new))
             stopped.append(bool(new) and new[-1] == self.stop_id)
-        return Generations(texts, counts, stopped, time.perf_counter() - start, batch_size=1,
-                           decoded_tokens=sum(counts) * generation.num_beams, row_seconds=seconds, token_ids=ids,
-                           prefixes=[answer_prefix(row, generation.answer_prefix) for row in rows])
+        return Generations(
+            texts,
+            counts,
+            stopped,
+            time.perf_counter() - start,
+            batch_size=1,
+            decoded_tokens=sum(counts) * generation.num_beams,
+            row_seconds=seconds,
+            token_ids=ids,
+            prefixes=[answer_prefix(row, generation.answer_prefix) for row in rows],
+        )

@@ -3,6 +3,7 @@
 Clinicians restate the case before they answer it, so the vignette alone scores well (docs/quality.md):
 every score of the project stands beside it, and `answer_prefix: echo` opens answers with it.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,6 +1,7 @@
 """What an answer that loops is: a run of words that occurs twice, the way small models repeat
 themselves; the validation report's loop share and the export's cut of a looping answer.
 """
+
 from __future__ import annotations
 
 from core.metrics.rouge import normalise

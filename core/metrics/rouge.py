@@ -3,6 +3,7 @@
 Used for the validation report and, during generation, by minimum-Bayes-risk selection
 (core/decode/generation.py), so both judge an answer by the same measure.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,9 +17,7 @@ _PUNCTUATION = set(string.punctuation)
 def normalise(text: str) -> str:
     """The host's scoring normalisation: lower-case, punctuation removed, paragraph breaks and
     all other runs of whitespace made one space."""
-    kept = "".join(
-        ch for ch in text.lower() if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P")
-    )
+    kept = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P"))
     return " ".join(kept.split())
 
 
@@ -51,4 +50,3 @@ def rouge_l_matrix(texts: list[str]) -> list[list[float]]:
         for j in range(i + 1, n):
             matrix[i][j] = matrix[j][i] = scorer.score(normalised[i], normalised[j])["rougeL"].fmeasure
     return matrix
-

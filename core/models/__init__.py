@@ -1,1 +1,2 @@
-"""Model loading: the BaseUnslothModel facade, the families' chat templates, the two backends and where base weights come from."""
+"""Model loading: the BaseUnslothModel facade, the families' chat templates, the two backends and
+where base weights come from."""

@@ -9,6 +9,7 @@ transformers and peft are imported inside functions, not at module level, on pur
 patches them when it is imported and must come first, so nothing may import them before the
 backend has been chosen.
 """
+
 from __future__ import annotations
 
 import logging

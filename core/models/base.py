@@ -12,13 +12,15 @@ A family subclass (core/models/families.py) defines only what differs between mo
 its chat template, the token that ends the assistant's turn, a pad token, and if it wants
 its own way of turning a row into the user message.
 """
+
 from __future__ import annotations
 
 import gc
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -69,9 +71,7 @@ class BaseUnslothModel:
     def prompt_for(self, row: dict) -> str:
         """The exact text the model sees before it answers, at training and at prediction."""
         self._require_loaded()
-        return self.tokenizer.apply_chat_template(
-            self.messages_for(row), tokenize=False, add_generation_prompt=True
-        )
+        return self.tokenizer.apply_chat_template(self.messages_for(row), tokenize=False, add_generation_prompt=True)
 
     def encode(self, text: str) -> list[int]:
         # The chat template writes every special token itself: the tokenizer must add none.
@@ -99,11 +99,23 @@ class BaseUnslothModel:
             examples.add(str(row.get(ID, len(examples.input_ids))), prompt_ids, answer_ids, limit)
         total = len(examples.input_ids) + len(examples.dropped)
         if examples.prompt_cut:
-            log.warning("%d of %d rows are longer than max_seq_length=%d: trained on with the middle of the prompt cut, "
-                        "the answer whole (%s)", len(examples.prompt_cut), total, limit, ", ".join(examples.prompt_cut))
+            log.warning(
+                "%d of %d rows are longer than max_seq_length=%d: trained on with the middle of the prompt cut, "
+                "the answer whole (%s)",
+                len(examples.prompt_cut),
+                total,
+                limit,
+                ", ".join(examples.prompt_cut),
+            )
         if examples.dropped:
-            log.warning("%d of %d rows left out: the answer alone leaves less than a quarter of max_seq_length=%d to the "
-                        "prompt (%s)", len(examples.dropped), total, limit, ", ".join(examples.dropped))
+            log.warning(
+                "%d of %d rows left out: the answer alone leaves less than a quarter of max_seq_length=%d to the "
+                "prompt (%s)",
+                len(examples.dropped),
+                total,
+                limit,
+                ", ".join(examples.dropped),
+            )
         return examples
 
     # --- loading ----------------------------------------------------------------------------
@@ -130,7 +142,10 @@ class BaseUnslothModel:
         vocab = tokenizer.get_vocab()
         for token in (self.end_of_turn, self.pad_token):
             if token not in vocab:
-                raise CheckpointError(f"{self.checkpoint}: the tokenizer has no {token!r} token, which the {type(self).__name__} template needs")
+                raise CheckpointError(
+                    f"{self.checkpoint}: the tokenizer has no {token!r} token, "
+                    f"which the {type(self).__name__} template needs"
+                )
         tokenizer.chat_template = self.chat_template
         # eos = end of turn: generation stops there, and whoever loads the saved adapter's tokenizer gets the same stop.
         tokenizer.eos_token = self.end_of_turn
@@ -190,18 +205,22 @@ class BaseUnslothModel:
         # an answer's prefix is encoded apart from the prompt, as training encodes the answer; an
         # over-long vignette is cut to the window the model was tuned in, as in training, rather
         # than run past it (and for minutes on a CPU)
-        encoded, prefix_ids = fit_to_window([self.encode(self.prompt_for(row)) for row in rows],
-                                            [self.encode(text) if text else [] for text in prefix_texts],
-                                            generation.longest_answer, self.profile.max_seq_length,
-                                            [str(row.get(ID, i + 1)) for i, row in enumerate(rows)])
-        prefixes = list(zip(prefix_texts, prefix_ids))
+        encoded, prefix_ids = fit_to_window(
+            [self.encode(self.prompt_for(row)) for row in rows],
+            [self.encode(text) if text else [] for text in prefix_texts],
+            generation.longest_answer,
+            self.profile.max_seq_length,
+            [str(row.get(ID, i + 1)) for i, row in enumerate(rows)],
+        )
+        prefixes = list(zip(prefix_texts, prefix_ids, strict=True))
         stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
         # The static-cache decoder needs transformers' own forward. Unsloth replaces it, and once imported
         # it patches the model classes of every model in the process (a CUDA graph cannot be captured
         # through them: docs/benchmarks.md)
         static_allowed = self.backend.name == "hf" and "unsloth" not in sys.modules
-        return generate(self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, self.decode, static_allowed,
-                        prefixes)
+        return generate(
+            self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, self.decode, static_allowed, prefixes
+        )
 
     # --- adapters ---------------------------------------------------------------------------
     def save_adapter(self, path: str | Path) -> None:
@@ -215,7 +234,9 @@ class BaseUnslothModel:
             self.tokenizer.save_pretrained(str(tmp))
             # the settings the adapter was trained with; decoding is predict's business, and a
             # generation key in here would change the adapter's hash without changing the adapter
-            atomic.write_json(tmp / "profile.json", {k: v for k, v in as_dict(self.profile).items() if k != "generation"})
+            atomic.write_json(
+                tmp / "profile.json", {k: v for k, v in as_dict(self.profile).items() if k != "generation"}
+            )
             # peft keeps target_modules as a set and writes it in the process's string-hash order,
             # which changes from run to run: sorted, the same adapter is the same file.
             config = atomic.read_json(tmp / "adapter_config.json")
@@ -228,7 +249,9 @@ class BaseUnslothModel:
         if `trainable`: the align stage tunes the SFT adapter further)."""
         path = Path(path)
         if not (path / "adapter_config.json").exists():
-            raise ArtifactError(f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first")
+            raise ArtifactError(
+                f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first"
+            )
         # a damaged file gets one line naming it, not a traceback from deep in safetensors
         atomic.check_safetensors(path / "adapter_model.safetensors", how_to_restore(path))
         saved = atomic.read_json(path / "profile.json") if (path / "profile.json").exists() else {}

@@ -5,6 +5,7 @@ is prompted with at prediction come from the same template, whatever a checkpoin
 Each ends the assistant's turn with the family's end-of-turn token, which the model learns
 to emit and generation stops on.
 """
+
 from __future__ import annotations
 
 from core.config import ConfigError, ModelProfile
@@ -66,6 +67,7 @@ def model_for(profile: ModelProfile, system_prompt: str, job: str = "train") -> 
         family = FAMILIES[profile.family]
     except KeyError:
         raise ConfigError(
-            f"params.yaml: models.{profile.key}.family: unknown family {profile.family!r} (known: {', '.join(FAMILIES)})"
+            f"params.yaml: models.{profile.key}.family: unknown family "
+            f"{profile.family!r} (known: {', '.join(FAMILIES)})"
         ) from None
     return family(profile, system_prompt, job)

