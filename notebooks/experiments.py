@@ -59,29 +59,29 @@ def file_at(rev: str, path: str, cwd: str | Path = ".") -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def _records(exp_show_json: list[dict]):
+def exp_records(exp_show_json: list[dict]):
     """(name, rev, data) for every commit row and every experiment under it."""
     for commit in exp_show_json:
-        yield commit.get("name") or _short(commit["rev"]), commit["rev"], commit.get("data") or {}
+        yield commit.get("name") or short_rev(commit["rev"]), commit["rev"], commit.get("data") or {}
         for experiment in commit.get("experiments") or []:
             for rev in experiment.get("revs") or []:
-                yield rev.get("name") or _short(rev["rev"]), rev["rev"], rev.get("data") or {}
+                yield rev.get("name") or short_rev(rev["rev"]), rev["rev"], rev.get("data") or {}
 
 
-def _short(rev: str) -> str:
+def short_rev(rev: str) -> str:
     return rev if rev == "workspace" else rev[:7]
 
 
-def _file(data: dict, kind: str, path: str) -> dict:
+def recorded(data: dict, kind: str, path: str) -> dict:
     return ((data.get(kind) or {}).get(path) or {}).get("data") or {}
 
 
 def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
     rows = []
-    for name, rev, data in _records(exp_show_json):
-        row = {"experiment": name, "rev": _short(rev), "commit": rev}
+    for name, rev, data in exp_records(exp_show_json):
+        row = {"experiment": name, "rev": short_rev(rev), "commit": rev}
         try:
-            params = parse_params(_file(data, "params", "params.yaml"))
+            params = parse_params(recorded(data, "params", "params.yaml"))
         except ConfigError:
             params = None  # a commit from before params.yaml had its present form
         if params is not None:
@@ -95,13 +95,13 @@ def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
                 epochs=t.epochs,
                 max_steps=t.max_steps,
             )
-        align = _file(data, "metrics", "metrics/align.json")
+        align = recorded(data, "metrics", "metrics/align.json")
         # SFT alone, or SFT + DPO (the align stage); "sft" too for a commit from before the stage
         row["align"] = "sft+dpo" if align.get("align_method") == "dpo" else "sft"
         dpo = align.get("dpo") or {}
-        finetune = _file(data, "metrics", "metrics/finetune.json")
-        evaluation = _file(data, "metrics", "metrics/eval.json")
-        predict = _file(data, "metrics", "metrics/predict.json")
+        finetune = recorded(data, "metrics", "metrics/finetune.json")
+        evaluation = recorded(data, "metrics", "metrics/eval.json")
+        predict = recorded(data, "metrics", "metrics/predict.json")
         row.update(
             effective_batch=finetune.get("effective_batch_size"),
             train_loss=finetune.get("train_loss"),

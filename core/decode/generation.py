@@ -183,11 +183,25 @@ def generate(
             largest = max(largest, len(index))
             done += len(index)
             bar.update(len(index))
-    peak = 0.0
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-    seconds = time.perf_counter() - start
+    return _as_generations(answers, prefixes, time.perf_counter() - start, largest, _peak_gb(device), decoded)
+
+
+def _peak_gb(device: torch.device) -> float:
+    """The most GPU memory allocated so far (0 on a CPU)."""
+    if device.type != "cuda":
+        return 0.0
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def _as_generations(
+    answers: list[tuple[str, list[int], bool]],
+    prefixes: list[tuple[str, list[int]]],
+    seconds: float,
+    largest: int,
+    peak: float,
+    decoded: int,
+) -> Generations:
     return Generations(
         [text for text, _, _ in answers],
         [len(ids) for _, ids, _ in answers],
