@@ -20,6 +20,7 @@ from pathlib import Path
 
 from core import distributed
 from core.errors import UserError
+from stages import settings_guard
 
 log = logging.getLogger("stages")
 
@@ -149,7 +150,9 @@ def run(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, _stop)
     _end_with_dvc()
     try:
+        settings = settings_guard.start(dvc_process())
         main()
+        settings_guard.finish(settings)
         _note_if_run_by_hand()
     except (UserError, FileNotFoundError) as err:
         # (a FileNotFoundError names its file whoever raised it)

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import yaml
 
+from tests.checkpoints import REPO
 from tests.dvc_helpers import git, run_dvc
 
 pytestmark = pytest.mark.slow
@@ -165,6 +166,56 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
         if f"Running stage '{stage}'" in out
     ]
     assert {"prepare", "evaluate", "submit"} <= set(rerun), out
+
+
+def test_settings_changed_under_a_running_pipeline_stop_it_and_nothing_is_recorded_under_them(finished_workspace):
+    """`dvc repro` answering; meanwhile `dvc exp run -S ...` is refused by DVC's lock, but has already written its
+    value into params.yaml: the running stage stops with one line, and dvc.lock keeps the settings that ran."""
+    workspace = finished_workspace
+    lock = (workspace / "dvc.lock").read_text()
+    # long answers: predict still answering when the second run comes
+    edit_params(workspace, lambda raw: raw["models"]["qwen3"]["generation"].update(max_new_tokens=100, length_grid=[]))
+    ran = (workspace / "params.yaml").read_text()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    repro = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "--force", "predict"],
+        cwd=workspace,
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    seen = []
+    for line in repro.stderr:
+        seen.append(line)
+        if "loading" in line:  # predict has read its settings and is loading the model
+            break
+    second = run_dvc(workspace, "exp", "run", "-S", "models.qwen3.generation.num_beams=2", check=False)
+    assert second.returncode != 0, second.stdout  # refused: the first run holds the lock
+    assert "num_beams: 2" in (workspace / "params.yaml").read_text()  # but DVC wrote the value first
+    seen += repro.stderr.readlines()
+    assert repro.wait(timeout=600) != 0, "".join(seen)
+    stopped = [line for line in seen if line.startswith("ERROR stages:")]
+    assert len(stopped) == 1 and "params.yaml: changed while this stage was running" in stopped[0], "".join(seen)
+    assert (workspace / "dvc.lock").read_text() == lock  # nothing recorded under num_beams 2
+    assert "num_beams: 2" not in (workspace / "dvc.lock").read_text()
+
+    # the next stage of the same dvc process would stop at once, before any work, in one line
+    from stages import settings_guard
+
+    (workspace / "params.yaml").write_text(ran)
+    dvc = (os.getpid(), "test")
+    os.chdir(workspace)
+    try:
+        digest = settings_guard.start(dvc)
+        assert settings_guard.start(dvc) == digest  # a later stage, the same settings: goes on
+        (workspace / "params.yaml").write_text(ran + "# edited by hand\n")
+        with pytest.raises(
+            settings_guard.SettingsChanged, match=f"changed while this dvc process \\(pid {os.getpid()}\\)"
+        ):
+            settings_guard.start(dvc)
+    finally:
+        os.chdir(REPO)
 
 
 def test_the_restore_command_printed_for_a_damaged_output_restores_it(finished_workspace):

@@ -2,10 +2,12 @@
 (a local directory outside the work tree) and a real ssh:// remote on a throw-away sshd."""
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import copy_repo
 from tests.dvc_helpers import git, run_dvc
@@ -127,3 +129,36 @@ def test_pull_of_missing_objects_fails_clearly_and_changes_nothing(finished, tmp
     assert done.returncode != 0
     assert "missing" in done.stderr.lower(), done.stderr
     assert snapshot(clone) == before
+
+
+def test_a_damaged_object_in_the_default_remote_is_never_checked_out_and_repro_rebuilds_it(finished, tmp_path):
+    """8 bytes of the adapter overwritten inside the remote, its size unchanged: with the project's
+    `verify = true` the pull fails naming the output, nothing damaged reaches the cache or the work tree,
+    and `dvc repro` makes the recorded bytes again."""
+    root, repo = finished
+    run_dvc(repo, "push")
+    store = tmp_path / "kenya-clinical-dvc-store"  # where the clone's default remote points (../../ from its .dvc)
+    shutil.copytree(root / "kenya-clinical-dvc-store", store)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    listing = next(o["md5"] for o in lock["stages"]["finetune"]["outs"] if o["path"] == "models/adapter")
+    entries = json.loads((store / "files/md5" / listing[:2] / listing[2:]).read_text())
+    weights = next(e["md5"] for e in entries if e["relpath"] == "adapter_model.safetensors")
+    damaged = store / "files/md5" / weights[:2] / weights[2:]
+    with open(damaged, "r+b") as f:
+        f.seek(damaged.stat().st_size // 2)
+        f.write(b"\x00\xff" * 4)
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    done = run_dvc(clone, "pull", check=False)
+    assert done.returncode != 0 and "models/adapter" in done.stderr, done.stderr
+    good = (repo / "models/adapter/adapter_model.safetensors").read_bytes()
+    for out in ("models/adapter", "models/aligned"):
+        pulled = clone / out / "adapter_model.safetensors"
+        assert not pulled.exists() or pulled.read_bytes() == good, out
+    cached = clone / ".dvc/cache/files/md5" / weights[:2] / weights[2:]
+    assert not cached.exists() or cached.read_bytes() == good
+    # the way back: the stages make the same bytes again
+    run_dvc(clone, "repro")
+    assert (clone / "models/adapter/adapter_model.safetensors").read_bytes() == good
+    assert (clone / "models/aligned/adapter_model.safetensors").read_bytes() == good
+    assert "Data and pipelines are up to date" in run_dvc(clone, "status").stdout

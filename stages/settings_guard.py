@@ -1,0 +1,64 @@
+"""One run, one set of settings: the stages of one `dvc repro` / `dvc exp run` run with the
+params.yaml the run started with.
+
+DVC writes `dvc exp run -S` values into params.yaml before it takes its lock, so a second run that
+DVC then refuses has already changed the settings under a first run still going; and DVC records
+each stage's params in dvc.lock when the stage ends, as params.yaml is then. So the first stage of
+a DVC process records a digest of params.yaml (in .dvc/tmp, keyed by that dvc process), and every
+stage compares params.yaml with it when it starts and again when it ends: a change stops the stage
+with one line (a failed stage is not recorded in dvc.lock), so nothing is recorded under settings
+that did not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from core.errors import UserError
+
+PARAMS = Path("params.yaml")
+RECORDS = Path(".dvc/tmp/settings-guard")
+
+
+class SettingsChanged(UserError):
+    """params.yaml changed under a running pipeline."""
+
+
+def params_digest() -> str:
+    try:
+        return hashlib.sha256(PARAMS.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return ""
+
+
+def _changed(where: str) -> SettingsChanged:
+    return SettingsChanged(
+        f"{PARAMS}: changed while {where} was running (another `dvc exp run -S`, or an edit): this stage stops, "
+        "so that nothing is recorded under settings that did not run; run the pipeline again once the other run "
+        "is done (`git diff params.yaml` shows the change)"
+    )
+
+
+def start(dvc: tuple[int, str] | None) -> str:
+    """params.yaml's digest now, checked against the first stage's of the same dvc process."""
+    digest = params_digest()
+    if dvc is None:
+        return digest
+    record = RECORDS / f"{dvc[0]}-{dvc[1]}.json"
+    try:
+        first = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"params_sha256": digest}), encoding="utf-8")
+        return digest
+    if first.get("params_sha256") != digest:
+        raise _changed(f"this dvc process (pid {dvc[0]})")
+    return digest
+
+
+def finish(digest: str) -> None:
+    """The stage's own settings unchanged since it started (checked before DVC records it)."""
+    if params_digest() != digest:
+        raise _changed("this stage")
