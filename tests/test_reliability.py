@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -284,3 +285,46 @@ def test_a_hub_model_out_of_reach_stops_at_once_in_one_line_naming_the_key(works
     assert line.endswith("set models.qwen3.name to a local directory holding its config.json and weights")
     assert "Traceback" not in done.stderr and "Running stage 'finetune'" not in done.stdout
     assert not (workspace / "dvc.lock").exists()
+
+
+def test_the_way_back_from_a_killed_dvc_exp_run_works_as_printed(tmp_path):
+    """A `dvc exp run -S` killed mid-stage leaves a detached HEAD and its value in params.yaml; README's
+    command, run as printed in that state, puts the branch and its settings back."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    run_dvc(repo, "init", "-q")
+    (repo / "params.yaml").write_text("x: 1\n")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  slow:\n    cmd: sleep 60 && echo done > out.txt\n    params: [x]\n    outs: [out.txt]\n"
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a slow stage")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "x=2"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the stage runs
+        if any("sleep" in " ".join(p.cmdline()) for p in psutil.Process(run.pid).children(recursive=True)):
+            break
+        time.sleep(0.2)
+    dvc = psutil.Process(run.pid)
+    family = [dvc, *dvc.children(recursive=True)]
+    for process in family:  # the stage too, as a closed terminal ends them all
+        process.kill()
+    run.wait(timeout=30)
+    psutil.wait_procs(family, timeout=30)
+    assert git(repo, "branch", "--show-current").strip() == ""  # detached
+    assert "x: 2" in (repo / "params.yaml").read_text()
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"the way back to your branch and its\s+settings: `([^`]+)`", readme, re.I).group(1)
+    done = subprocess.run(command, shell=True, cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert git(repo, "branch", "--show-current").strip() == "main"
+    assert (repo / "params.yaml").read_text() == "x: 1\n" and git(repo, "status", "--porcelain", "params.yaml") == ""

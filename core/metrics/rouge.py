@@ -7,6 +7,7 @@ Used for the validation report and, during generation, by minimum-Bayes-risk sel
 from __future__ import annotations
 
 import functools
+import logging
 import string
 import unicodedata
 
@@ -25,6 +26,8 @@ def normalise(text: str) -> str:
 def _scorer(types: tuple[str, ...] = ROUGE_TYPES):
     from rouge_score import rouge_scorer
 
+    # rouge_score logs "Using default tokenizer." at INFO through absl on every scorer it makes
+    logging.getLogger("absl").setLevel(logging.WARNING)
     return rouge_scorer.RougeScorer(list(types), use_stemmer=False)
 
 
