@@ -33,8 +33,8 @@ def params_digest() -> str:
         return ""
 
 
-def _changed(where: str) -> SettingsChanged:
-    return SettingsChanged(
+def _changed_message(where: str) -> str:
+    return (
         f"{PARAMS}: changed while {where} was running (another `dvc exp run -S`, or an edit): this stage stops, "
         "so that nothing is recorded under settings that did not run; run the pipeline again once the other run "
         "is done (`git diff params.yaml` shows the change)"
@@ -54,11 +54,11 @@ def start(dvc: tuple[int, str] | None) -> str:
         record.write_text(json.dumps({"params_sha256": digest}), encoding="utf-8")
         return digest
     if first.get("params_sha256") != digest:
-        raise _changed(f"this dvc process (pid {dvc[0]})")
+        raise SettingsChanged(_changed_message(f"this dvc process (pid {dvc[0]})"))
     return digest
 
 
 def finish(digest: str) -> None:
     """The stage's own settings unchanged since it started (checked before DVC records it)."""
     if params_digest() != digest:
-        raise _changed("this stage")
+        raise SettingsChanged(_changed_message("this stage"))

@@ -237,7 +237,7 @@ def test_the_restore_command_printed_for_a_damaged_output_restores_it(finished_w
     )
     assert done.returncode == 1 and len(errors(done)) == 1, done.stderr
     line = errors(done)[0]
-    assert line.startswith("ERROR stages: models/aligned/adapter_model.safetensors: damaged ("), line
+    assert line.startswith("ERROR stages: models/aligned/adapter_model.safetensors: "), line
     command = line.split("restore it with: ", 1)[1].split(" (or", 1)[0]
     assert command == "dvc checkout --force models/aligned"
     restored = subprocess.run(command, shell=True, cwd=workspace, env=env, capture_output=True, text=True)
