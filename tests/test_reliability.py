@@ -92,7 +92,10 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
         "ERROR stages: params.yaml: model: unknown model 'gpt5'; the profiles under models: are smollm2, qwen3, llama32"
     ], done.stderr
     assert snapshot(workspace) == good
-    git(workspace, "checkout", "params.yaml")  # `dvc exp run -S` wrote model: gpt5 there
+    git(
+        workspace, "checkout", "HEAD", "--", "params.yaml"
+    )  # README's way back: `dvc exp run -S` wrote model: gpt5 there
+    assert git(workspace, "status", "--porcelain", "params.yaml") == ""
 
     # 3. Bad settings stop the first stage that reads them, before any model is loaded, one line each.
     def bad(raw):
