@@ -59,7 +59,10 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(
         row = rows.loc[f"tiny-{family}"]
         assert row["model"] == family and row["checkpoint"] == str(tiny_checkpoints[family])
         assert (
-            row["train_loss"] > 0 and row["val_loss"] > 0 and row["train_runtime_s"] > 0 and row["predict_test_s"] > 0
+            row["train_loss"] > 0
+            and row["val_loss"] > 0
+            and row["train_runtime_s"] > 0
+            and row["predict_test_s"] >= 0  # 0 where length 0 was chosen: the test rows need no model
         )
         assert 0 <= row["val_rougeL"] <= 1 and 0 < row["prompt_echo_rougeL"] <= 1
     # different architectures, different weights: the two runs really are two runs

@@ -98,7 +98,10 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
         and deploy["timed"]["model_tokens"]["mean"] > 0
         and deploy["tokens_per_s"] > 0
     )
-    assert deploy["timed"]["rows"] == 16 and set(deploy["submitted_model_tokens"]) == {"mean", "answers_without"}
+    assert deploy["timed"]["rows"] == min(16, len(val_rows)) and set(deploy["submitted_model_tokens"]) == {
+        "mean",
+        "answers_without",
+    }
     # the model's contribution: beside the echo and the answer prefix alone
     evaluation = values["metrics/eval.json"]["data"]
     assert evaluation["answer_prefix"]["kind"] == "echo" and 0 < evaluation["answer_prefix"]["rougeL"] < 1
