@@ -10,8 +10,13 @@ import yaml
 from tests.conftest import tiny_raw_params
 
 
+def tools_env(**extra: str) -> dict:
+    """This environment with this interpreter's tools (dvc, the stages' python) first on PATH."""
+    return {**os.environ, **extra, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def run_dvc(cwd: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tools_env(**(env or {}))
     done = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
     )

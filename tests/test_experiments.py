@@ -4,12 +4,10 @@
 import csv
 import io
 import json
-import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +15,7 @@ from core.data import read_vignettes
 from notebooks.experiments import experiments_table
 from tests.checkpoints import REPO
 from tests.conftest import copy_repo
-from tests.dvc_helpers import run_dvc, short_run
+from tests.dvc_helpers import run_dvc, short_run, tools_env
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +105,7 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(
     # README's comparison command, in a 160-column terminal: every score's header and every run's row visible,
     # the settings that differ between the runs beside them, nothing the challenge scores cut away
     command = re.search(r"^(python -m notebooks\.compare)$", (REPO / "README.md").read_text(), re.M).group(1)
-    env = {**os.environ, "COLUMNS": "160", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tools_env(COLUMNS="160")
     done = subprocess.run(
         [sys.executable, *command.split()[1:]], cwd=workspace, env=env, capture_output=True, text=True, check=True
     )

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.checkpoints import REPO
-from tests.dvc_helpers import git, run_dvc
+from tests.dvc_helpers import git, run_dvc, tools_env
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     # 4. `dvc repro` itself killed (SIGKILL: it can do nothing about it) while predict is between the
     # validation answers and the test ones: the stage ends too, before it writes anything.
     edit_params(workspace, lambda raw: raw["models"]["qwen3"]["generation"].update(max_new_tokens=100))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tools_env()
     repro = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro"],
         cwd=workspace,
@@ -180,7 +180,7 @@ def test_settings_changed_under_a_running_pipeline_stop_it_and_nothing_is_record
     # long answers: predict still answering when the second run comes
     edit_params(workspace, lambda raw: raw["models"]["qwen3"]["generation"].update(max_new_tokens=100, length_grid=[]))
     ran = (workspace / "params.yaml").read_text()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tools_env()
     repro = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "--force", "predict"],
         cwd=workspace,
@@ -233,7 +233,7 @@ def test_the_restore_command_printed_for_a_damaged_output_restores_it(finished_w
     good = weights.read_bytes()
     with open(weights, "r+b") as f:
         f.truncate(1000)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tools_env()
     done = subprocess.run(
         [sys.executable, "-m", "stages.ask", "a child with fever"],
         cwd=workspace,
@@ -255,7 +255,7 @@ def test_the_restore_command_printed_for_a_damaged_output_restores_it(finished_w
 def test_a_stage_run_by_hand_says_how_to_keep_its_outputs_through_dvc_exp_run(workspace, tmp_path):
     """`dvc exp run` checks out dvc.lock's outputs first: one a stage wrote when run by hand is not in
     DVC's cache and would be deleted. The stage says so and names the command that keeps it."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tools_env()
     env.pop("DVC_STAGE", None)
     done = subprocess.run(
         [sys.executable, "-m", "stages.prepare"], cwd=workspace, env=env, capture_output=True, text=True
@@ -306,7 +306,7 @@ def test_the_way_back_from_a_killed_dvc_exp_run_works_as_printed(tmp_path):
     )
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "a slow stage")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = tools_env()
     run = subprocess.Popen(
         [sys.executable, "-m", "dvc", "exp", "run", "-S", "x=2"],
         cwd=repo,
