@@ -58,18 +58,20 @@ def main() -> None:
             record[engine] = rouge(out.texts, references)["rougeL"]
             record[f"{engine}_loop_share"] = loop_share(out.texts)
             record[f"{engine}_seconds_per_row"] = out.seconds / len(rows)
+            record[f"{engine}_model_tokens"] = sum(out.new_tokens) / len(rows)
         record["loss"] = record["torch"] - record["export"]
         logging.info("%s", record)
         records.append(record)
     print(
         "| decoding | PyTorch | export | loss | prompt echo | loops PyTorch / "
-        "export | s/row PyTorch (batched) | s/row export (batch 1) |"
+        "export | model tokens PyTorch / export | s/row PyTorch (batched) | s/row export (batch 1) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in records:
         print(
             f"| {r['decoding']} | {r['torch']:.3f} | {r['export']:.3f} | {r['loss']:+.3f} | {r['prompt_echo']:.3f} | "
             f"{r['torch_loop_share']:.2f} / {r['export_loop_share']:.2f} | "
+            f"{r['torch_model_tokens']:.1f} / {r['export_model_tokens']:.1f} | "
             f"{r['torch_seconds_per_row']:.1f} | {r['export_seconds_per_row']:.1f} |"
         )
     if args.json:

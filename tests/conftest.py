@@ -181,6 +181,8 @@ def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
             "-S",
             "align.batch_size=2",
             "-S",
+            "align.grad_accum=1",
+            "-S",
             "align.max_pairs=8",
         )
         run_dvc(

@@ -97,7 +97,9 @@ def test_dpo_moves_the_sft_adapter_and_keeps_the_sft_encoding(tiny_sft, tmp_path
     assert examples["chosen_ids"][0][-len(end) :] == end
     assert len(examples["rejected_ids"][0]) <= len(examples["chosen_ids"][0])  # cut to the chosen's length
 
-    config = dataclasses.replace(params.align, method="dpo", max_steps=2, batch_size=2, learning_rate=1e-2)
+    config = dataclasses.replace(
+        params.align, method="dpo", max_steps=2, batch_size=2, grad_accum=1, learning_rate=1e-2
+    )
     metrics, history = direct_preference_optimisation(model, pairs[:4], pairs[4:6], config, tmp_path / "run")
     assert metrics["steps"] == 2 and metrics["pairs"] == {"train": 4, "val": 2}
     assert set(model.model.peft_config) == {"default"}  # trl's frozen reference copy is gone
@@ -150,6 +152,8 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_runs_under_dvc(finished_wor
         "align.max_steps=2",
         "-S",
         "align.batch_size=2",
+        "-S",
+        "align.grad_accum=1",
         "-S",
         "align.learning_rate=0.01",
         "predict",

@@ -1,10 +1,13 @@
 """Beam search's row bookkeeping (core/decode/beam_search.py) and the cache copy it drives
 (core/decode/kernels.py), on hand-made cases; the whole search against generate() is in test_model.py."""
 
+import numpy as np
+import pytest
 import torch
 
-from core.decode.beam_search import assign_rows
+from core.decode.beam_search import BeamState, assign_rows
 from core.decode.kernels import copy_rows
+from core.export.beams import BeamChoice, log_softmax
 
 
 def test_a_first_child_keeps_its_parents_row_and_a_second_child_takes_a_free_one():
@@ -32,3 +35,34 @@ def test_copy_rows_copies_only_the_written_columns_of_rows_that_move():
     assert torch.equal(cache[3, :, 1:3], before[2, :, 1:3])
     assert torch.equal(cache[3, :, :1], before[3, :, :1]) and torch.equal(cache[3, :, 3:], before[3, :, 3:])
     assert torch.equal(cache[:3], before[:3])
+
+
+def toy_log_probs(history: list[int], vocab: int = 12, stop_id: int = 0) -> np.ndarray:
+    """A deterministic toy model: log-probabilities from the tokens so far, the end more likely as the answer grows."""
+    logits = np.random.default_rng(abs(hash(tuple(history))) % 2**32).normal(size=vocab) * 2
+    logits[stop_id] += 0.4 * len(history) - 2
+    return log_softmax(logits.astype(np.float32)).astype(np.float32)
+
+
+@pytest.mark.parametrize("length_penalty,early_stopping", [(1.0, False), (1.0, True), (0.5, False), (2.0, False)])
+def test_the_exports_beam_choice_picks_the_answers_of_the_pytorch_beam_state(length_penalty, early_stopping):
+    """core/export/beams.py (NumPy, one prompt) against core/decode/beam_search.py (torch, tested
+    against generate()): the same toy model, the same best answer, on 40 searches each."""
+    beams, max_new, stop = 4, 10, 0
+    lengths = set()
+    for seed in range(40):
+        prefix = [seed]
+        choice = BeamChoice(beams, max_new, stop, length_penalty, early_stopping)
+        state = BeamState(1, beams, max_new, stop, -1, length_penalty, early_stopping, torch.device("cpu"))
+        for step in range(max_new):
+            ours = np.stack([toy_log_probs(prefix + beam) for beam in choice.running])
+            theirs = np.stack([toy_log_probs(prefix + state.running[0, j, :step].tolist()) for j in range(beams)])
+            choice.select(ours)
+            state.select(torch.from_numpy(theirs), torch.tensor(step))
+            if choice.done() or bool(state.done()[0]):
+                assert choice.done() and bool(state.done()[0]), (seed, step)
+                break
+        answer = [t for t in state.answers(1)[0, 0].tolist() if t != -1]
+        assert choice.answer() == answer[: answer.index(stop) + 1 if stop in answer else None], seed
+        lengths.add(len(choice.answer()))
+    assert len(lengths) >= 2, lengths  # answers of several lengths: the ranking by length was exercised

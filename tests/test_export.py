@@ -2,6 +2,7 @@
 stages/ask.py), on tiny checkpoints."""
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -11,7 +12,9 @@ import sys
 
 import pytest
 import torch
+import yaml
 
+from core.config import parse_params
 from core.data import read_vignettes
 from core.errors import ArtifactError
 from core.export.build import build_onnx, export_profile, merge
@@ -97,6 +100,40 @@ def test_unquantized_export_applies_the_answer_only_rules_and_the_prefix_as_pyto
     assert plain.texts != reference.texts  # the rules changed what was written
 
 
+def test_unquantized_export_searches_beams_as_pytorch_does(exported):
+    """Beam search (core/export/beams.py): the tokens of PyTorch's beams, with and without the
+    answer-only rules and the echo prefix, ended and cut by length alike."""
+    params, model, root = exported
+    engine = ExportedModel(root / "fp32", adapter=root / "adapter")
+    for beams, rules, prefix, early in ((2, False, "none", False), (4, True, "echo", False), (3, True, "none", True)):
+        g = dataclasses.replace(
+            greedy(params, max_new_tokens=20),
+            num_beams=beams,
+            repetition_penalty=1.3 if rules else 1.0,
+            no_repeat_ngram_size=3 if rules else 0,
+            answer_prefix=prefix,
+            early_stopping=early,
+        )
+        reference = model.generate_responses(ROWS, g)
+        answers = engine.answer_rows(ROWS, g, progress=False)
+        assert answers.token_ids == reference.token_ids, (beams, rules, prefix, early)
+        assert answers.texts == reference.texts
+
+
+def test_export_and_pytorch_write_as_many_model_tokens_with_the_default_decoding(exported, repo_params):
+    """The default profile's decoding (echo prefix, 4 beams, the rules) at 64 new tokens: the int8
+    export's answers carry as many model tokens as PyTorch's, within 10 % a row on average (ONNX
+    Runtime GenAI's own beam search ended after about one token: issue 32)."""
+    params, model, root = exported
+    g = dataclasses.replace(parse_params(repo_params).profile.generation, max_new_tokens=64, length_grid=[])
+    engine = ExportedModel(root / "int8", adapter=root / "adapter")
+    reference = model.generate_responses(ROWS, g)
+    answers = engine.answer_rows(ROWS, g, progress=False)
+    ours, theirs = sum(answers.new_tokens) / len(ROWS), sum(reference.new_tokens) / len(ROWS)
+    assert theirs > 8, reference.new_tokens  # a real length to compare
+    assert abs(ours - theirs) <= 0.1 * theirs, (answers.new_tokens, reference.new_tokens)
+
+
 def test_the_same_adapter_gives_the_same_export_byte_for_byte(exported, tmp_path):
     """The export stage rerun on the same merged model writes the same files (DVC sees no change)."""
     params, model, root = exported
@@ -126,9 +163,9 @@ def test_int8_export_stays_close_to_the_pytorch_logits(exported):
     engine = ExportedModel(root / "int8")
     for row in ROWS:
         ids = engine.prompt_ids(row)
-        params = og.GeneratorParams(engine.model)
+        params = og.GeneratorParams(engine.genai_model)
         params.set_search_options(max_length=len(ids) + 2)
-        generator = og.Generator(engine.model, params)
+        generator = og.Generator(engine.genai_model, params)
         generator.append_tokens(ids)
         exported_logits = np.asarray(generator.get_logits()).reshape(-1)
         with torch.no_grad():
@@ -155,6 +192,48 @@ def test_a_missing_or_stale_export_names_the_rebuild_command(exported, tmp_path)
     (changed / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 3}))
     with pytest.raises(StaleExport, match=r"stale.*dvc repro export"):
         ExportedModel(root / "int8", adapter=changed)
+
+
+def record_in_lock(workspace, output, recorded_from):
+    """A dvc.lock and DVC cache manifest recording `output` with the files of `recorded_from`, as DVC writes them."""
+    entries = [
+        {"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.name} for f in sorted(recorded_from.iterdir())
+    ]
+    text = json.dumps(entries)
+    digest = hashlib.md5(text.encode()).hexdigest() + ".dir"
+    manifest = workspace / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(text)
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "align": {"cmd": "python -m stages.align", "outs": [{"path": output, "hash": "md5", "md5": digest}]}
+        },
+    }
+    (workspace / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+
+def test_an_adapter_changed_behind_dvcs_back_is_named_not_called_a_stale_export(exported, tmp_path, monkeypatch):
+    """The export's adapter digest differs: where dvc.lock records other bytes for the adapter's
+    files, the cause is the adapter (named, with the command that restores it), not the export,
+    whose rebuild would change nothing; where dvc.lock records the new adapter, the export is stale."""
+    _, _, root = exported
+    monkeypatch.chdir(tmp_path)
+    aligned = tmp_path / "models" / "aligned"
+    shutil.copytree(root / "adapter", aligned)
+    weights = aligned / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)  # the last weights' bytes: still a valid file, other weights
+    record_in_lock(tmp_path, "models/aligned", root / "adapter")
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError) as caught:
+        ExportedModel(root / "int8", adapter="models/aligned")
+    assert not isinstance(caught.value, StaleExport)
+    assert str(caught.value).startswith("models/aligned/adapter_model.safetensors: not what dvc.lock records")
+    assert "dvc checkout --force models/aligned" in str(caught.value)
+    record_in_lock(tmp_path, "models/aligned", aligned)  # the pipeline wrote this adapter: the export is stale
+    with pytest.raises(StaleExport, match=r"stale.*dvc repro export"):
+        ExportedModel(root / "int8", adapter="models/aligned")
 
 
 @pytest.mark.parametrize("family", ["qwen3", "llama32"])

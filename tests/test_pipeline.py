@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.lock_record import files_unlike_record
 from tests.dvc_helpers import run_dvc
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,9 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     assert "ERROR" not in printed and "Traceback" not in printed and "matmul_nbits_quantizer" not in printed, printed[
         -3000:
     ]
+
+    # the stages read dvc.lock's record of an output as DVC writes it (core/lock_record.py)
+    assert files_unlike_record("models/aligned", workspace) == []
 
     submission = (workspace / "submissions" / "submission.csv").read_text(encoding="utf-8").splitlines()
     test_ids = [
@@ -95,7 +99,7 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     # timed, and tokens really written in them
     assert (
         deploy["timed"]["max_new_tokens"] == 32
-        and deploy["timed"]["model_tokens"]["mean"] > 0
+        and deploy["timed"]["model_tokens"]["mean"] >= 8  # ONNX Runtime GenAI's own beams wrote 1 here
         and deploy["tokens_per_s"] > 0
     )
     assert deploy["timed"]["rows"] == min(16, len(val_rows)) and set(deploy["submitted_model_tokens"]) == {

@@ -10,7 +10,7 @@ from core.decode.length import choose_length, cut
 from core.decode.repetition import AnswerOnlyRepetition, repeated_ngram_bans
 from core.decode.results import Generations
 from core.export.runtime import answer_only_rules as numpy_rules
-from core.metrics.loops import cut_at_first_loop, has_loop, loop_share
+from core.metrics.loops import has_loop, loop_share
 from core.prompts import answer_prefix, join_answer
 
 VOCAB = 8
@@ -87,16 +87,6 @@ def test_a_loop_is_a_repeated_run_of_six_words():
         loop_share([looping, "fine", "Give oxygen, and monitor the patient! Give oxygen and monitor the patient"])
         == 2 / 3
     )
-
-
-def test_an_answer_is_cut_where_it_first_repeats_a_run_of_words():
-    text = "Give oxygen, and monitor the patient. Give oxygen and monitor the patient closely again"
-    assert cut_at_first_loop(text) == "Give oxygen, and monitor the patient."
-    assert (
-        cut_at_first_loop("no loop here at all, just one long sentence of words")
-        == "no loop here at all, just one long sentence of words"
-    )
-    assert not has_loop(cut_at_first_loop(text))
 
 
 def generations(token_ids, texts=None, prefixes=None):

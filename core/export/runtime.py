@@ -6,13 +6,12 @@ the tokenizer and `edge.json`: what this module needs to build the same prompts 
 export was made from. Nothing here imports torch or transformers, so a device needs only
 onnxruntime-genai, tokenizers and jinja2 (and this repository's core/).
 
-Decoding follows `generation` from params.yaml with ONNX Runtime GenAI's own search; the
-repetition rules are ours, on the answer's tokens only (core/decode/repetition.py), applied here to the
-logits before each step (`answer_only_rules`, NumPy). Greedy decoding gives the tokens of the
-PyTorch path for an unquantized export, rules included (tested). Beam search cannot take them:
-ONNX Runtime GenAI 0.18 shows the logits of every beam but the tokens of none but the best, so
-its beams search without the rules and the answer is cut where it first repeats a run of words
-(core.metrics.loops.cut_at_first_loop), the substitute measured in docs/quality.md.
+Decoding follows `generation` from params.yaml. Greedy and sampled decoding use ONNX Runtime
+GenAI's own search, with our repetition rules on the answer's tokens only (core/decode/repetition.py)
+applied to the logits before each step (`answer_only_rules`, NumPy). Beam search runs in
+core/export/beams.py on the same model file through onnxruntime: ONNX Runtime GenAI's beams rank
+answers by a length that counts the prompt, and ended after about a token where PyTorch's wrote
+twenty. Both give the tokens of the PyTorch path for an unquantized export, rules included (tested).
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ from core.config import GenerationConfig
 from core.data import ID, PROMPT, require_vignette
 from core.decode.results import Generations, trim_at_stop
 from core.errors import ArtifactError, how_to_restore
-from core.metrics.loops import cut_at_first_loop
+from core.export.beams import BeamChoice, beam_search
+from core.lock_record import files_unlike_record
 from core.prompts import (
     answer_prefix,
     chat_messages,
@@ -71,8 +71,8 @@ def adapter_digest(adapter_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def og_context_length(directory: Path) -> int:
-    return json.loads((directory / "genai_config.json").read_text(encoding="utf-8"))["model"]["context_length"]
+def genai_config(directory: Path) -> dict:
+    return json.loads((directory / "genai_config.json").read_text(encoding="utf-8"))
 
 
 def answer_only_rules(logits, answers: list[list[int]], penalty: float, ngram_size: int):
@@ -127,24 +127,52 @@ class ExportedModel:
         self.directory = directory
         self.info = json.loads((directory / EDGE_FILE).read_text(encoding="utf-8"))
         if adapter is not None and adapter_digest(adapter) != self.info["adapter_digest"]:
+            changed = files_unlike_record(adapter)
+            if changed:  # not a newer adapter: this one's bytes are not the pipeline's
+                raise ArtifactError(
+                    f"{', '.join(changed)}: not what dvc.lock records (changed since the pipeline wrote it); "
+                    + how_to_restore(adapter)
+                )
             raise StaleExport(
                 f"{directory} is stale: it was exported from another adapter than the one in {adapter} now; re{rebuild}"
             )
-        import onnxruntime_genai as og
         from tokenizers import Tokenizer
 
-        self._og = og
-        config = og.Config(str(directory))
-        # ONNX Runtime's default thread count left half of a 2-core machine idle (70 against 100
-        # tokens/s, docs/deploy.md): one thread per CPU this process may use, as torch does
-        config.overlay(
-            json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": compute_threads()}}}})
-        )
-        self.model = og.Model(config)
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.stop_id = self.info["end_of_turn_id"]
+        self.config = genai_config(directory)
         # the window the model was tuned in (an export made before edge.json recorded it: the model's own)
-        self.max_seq_length = self.info.get("max_seq_length") or og_context_length(directory)
+        self.max_seq_length = self.info.get("max_seq_length") or self.config["model"]["context_length"]
+        self._genai_model = self._session = None  # loaded on first use: a run needs one of the two
+
+    @property
+    def genai_model(self):
+        """ONNX Runtime GenAI's model (greedy and sampled decoding)."""
+        if self._genai_model is None:
+            import onnxruntime_genai as og
+
+            config = og.Config(str(self.directory))
+            # ONNX Runtime's default thread count left half of a 2-core machine idle (70 against 100
+            # tokens/s, docs/deploy.md): one thread per CPU this process may use, as torch does
+            config.overlay(
+                json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": compute_threads()}}}})
+            )
+            self._genai_model = og.Model(config)
+        return self._genai_model
+
+    @property
+    def session(self):
+        """The same model file as an onnxruntime session (beam search, core/export/beams.py)."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = compute_threads()
+            decoder = self.config["model"]["decoder"]
+            self._session = ort.InferenceSession(
+                str(self.directory / decoder["filename"]), options, providers=["CPUExecutionProvider"]
+            )
+        return self._session
 
     # --- prompts: the text training used, rendered without transformers -----------------------
     def prompt_text(self, row: dict) -> str:
@@ -166,7 +194,6 @@ class ExportedModel:
         model ended its turn). With greedy or sampled decoding `on_text` receives the answer's
         text piece by piece as it is generated; beam search knows its answer only at the end."""
         require_vignette(row.get(PROMPT))
-        og = self._og
         # an answer's prefix is encoded apart from the prompt, as training encodes the answer
         prefix_text = answer_prefix(row, generation.answer_prefix)
         if generation.longest_answer == 0:  # the length chosen on validation: the prefix alone
@@ -181,44 +208,72 @@ class ExportedModel:
             self.max_seq_length,
             [str(row.get(ID, "the vignette"))],
         )
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(**search_options(generation, len(prompt) + len(prefix)))
-        generator = og.Generator(self.model, params)
-        generator.append_tokens(prompt + prefix)
-        rules = generation.repetition_penalty != 1.0 or generation.no_repeat_ngram_size > 0
-        beams = generation.num_beams > 1
-        new: list[int] = []
-        shown = ""  # of the model's own text, after the prefix
         if on_text is not None and prefix_text:
             on_text(prefix_text + " ")
-        while not generator.is_done():
-            if rules and not beams:
-                logits = generator.get_logits()  # [1, 1, vocab]
-                answer = [int(t) for t in generator.get_sequence(0)[len(prompt) :]]  # the prefix included
-                shaped = answer_only_rules(
-                    logits.reshape(1, -1), [answer], generation.repetition_penalty, generation.no_repeat_ngram_size
-                )
-                generator.set_logits(shaped.reshape(logits.shape))
-            generator.generate_next_token()
-            if generation.num_beams == 1:
-                new.append(int(generator.get_next_tokens()[0]))
-                if on_text is not None:
-                    text = self.decode(new)
-                    if text.startswith(shown) and len(text) > len(shown):
-                        on_text(text[len(shown) :])
-                        shown = text
-        if beams:
-            new = [int(t) for t in generator.get_sequence(0)[len(prompt) + len(prefix) :]]
+        if generation.num_beams > 1 and not generation.do_sample:
+            new, shown = self._beams(prompt + prefix, len(prefix), generation), ""
+        else:
+            new, shown = self._search(prompt, prefix, generation, on_text)
         new, _ = trim_at_stop(new, self.stop_id)
         own = self.decode(new)
-        if rules and beams:
-            cut = cut_at_first_loop(own)
-            if cut != own:  # the kept tokens: those whose text is the cut answer
-                new = self.tokenizer.encode(cut, add_special_tokens=False).ids
-                own = cut
         if on_text is not None and own != shown:
             on_text(own[len(shown) :] if own.startswith(shown) else "\n" + own)
         return join_answer(prefix_text, own), new
+
+    def _rules(self, generation: GenerationConfig):
+        """The answer-only repetition rules as a function of (scores, answers), or None when off."""
+        if generation.repetition_penalty == 1.0 and generation.no_repeat_ngram_size == 0:
+            return None
+        return lambda scores, answers: answer_only_rules(
+            scores, answers, generation.repetition_penalty, generation.no_repeat_ngram_size
+        )
+
+    def _beams(self, tokens: list[int], prefix_length: int, generation: GenerationConfig) -> list[int]:
+        """Beam search (core/export/beams.py): the best answer's new tokens."""
+        rules = self._rules(generation)
+        prefix = tokens[len(tokens) - prefix_length :]  # the rules see the prefix as part of the answer
+        choice = BeamChoice(
+            generation.num_beams,
+            generation.longest_answer,
+            self.stop_id,
+            generation.length_penalty,
+            generation.early_stopping,
+        )
+        return beam_search(
+            self.session,
+            tokens,
+            choice,
+            (lambda scores, answers: rules(scores, [prefix + a for a in answers])) if rules else (lambda s, _: s),
+            self.config["model"]["decoder"]["head_size"],
+            generation.min_new_tokens,
+        )
+
+    def _search(
+        self, prompt: list[int], prefix: list[int], generation: GenerationConfig, on_text
+    ) -> tuple[list[int], str]:
+        """Greedy or sampled decoding with ONNX Runtime GenAI: the new tokens and the text shown so far."""
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.genai_model)
+        params.set_search_options(**search_options(generation, len(prompt) + len(prefix)))
+        generator = og.Generator(self.genai_model, params)
+        generator.append_tokens(prompt + prefix)
+        rules = self._rules(generation)
+        new: list[int] = []
+        shown = ""  # of the model's own text, after the prefix
+        while not generator.is_done():
+            if rules is not None:
+                logits = generator.get_logits()  # [1, 1, vocab]
+                answer = [int(t) for t in generator.get_sequence(0)[len(prompt) :]]  # the prefix included
+                generator.set_logits(rules(logits.reshape(1, -1), [answer]).reshape(logits.shape))
+            generator.generate_next_token()
+            new.append(int(generator.get_next_tokens()[0]))
+            if on_text is not None:
+                text = self.decode(new)
+                if text.startswith(shown) and len(text) > len(shown):
+                    on_text(text[len(shown) :])
+                    shown = text
+        return new, shown
 
     def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
         """Answer `rows` one at a time (batch 1, as on a device), timing each."""

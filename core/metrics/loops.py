@@ -1,5 +1,5 @@
 """What an answer that loops is: a run of words that occurs twice, the way small models repeat
-themselves; the validation report's loop share and the export's cut of a looping answer.
+themselves; the share of looping answers in the validation report.
 """
 
 from __future__ import annotations
@@ -26,21 +26,3 @@ def has_loop(text: str, words: int = LOOP_WORDS) -> bool:
 def loop_share(texts: list[str]) -> float:
     """The share of texts that loop (has_loop)."""
     return sum(map(has_loop, texts)) / len(texts) if texts else 0.0
-
-
-def cut_at_first_loop(text: str, words: int = LOOP_WORDS) -> str:
-    """The text up to where it first repeats a run of `words` words (compared normalised): what an
-    answer keeps when the search that wrote it could not apply the repetition rules itself."""
-    pieces = text.split()
-    seen, kept = set(), []  # kept: (piece index, normalised word) of the pieces that hold a word
-    for index, piece in enumerate(pieces):
-        word = normalise(piece)
-        if not word:
-            continue
-        kept.append((index, word))
-        if len(kept) >= words:
-            run = tuple(w for _, w in kept[-words:])
-            if run in seen:
-                return " ".join(pieces[: kept[-words][0]])
-            seen.add(run)
-    return text

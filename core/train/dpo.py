@@ -9,7 +9,7 @@ against a frozen copy of the same SFT adapter as the reference.
 Pairs are encoded exactly as SFT encodes its examples: the prompt is `prompt_for(row)`, the
 tokens predict feeds, and each answer ends with the family's end-of-turn token; the loss is on
 the answers only. trl's DPOTrainer would re-tokenise prompt and answer together; it is handed
-token ids instead (see `_PretokenizedDPO`).
+token ids instead (see `_pretokenized_dpo_trainer`).
 """
 
 from __future__ import annotations
