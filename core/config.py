@@ -91,7 +91,8 @@ class TrainingConfig:
     learning_rate: float = ruled(above=0)
     batch_size: int = ruled(at_least=1)
     grad_accum: int = ruled(at_least=1)
-    warmup_ratio: float
+    # a fraction of all steps (trl reads a warmup_steps below 1 as one; 1 or more would be a count of steps)
+    warmup_ratio: float = ruled(fraction="")
     weight_decay: float
     lr_scheduler: str
     logging_steps: int = ruled(at_least=1)

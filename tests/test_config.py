@@ -74,6 +74,10 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
         ),
         (lambda r: r["models"]["smollm2"]["lora"].update(r=0), "models.smollm2.lora.r: expected at least 1, got 0"),
         (
+            lambda r: r["training"].update(warmup_ratio=1),
+            "training (with models.smollm2.training).warmup_ratio: expected a number from 0 up to but not including 1",
+        ),
+        (
             lambda r: r["models"]["smollm2"]["lora"].update(dropout=1.0),
             "models.smollm2.lora.dropout: expected a number from 0 up to but not including 1",
         ),

@@ -159,8 +159,8 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     assert adapter_hash(workspace) == adapter
     assert run_dvc(workspace, "status").stdout.strip().startswith("Data and pipelines are up to date")
 
-    # 6. A change to core/data.py alone (the host's normalisation, the prompt echo) reruns every stage that
-    # runs it: prepare, and evaluate and submit, whose scores and submission it decides (dvc.yaml lists it).
+    # 6. A change to core/data.py alone (reading and checking the CSVs, the split) reruns every stage that
+    # runs it: prepare, and evaluate and submit, which read the rows through it (dvc.yaml lists it).
     data_module = workspace / "core/data.py"
     data_module.write_text(data_module.read_text(encoding="utf-8") + "\n# normalised differently\n", encoding="utf-8")
     out = run_dvc(workspace, "repro", "--dry").stdout

@@ -98,3 +98,32 @@ def test_a_resumed_run_logs_continuous_steps_and_times_the_whole_run(tiny_qwen, 
     assert (tmp_path / "live" / "plots" / "metrics" / "eval" / "loss.tsv").exists()
     assert atomic.read_json(tmp_path / "live" / "metrics.json")["step"] == 5
     again.cleanup_model()
+
+
+def test_the_best_epochs_weights_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A crash while the best weights are written leaves the last good file for a resumed run
+    (a bare torch.save would leave half a file that the resumed run cannot load)."""
+    import torch
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from core.train.common import BEST_FILE, best_epoch
+
+    model = torch.nn.Linear(2, 2)
+    state = TrainerState(epoch=1, global_step=4)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[])
+    best_epoch(model, tmp_path, 0).on_evaluate(args, state, TrainerControl(), metrics={"eval_loss": 2.0})
+    good = (tmp_path / BEST_FILE).read_bytes()
+    save = torch.save
+
+    def crash_midway(obj, f, *a, **k):
+        save(obj, f, *a, **k)
+        with open(f, "r+b") as half:
+            half.truncate(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    state.global_step = 8
+    with pytest.raises(KeyboardInterrupt):
+        best_epoch(model, tmp_path, 0).on_evaluate(args, state, TrainerControl(), metrics={"eval_loss": 1.0})
+    assert (tmp_path / BEST_FILE).read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir() if p.name != "out"] == [BEST_FILE]  # no temporary left behind

@@ -265,7 +265,9 @@ def best_epoch(model, output_dir, resumed_from_step: int):
             }
             if state.is_world_process_zero:
                 saved.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"best": self.best, "weights": self.weights}, saved)
+                # atomic: resuming reads this file, and a crash mid-write must leave the last good one
+                with atomic.atomic_path(saved) as target:
+                    torch.save({"best": self.best, "weights": self.weights}, target)
 
         def restore(self, final_step: int) -> bool:
             """Put the best weights back if they are not the final ones; whether it did."""
