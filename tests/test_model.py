@@ -430,6 +430,7 @@ def test_auto_answers_with_transformers_on_a_gpu_and_trains_with_unsloth(monkeyp
     assert backends.resolve_backend("auto", "train").name == "unsloth" and tried == ["unsloth"]
     assert backends.resolve_backend("unsloth", "generate").name == "unsloth"  # a named backend is taken as named
     assert backends.resolve_backend("hf", "train").name == "hf"
+    monkeypatch.undo()  # the real UnslothBackend from here: choosing it would import unsloth
     monkeypatch.setattr(backends, "cuda_available", lambda: False)
     assert backends.resolve_backend("auto", "train").name == "hf"
     assert "unsloth" not in sys.modules
