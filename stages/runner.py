@@ -1,0 +1,161 @@
+"""The runner every stage goes through (`stages.run`): logging, signals, one line per problem.
+
+Every stage does its work first and writes its outputs last, each in one atomic rename, and
+dvc.yaml marks the outputs `persist` so DVC does not delete them before the stage runs: a stage
+that fails, or is stopped, leaves the outputs of its last good run as they were. A stage that
+DVC started ends when that `dvc` process ends (`_end_with_dvc`), so it never writes behind
+dvc.lock's back. Processes are looked up through psutil.
+"""
+
+import errno
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from core import distributed
+from core.errors import UserError
+from stages import settings_guard
+
+log = logging.getLogger("stages")
+
+# How long a stage whose `dvc` has gone may take to stop cleanly before it is ended at once.
+GRACE_SECONDS = 60.0
+
+
+def _stop(signum, frame):
+    # SIGTERM (a kill, a job scheduler, DVC's own shutdown) would end Python without running any
+    # `finally`: as an exit instead, the temporaries of an unfinished write are removed.
+    raise SystemExit(128 + signum)
+
+
+def dvc_process() -> tuple[int, str] | None:
+    """The `dvc` process that started this stage, as (pid, start time): DVC puts DVC_STAGE into the
+    environment of the commands it runs (through a shell, or a launcher such as accelerate), so it
+    is the nearest ancestor without that variable. None outside DVC."""
+    if "DVC_STAGE" not in os.environ:
+        return None
+    try:
+        process = psutil.Process().parent()
+        while process is not None and process.pid > 1:
+            try:
+                started_by_dvc = "DVC_STAGE" in process.environ()
+            except psutil.AccessDenied:  # not a process of ours to judge: keep walking up
+                started_by_dvc = True
+            if not started_by_dvc:
+                return process.pid, f"{process.create_time():.2f}"
+            process = process.parent()
+    except psutil.Error:  # gone while we looked
+        return None
+    return None
+
+
+def _wait_for_exit(pid: int, started: str) -> None:
+    """Block until process `pid` (started at `started`) has ended."""
+    try:
+        process = psutil.Process(pid)
+        if f"{process.create_time():.2f}" != started:  # the pid already belongs to another process
+            return
+        fd = os.pidfd_open(pid)
+    except psutil.Error:
+        return
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): psutil polls
+        process.wait()
+        return
+    try:
+        if process.is_running():  # still the same process (psutil checks its start time) once opened
+            select.select([fd], [], [])
+    finally:
+        os.close(fd)
+
+
+def _end_with_dvc() -> None:
+    """If DVC started this stage, end it when that `dvc` process ends (killed, its terminal
+    closed): the stage gets SIGTERM, so it exits as if stopped, writing nothing more."""
+    parent = dvc_process()
+    if parent is None:
+        return
+
+    def watch():
+        _wait_for_exit(*parent)
+        log.error("dvc (pid %d) has ended: stopping this stage; its outputs stay as they were", parent[0])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(GRACE_SECONDS)  # still here: stuck outside Python, where the signal cannot land
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-dvc", daemon=True).start()
+
+
+def _cached_outs(stage: str) -> list[str]:
+    """The outputs DVC caches for `stage` of ./dvc.yaml (none if there is no such stage)."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    outs = []
+    for out in spec.get("outs", []):
+        path, options = next(iter(out.items())) if isinstance(out, dict) else (out, {})
+        if (options or {}).get("cache", True):
+            outs.append(path)
+    return outs
+
+
+def _note_if_run_by_hand() -> None:
+    """A stage run by hand (`python -m stages.prepare`, not `dvc repro`) writes outputs DVC has no
+    copy of; the next `dvc exp run` or `dvc checkout` replaces them with dvc.lock's, or deletes
+    them. Say so, and how to keep them."""
+    stage = Path(sys.argv[0]).stem
+    outs = _cached_outs(stage) if "DVC_STAGE" not in os.environ and distributed.is_main_process() else []
+    if outs:
+        log.warning(
+            "%s ran outside DVC: DVC's cache has no copy of %s, which the next `dvc exp run` or `dvc checkout` "
+            "would replace or delete; to keep them, record them with: dvc commit -f %s",
+            stage,
+            ", ".join(outs),
+            stage,
+        )
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage; a problem the user can fix ends it with one clear line (a line per problem),
+    not a traceback."""
+    # In a data-parallel run only rank 0 reports progress; the others speak up only on trouble.
+    # KCR_LOG_LEVEL=DEBUG: the libraries' own chatter too (the export builder's, core/export/build.py)
+    asked = os.environ.get("KCR_LOG_LEVEL", "INFO").upper()
+    level = (
+        (asked if asked in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
+        if distributed.is_main_process()
+        else logging.WARNING
+    )
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _stop)
+    _end_with_dvc()
+    try:
+        settings = settings_guard.start(dvc_process())
+        main()
+        settings_guard.finish(settings)
+        _note_if_run_by_hand()
+    except (UserError, FileNotFoundError) as err:
+        # (a FileNotFoundError names its file whoever raised it)
+        for line in str(err).splitlines() or [type(err).__name__]:
+            log.error("%s", line)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write outside core.atomic (a library's checkpoint, a cache): the file it names
+        log.error(
+            "%s: could not be written, no space left on its disk; free some and run again", err.filename or "a file"
+        )
+        sys.exit(1)
+    finally:
+        distributed.shut_down()
