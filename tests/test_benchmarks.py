@@ -133,3 +133,24 @@ def test_t4_emulation_tells_dtype_choosers_7_5_and_kernel_compilers_the_card():
     launcher = {"__name__": "unsloth.kernels.triton_launch", "ask": lambda: eval("capability(0)", driver)}
     assert eval("ask()", launcher) == (9, 0)
     assert eval("capability(0)", {"__name__": "unsloth.models._utils", "capability": capability}) == (7, 5)
+
+
+def test_static_peer_benchmark_times_each_decoder_in_a_fresh_process(tmp_path):
+    """benchmarks/static_peer.py on a tiny stand-in (CPU): ours and transformers' static cache, each
+    called twice in a process of its own, the same rows answered to the same length."""
+    out = tmp_path / "peer.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.static_peer", "--size", "tiny", "--rows", "3", "--batch-size", "2"]
+        + ["--max-new-tokens", "4", "--beams", "2", "--decoders", "ours,library-eager", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"ours", "library-eager"}
+    for result in results.values():
+        assert len(result["calls"]) == 2 and all(call["seconds"] > 0 for call in result["calls"])
+        assert all(call["mean_new_tokens"] == 4 for call in result["calls"])  # random weights: every row runs to 4
+    assert "| ours |" in done.stdout and "| library-eager |" in done.stdout
