@@ -169,6 +169,42 @@ def score_epochs(model, snapshots, val_rows: list[dict], generation) -> list[dic
     return scores
 
 
+def decoding_record(tuned, val_rows: list[dict], g, keep_texts: bool) -> dict:
+    """One decoding's validation record: answers at the longest length, the length chosen on these
+    rows (optimistic) and params' max_new_tokens (not chosen), scores beside the echo, costs."""
+    from core.decode.length import choose_length, cut, for_answering
+    from core.metrics.report import validation_report
+    from core.metrics.rouge import rouge
+
+    references = [row["Clinician"] for row in val_rows]
+    out_gen = tuned.generate_responses(val_rows, for_answering(g, len(val_rows)))
+    length = choose_length(out_gen, references, g, tuned.decode)
+    predictions = {
+        row["Master_Index"]: p
+        for row, p in zip(val_rows, cut(out_gen, length.max_new_tokens, tuned.decode), strict=True)
+    }
+    at_params = [p.text for p in cut(out_gen, g.max_new_tokens, tuned.decode)]
+    summary, _ = validation_report(val_rows, predictions)
+    texts = [predictions[row["Master_Index"]].text for row in val_rows]
+    record = {
+        "val_rows": len(val_rows),
+        "model": summary["model"],
+        "prompt_echo": summary["prompt_echo"],
+        "loop_share": summary["loop_share"]["model"],
+        "length": length.as_record(),
+        "rougeL_at_max_new_tokens": rouge(at_params, references)["rougeL"],
+        "mean_words": sum(len(t.split()) for t in texts) / max(len(val_rows), 1),
+        "cut_at_max_new_tokens": summary["cut_at_max_new_tokens"],
+        "generate_s": out_gen.seconds,
+        "decoding_work_ratio": out_gen.decoding_work_ratio,
+        # per row, in validation order: paired comparisons between variants
+        "rows_rougeL": [rouge([text], [ref])["rougeL"] for text, ref in zip(texts, references, strict=True)],
+    }
+    if keep_texts:  # the answers at the longest length, for reading (real rows: never commit them)
+        record.update(texts=out_gen.texts, ids=[row["Master_Index"] for row in val_rows])
+    return record
+
+
 def run_training(
     params_path: str,
     train_variant: str,
@@ -180,9 +216,6 @@ def run_training(
     keep_texts: bool = False,
 ) -> None:
     from core.data import read_vignettes, split_train_val
-    from core.decode.length import choose_length, cut, for_answering
-    from core.metrics.report import validation_report
-    from core.metrics.rouge import rouge
     from core.models.families import model_for
 
     name, training = parse_variant(train_variant)
@@ -190,7 +223,6 @@ def run_training(
     params = variant_params(params_path, training, {}, data=data)
     labelled = read_vignettes(params.data.train_csv, labelled=True)
     train_rows, val_rows = split_train_val(labelled, params.data.val_fraction, params.data.seed)
-    references = [row["Clinician"] for row in val_rows]
     model = model_for(params.profile, params.prompt.system)
     snapshots = epoch_snapshots(model) if per_epoch else None
     with tempfile.TemporaryDirectory() as run_dir:
@@ -213,65 +245,41 @@ def run_training(
         for decoding in decodings:
             decode_name, generation = parse_variant(decoding)
             g = variant_params(params_path, training, generation, data=data).profile.generation
-            out_gen = tuned.generate_responses(val_rows, for_answering(g, len(val_rows)))
-            length = choose_length(out_gen, references, g, tuned.decode)
-            predictions = {
-                row["Master_Index"]: p
-                for row, p in zip(val_rows, cut(out_gen, length.max_new_tokens, tuned.decode), strict=True)
-            }
-            at_params = [p.text for p in cut(out_gen, g.max_new_tokens, tuned.decode)]
-            summary, _ = validation_report(val_rows, predictions)
-            texts = [predictions[row["Master_Index"]].text for row in val_rows]
+            record = decoding_record(tuned, val_rows, g, keep_texts)
             if per_epoch and epochs is None and align_name == "none":
                 epochs = score_epochs(tuned, snapshots, val_rows, g)
-            record = {
-                "training": name,
-                "align": align_name,
-                "decoding": decode_name,
-                "split_seed": params.data.seed,
-                "val_rows": len(val_rows),
-                "train_rows": len(train_rows),
-                "model": summary["model"],
-                "prompt_echo": summary["prompt_echo"],
-                "loop_share": summary["loop_share"]["model"],
-                # at the chosen length (chosen on these rows: optimistic) and at params' max_new_tokens (not chosen)
-                "length": length.as_record(),
-                "rougeL_at_max_new_tokens": rouge(at_params, references)["rougeL"],
-                "mean_words": sum(len(t.split()) for t in texts) / max(len(val_rows), 1),
-                "cut_at_max_new_tokens": summary["cut_at_max_new_tokens"],
-                "val_loss": metrics["val_loss"],
-                "best_epoch": metrics.get("best_epoch"),
-                "val_loss_by_epoch": metrics.get("val_loss_by_epoch"),
-                "epochs_scored": epochs,
-                "train_s": metrics["train_runtime_s"] + align_metrics.get("train_runtime_s", 0),
-                "steps": metrics["steps"],
-                "align_metrics": align_metrics,
-                "generate_s": out_gen.seconds,
-                "decoding_work_ratio": out_gen.decoding_work_ratio,
-                # per row, in validation order: paired comparisons between variants
-                "rows_rougeL": [rouge([text], [ref])["rougeL"] for text, ref in zip(texts, references, strict=True)],
-                "command": dvc_command(params, training, generation, align),
-            }
-            if keep_texts:  # the answers at the longest length, for reading (real rows: never commit them)
-                record["texts"] = out_gen.texts
-                record["ids"] = [row["Master_Index"] for row in val_rows]
+            record.update(
+                training=name,
+                align=align_name,
+                decoding=decode_name,
+                split_seed=params.data.seed,
+                train_rows=len(train_rows),
+                val_loss=metrics["val_loss"],
+                best_epoch=metrics.get("best_epoch"),
+                val_loss_by_epoch=metrics.get("val_loss_by_epoch"),
+                epochs_scored=epochs,
+                train_s=metrics["train_runtime_s"] + align_metrics.get("train_runtime_s", 0),
+                steps=metrics["steps"],
+                align_metrics=align_metrics,
+                command=dvc_command(params, training, generation, align),
+            )
             with open(out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             log.info(
-                "%s / %s / %s / seed %d: ROUGE-L %.4f at %d tokens (%.4f at "
-                "%d; echo %.4f), loops %.2f, %.0f words, %.1f s",
+                "%s / %s / %s / seed %d: ROUGE-L %.4f at %d tokens (%.4f at %d; echo %.4f), loops %.2f, "
+                "%.0f words, %.1f s",
                 name,
                 align_name,
                 decode_name,
                 params.data.seed,
-                summary["model"]["rougeL"],
-                length.max_new_tokens,
+                record["model"]["rougeL"],
+                record["length"]["max_new_tokens"],
                 record["rougeL_at_max_new_tokens"],
                 g.max_new_tokens,
-                summary["prompt_echo"]["rougeL"],
+                record["prompt_echo"]["rougeL"],
                 record["loop_share"],
                 record["mean_words"],
-                out_gen.seconds,
+                record["generate_s"],
             )
     model.cleanup_model()
 
