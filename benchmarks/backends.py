@@ -296,9 +296,8 @@ def run_workers(args) -> dict:
     return results
 
 
-def print_table(args, results: dict) -> None:
-    """One column per (backend, variant), and for each backend that ran several variants, each later
-    variant against its first."""
+def table_rows(args) -> list[tuple]:
+    """The table's rows: (label, how to read it from a result, format; None for the composite cells)."""
     rows = [
         ("train tokens/s, whole run", lambda r: r["train"]["train_tokens_per_s"], "{:,.0f}"),
         (
@@ -330,6 +329,13 @@ def print_table(args, results: dict) -> None:
                     "{:.2f}",
                 )
             )
+    return rows
+
+
+def print_table(args, results: dict) -> None:
+    """One column per (backend, variant), and for each backend that ran several variants, each later
+    variant against its first."""
+    rows = table_rows(args)
     names = list(results)
     # a ratio column for each later variant of a backend, against that backend's first variant
     ratios = []
