@@ -16,6 +16,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import psutil
+
 from core.errors import UserError
 
 PARAMS = Path("params.yaml")
@@ -51,6 +53,7 @@ def start(dvc: tuple[int, str] | None) -> str:
         first = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         RECORDS.mkdir(parents=True, exist_ok=True)
+        _forget_ended_runs()
         record.write_text(json.dumps({"params_sha256": digest}), encoding="utf-8")
         return digest
     if first.get("params_sha256") != digest:
@@ -62,3 +65,18 @@ def finish(digest: str) -> None:
     """The stage's own settings unchanged since it started (checked before DVC records it)."""
     if params_digest() != digest:
         raise SettingsChanged(_changed_message("this stage"))
+
+
+def _running(pid: int, started: str) -> bool:
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}" == started
+    except psutil.Error:
+        return False
+
+
+def _forget_ended_runs() -> None:
+    """Remove the records of dvc processes that have ended (a new run starts: theirs are done)."""
+    for record in RECORDS.glob("*.json"):
+        pid, _, started = record.stem.partition("-")
+        if pid.isdigit() and not _running(int(pid), started):
+            record.unlink(missing_ok=True)

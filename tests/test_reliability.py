@@ -334,3 +334,28 @@ def test_the_way_back_from_a_killed_dvc_exp_run_works_as_printed(tmp_path):
     assert done.returncode == 0, done.stderr
     assert git(repo, "branch", "--show-current").strip() == "main"
     assert (repo / "params.yaml").read_text() == "x: 1\n" and git(repo, "status", "--porcelain", "params.yaml") == ""
+
+
+def test_the_settings_records_of_ended_dvc_runs_are_removed_when_a_run_starts(tmp_path, monkeypatch):
+    """.dvc/tmp/settings-guard keeps one record a running dvc process; a new run removes those of
+    processes that have ended (gone, or their pid now another process's) and keeps the live ones."""
+    import psutil
+
+    from stages import settings_guard
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("model: smollm2\n")
+    records = tmp_path / ".dvc" / "tmp" / "settings-guard"
+    records.mkdir(parents=True)
+    me = psutil.Process()
+    alive = records / f"{me.pid}-{me.create_time():.2f}.json"
+    reused = records / f"{me.pid}-1.00.json"  # this pid, but a process started at another time
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    gone = records / f"{ended.pid}-{time.time():.2f}.json"
+    for record in (alive, reused, gone):
+        record.write_text("{}")
+    settings_guard.start((me.ppid(), f"{psutil.Process(me.ppid()).create_time():.2f}"))
+    assert sorted(p.name for p in records.iterdir()) == sorted(
+        [alive.name, f"{me.ppid()}-{psutil.Process(me.ppid()).create_time():.2f}.json"]
+    )
