@@ -11,47 +11,28 @@ from tests.checkpoints import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and_prints_the_table(tmp_path):
-    out = tmp_path / "bench.json"
+def run_benchmark(module: str, *args: str, out) -> tuple[subprocess.CompletedProcess, dict]:
+    """`python -m benchmarks.<module> ARGS --out OUT` from the repository; it must succeed. Its output and results."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.backends",
-            "--tiny",
-            "--backends",
-            "hf",
-            "--rows",
-            "16",
-            "--steps",
-            "3",
-            "--warmup-steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--grad-accum",
-            "2",
-            "--gen-rows",
-            "4",
-            "--gen-batch-sizes",
-            "1,4,auto",
-            "--batch1-rows",
-            "1",
-            "--max-new-tokens",
-            "4",
-            "--no-load-in-4bit",
-            "--variants",
-            "profile+static_cache=false,profile",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", f"benchmarks.{module}", *args, "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.read_text())["results"]
+    return done, json.loads(out.read_text())["results"]
+
+
+def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and_prints_the_table(tmp_path):
+    done, results = run_benchmark(
+        "backends",
+        *("--tiny", "--backends", "hf", "--rows", "16", "--steps", "3", "--warmup-steps", "1"),
+        *("--batch-size", "2", "--grad-accum", "2", "--gen-rows", "4", "--gen-batch-sizes", "1,4,auto"),
+        *("--batch1-rows", "1", "--max-new-tokens", "4", "--no-load-in-4bit"),
+        *("--variants", "profile+static_cache=false,profile"),
+        out=tmp_path / "bench.json",
+    )
     assert set(results) == {"hf profile+static_cache=false", "hf profile"}
     result = results["hf profile+static_cache=false"]
     assert result["train"]["steps"] == 3 and result["train"]["train_tokens_per_s"] > 0
@@ -138,17 +119,12 @@ def test_t4_emulation_tells_dtype_choosers_7_5_and_kernel_compilers_the_card():
 def test_static_peer_benchmark_times_each_decoder_in_a_fresh_process(tmp_path):
     """benchmarks/static_peer.py on a tiny stand-in (CPU): ours and transformers' static cache, each
     called twice in a process of its own, the same rows answered to the same length."""
-    out = tmp_path / "peer.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.static_peer", "--size", "tiny", "--rows", "3", "--batch-size", "2"]
-        + ["--max-new-tokens", "4", "--beams", "2", "--decoders", "ours,library-eager", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done, results = run_benchmark(
+        "static_peer",
+        *("--size", "tiny", "--rows", "3", "--batch-size", "2", "--max-new-tokens", "4", "--beams", "2"),
+        *("--decoders", "ours,library-eager"),
+        out=tmp_path / "peer.json",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(out.read_text())["results"]
     assert set(results) == {"ours", "library-eager"}
     for result in results.values():
         assert len(result["calls"]) == 2 and all(call["seconds"] > 0 for call in result["calls"])
