@@ -32,14 +32,13 @@ DECODERS = ("ours", "library", "library-eager")
 
 
 def library_generate(model, rows: list[dict], generation, batch_size: int, compile_: bool) -> list[int]:
-    """transformers' generate() with its static cache on the prompts our path feeds (left-padded):
-    the new tokens of each row."""
+    """transformers' generate() with its static cache on the prompts our path feeds (left-padded: the
+    tokenizer as BaseUnslothModel loads it): the new tokens of each row."""
     import torch
 
     model.load()
     model.backend.for_inference(model.model)
     tokenizer, counts = model.tokenizer, []
-    tokenizer.padding_side = "left"
     for start in range(0, len(rows), batch_size):
         prompts = [model.prompt_for(row) for row in rows[start : start + batch_size]]
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.model.device)

@@ -50,7 +50,7 @@ def dvc_process() -> tuple[int, str] | None:
             except psutil.AccessDenied:  # not a process of ours to judge: keep walking up
                 started_by_dvc = True
             if not started_by_dvc:
-                return process.pid, f"{process.create_time():.2f}"
+                return process.pid, settings_guard.started_at(process)
             process = process.parent()
     except psutil.Error:  # gone while we looked
         return None
@@ -61,7 +61,7 @@ def _wait_for_exit(pid: int, started: str) -> None:
     """Block until process `pid` (started at `started`) has ended."""
     try:
         process = psutil.Process(pid)
-        if f"{process.create_time():.2f}" != started:  # the pid already belongs to another process
+        if settings_guard.started_at(process) != started:  # the pid already belongs to another process
             return
         fd = os.pidfd_open(pid)
     except psutil.Error:

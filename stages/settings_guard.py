@@ -67,9 +67,14 @@ def finish(digest: str) -> None:
         raise SettingsChanged(_changed_message("this stage"))
 
 
+def started_at(process: psutil.Process) -> str:
+    """A process's start time as the runner and these records name it (with its pid: one process)."""
+    return f"{process.create_time():.2f}"
+
+
 def _running(pid: int, started: str) -> bool:
     try:
-        return f"{psutil.Process(pid).create_time():.2f}" == started
+        return started_at(psutil.Process(pid)) == started
     except psutil.Error:
         return False
 
