@@ -58,7 +58,7 @@ class BeamChoice:
         parent beam and the new token of each of the K beams that go on."""
         k, vocab = log_probs.shape
         step = len(self.running[0])
-        scores = (log_probs + self.running_scores[:, None]).astype(np.float32).reshape(-1)
+        scores = (log_probs + self.running_scores[:, None]).reshape(-1)
         best = top(scores, 2 * k)
         top_scores, parent, token = scores[best], best // vocab, best % vocab
         ends = (token == self.stop_id) | (step >= self.max_new_tokens - 1)
@@ -114,8 +114,10 @@ def beam_search(
         if len(choice.running[0]) < min_new_tokens:
             log_probs[:, choice.stop_id] = -np.inf
         if len(ids) < choice.k:  # the prompt's step: every beam continues beam 0
-            log_probs = np.concatenate([log_probs, np.full((choice.k - 1, log_probs.shape[1]), -np.inf)])
-        parents, tokens = choice.select(log_probs.astype(np.float32))
+            log_probs = np.concatenate(
+                [log_probs, np.full((choice.k - 1, log_probs.shape[1]), -np.inf, dtype=np.float32)]
+            )
+        parents, tokens = choice.select(log_probs)
         if choice.done() or len(choice.running[0]) >= choice.max_new_tokens:
             return choice.answer()
         rows = np.minimum(parents, len(ids) - 1)

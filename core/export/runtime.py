@@ -211,7 +211,7 @@ class ExportedModel:
         if on_text is not None and prefix_text:
             on_text(prefix_text + " ")
         if generation.num_beams > 1 and not generation.do_sample:
-            new, shown = self._beams(prompt + prefix, len(prefix), generation), ""
+            new, shown = self._beams(prompt, prefix, generation), ""
         else:
             new, shown = self._search(prompt, prefix, generation, on_text)
         new, _ = trim_at_stop(new, self.stop_id)
@@ -228,10 +228,10 @@ class ExportedModel:
             scores, answers, generation.repetition_penalty, generation.no_repeat_ngram_size
         )
 
-    def _beams(self, tokens: list[int], prefix_length: int, generation: GenerationConfig) -> list[int]:
-        """Beam search (core/export/beams.py): the best answer's new tokens."""
+    def _beams(self, prompt: list[int], prefix: list[int], generation: GenerationConfig) -> list[int]:
+        """Beam search (core/export/beams.py): the best answer's new tokens. The rules see the prefix
+        as part of the answer, as on the PyTorch path."""
         rules = self._rules(generation)
-        prefix = tokens[len(tokens) - prefix_length :]  # the rules see the prefix as part of the answer
         choice = BeamChoice(
             generation.num_beams,
             generation.longest_answer,
@@ -241,7 +241,7 @@ class ExportedModel:
         )
         return beam_search(
             self.session,
-            tokens,
+            prompt + prefix,
             choice,
             (lambda scores, answers: rules(scores, [prefix + a for a in answers])) if rules else (lambda s, _: s),
             self.config["model"]["decoder"]["head_size"],
