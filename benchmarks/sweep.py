@@ -92,7 +92,7 @@ def aligned_models(
     """(align variant name, its settings, model, align metrics) for each --align variant; `none`
     yields the SFT model itself. Each DPO starts from the SFT adapter, saved once."""
     from core.models.families import model_for
-    from core.train.dpo import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
+    from core.train.dpo import build_pairs, sample_pairs
 
     with tempfile.TemporaryDirectory() as scratch:
         sft_dir = Path(scratch) / "sft"
@@ -107,13 +107,13 @@ def aligned_models(
             model = model_for(params.profile, params.prompt.system)
             model.load_adapter(sft_dir, trainable=True)
             own = (
-                own_answers(model, train_rows + val_rows, params.profile.generation)
+                model.own_answers(train_rows + val_rows, params.profile.generation)
                 if "sft" in config.rejected
                 else None
             )
             pairs = sample_pairs(build_pairs(train_rows, config.rejected, own).pairs, config.max_pairs, config.seed)
             val_pairs = sample_pairs(build_pairs(val_rows, config.rejected, own).pairs, config.max_pairs, config.seed)
-            metrics, _ = direct_preference_optimisation(model, pairs, val_pairs, config, Path(scratch) / f"run-{name}")
+            metrics = model.align(pairs, val_pairs, config, Path(scratch) / f"run-{name}")
             log.info(
                 "%s aligned: %d pairs, %d steps in %.0f s, val reward accuracy %s",
                 name,

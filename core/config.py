@@ -179,6 +179,13 @@ class AlignConfig:
         at_least=0
     )  # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
     seed: int
+    # the optimiser's schedule and checkpoints, named as in a profile's `training` (core.train.common.trainer_arguments)
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = ruled(0.1, fraction="")
+    weight_decay: float = 0.0
+    optimizer: str = "adamw_torch_fused"
+    logging_steps: int = ruled(1, at_least=1)
+    save_steps: int = ruled(50, at_least=1)
 
 
 @dataclass(frozen=True)

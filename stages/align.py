@@ -8,7 +8,7 @@ from core.config import as_dict, load_params
 from core.data import LLM_COLUMNS, DataError
 from core.models.families import model_for
 from core.train.common import write_training_log
-from core.train.dpo import build_pairs, direct_preference_optimisation, own_answers, sample_pairs
+from core.train.dpo import build_pairs, sample_pairs
 from stages import run
 
 ADAPTER = "models/adapter"
@@ -35,7 +35,7 @@ def main() -> None:
     train, val = atomic.read_jsonl(TRAIN), atomic.read_jsonl("data/prepared/val.jsonl")
     model = model_for(params.profile, params.prompt.system)
     model.load_adapter(ADAPTER, trainable=True)
-    own = own_answers(model, train + val, params.profile.generation) if "sft" in config.rejected else None
+    own = model.own_answers(train + val, params.profile.generation) if "sft" in config.rejected else None
     train_pairs, val_pairs = build_pairs(train, config.rejected, own), build_pairs(val, config.rejected, own)
     if not train_pairs.pairs:
         raise DataError(
@@ -59,9 +59,9 @@ def main() -> None:
         len(val_sample),
     )
     run_dir = f"{CHECKPOINTS}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
-    metrics, history = direct_preference_optimisation(model, pairs, val_sample, config, run_dir)
+    metrics = model.align(pairs, val_sample, config, run_dir)
     model.save_adapter(ALIGNED)
-    write_training_log(LIVE, history, always=MARGIN_PLOTS)
+    write_training_log(LIVE, model.training_log, always=MARGIN_PLOTS)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
     atomic.write_json(
         METRICS,

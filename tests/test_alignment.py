@@ -8,7 +8,7 @@ import torch
 from core.data import read_vignettes
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
-from core.train.dpo import build_pairs, direct_preference_optimisation, preference_examples, sample_pairs
+from core.train.dpo import build_pairs, sample_pairs
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 
@@ -90,18 +90,28 @@ def test_dpo_moves_the_sft_adapter_and_keeps_the_sft_encoding(tiny_sft, tmp_path
     before = {n: w.detach().clone() for n, w in model.model.named_parameters() if "lora_" in n}
 
     # the pair's prompt is the tokens prediction feeds; the answers end with the end-of-turn token
-    examples, left_out = preference_examples(model, pairs[:2])
+    examples, left_out = model.preference_examples(pairs[:2])
     assert left_out == 0
     assert examples["prompt_ids"][0] == model.encode(model.prompt_for(pairs[0]["row"]))
     end = model.encode(model.end_of_turn)
     assert examples["chosen_ids"][0][-len(end) :] == end
     assert len(examples["rejected_ids"][0]) <= len(examples["chosen_ids"][0])  # cut to the chosen's length
 
+    # the schedule comes from align's own keys, as SFT's from training's (it was hard-coded: linear, 10 % warmup)
     config = dataclasses.replace(
-        params.align, method="dpo", max_steps=2, batch_size=2, grad_accum=1, learning_rate=1e-2
+        params.align,
+        method="dpo",
+        max_steps=2,
+        batch_size=2,
+        grad_accum=1,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
     )
-    metrics, history = direct_preference_optimisation(model, pairs[:4], pairs[4:6], config, tmp_path / "run")
+    metrics = model.align(pairs[:4], pairs[4:6], config, tmp_path / "run")
+    history = model.training_log
     assert metrics["steps"] == 2 and metrics["pairs"] == {"train": 4, "val": 2}
+    assert [e["learning_rate"] for e in history if "loss" in e] == [1e-2, 1e-2]
     assert set(model.model.peft_config) == {"default"}  # trl's frozen reference copy is gone
     changed = [n for n, w in model.model.named_parameters() if "lora_" in n and not torch.equal(w, before[n])]
     assert changed, "DPO left the adapter as it was"

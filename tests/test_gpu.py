@@ -134,7 +134,7 @@ def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
     """The align stage's DPO on the Unsloth backend (its patched DPOTrainer), 4-bit."""
     import torch
 
-    from core.train.dpo import build_pairs, direct_preference_optimisation
+    from core.train.dpo import build_pairs
 
     checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=4, learning_rate=1e-3)
@@ -150,7 +150,7 @@ def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
     before = {n: w.detach().float().clone() for n, w in model.model.named_parameters() if "lora_" in n}
     pairs = build_pairs(ROWS[:8], ["llm"]).pairs
     config = dataclasses.replace(params.align, method="dpo", max_steps=2, batch_size=2, learning_rate=1e-3)
-    metrics, _ = direct_preference_optimisation(model, pairs[:4], pairs[4:6], config, tmp_path / "align")
+    metrics = model.align(pairs[:4], pairs[4:6], config, tmp_path / "align")
     assert metrics["steps"] == 2 and metrics["val_reward_accuracy"] is not None
     assert set(model.model.peft_config) == {"default"}
     assert any(

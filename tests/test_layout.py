@@ -117,3 +117,53 @@ def test_readme_layout_names_every_module_of_core_and_only_modules_that_exist():
     modules = {str(p.relative_to(REPO)) for p in REPO.glob("core/**/*.py") if p.name != "__init__.py"}
     assert modules - named == set(), f"modules README's layout does not name: {sorted(modules - named)}"
     assert named - modules == set(), f"README's layout names modules that do not exist: {sorted(named - modules)}"
+
+
+# models/ holds the facade (BaseUnslothModel) that calls training and decoding; they work on what they
+# are handed (a module, a tokenizer, token ids) and never call back into models/
+BELOW_MODELS = ("core/train", "core/decode")
+
+
+def back_edges(paths, root: Path = REPO) -> list[str]:
+    """Imports of core.models, at any depth of a function, from modules under BELOW_MODELS."""
+    edges = []
+    for path in paths:
+        place = path.relative_to(root).as_posix()
+        if place.startswith(BELOW_MODELS):
+            edges += [
+                f"{place} imports {name}" for name in sorted(imported_modules(path)) if name.startswith("core.models")
+            ]
+    return edges
+
+
+def padding_side_owners(paths, root: Path = REPO) -> set[str]:
+    """Modules that set a tokenizer's padding side (`x.padding_side = ...`)."""
+    owners = set()
+    for path in paths:
+        for node in ast.walk(tree(path)):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if any(isinstance(t, ast.Attribute) and t.attr == "padding_side" for t in targets):
+                owners.add(path.relative_to(root).as_posix())
+    return owners
+
+
+def test_training_and_decoding_never_import_models():
+    assert back_edges(PRODUCTION) == []
+
+
+def test_one_module_owns_the_tokenizers_padding_side():
+    assert padding_side_owners(PRODUCTION) == {"core/models/base.py"}
+
+
+def test_the_layout_checks_find_a_back_edge_and_a_second_padding_owner(tmp_path):
+    (tmp_path / "core/train").mkdir(parents=True)
+    (tmp_path / "core/models").mkdir(parents=True)
+    trainer, facade = tmp_path / "core/train/sft.py", tmp_path / "core/models/base.py"
+    trainer.write_text(
+        "def run(model):\n"
+        "    from core.models.backends import cuda_available\n"
+        "    model.tokenizer.padding_side = 'right'\n"
+    )
+    facade.write_text("from core.train import sft\n\ndef load(tokenizer):\n    tokenizer.padding_side = 'left'\n")
+    assert back_edges([trainer, facade], tmp_path) == ["core/train/sft.py imports core.models.backends"]
+    assert padding_side_owners([trainer, facade], tmp_path) == {"core/train/sft.py", "core/models/base.py"}

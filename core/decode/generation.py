@@ -140,7 +140,6 @@ def generate(
     Greedy and beam-search decoding go through core/decode/static_cache.py (a static cache, each prompt run
     once whatever its beams; each step a CUDA graph on a GPU) where the caller allows it
     (`static_allowed`: a model whose forward transformers owns) and `generation.static_cache` is on."""
-    tokenizer.padding_side = "left"
     prefixes = prefixes or [("", [])] * len(encoded)
     encoded = [ids + prefix for ids, (_, prefix) in zip(encoded, prefixes, strict=True)]
     # Similar lengths in one batch waste less on padding; results go back in input order.
@@ -280,7 +279,9 @@ def _answer_batch(
         )
     from transformers import LogitsProcessorList
 
-    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
+    # left: every row's new tokens start at the same column (the side is named here, per call,
+    # rather than set on a tokenizer others share)
+    batch = tokenizer.pad({"input_ids": prompts}, padding=True, padding_side="left", return_tensors="pt")
     batch = {k: v.to(device) for k, v in batch.items()}
     width = batch["input_ids"].shape[1]
     output = model.generate(

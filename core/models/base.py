@@ -25,14 +25,14 @@ from typing import Any
 import torch
 
 from core import atomic
-from core.config import ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
-from core.data import ID, TARGET
+from core.config import AlignConfig, ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
+from core.data import ID, TARGET, DataError
 from core.decode.generation import Generations, generate
 from core.errors import ArtifactError, CheckpointError, how_to_restore
 from core.models.backends import cuda_available, resolve_backend, resolve_dtype
 from core.models.weights import resolve_checkpoint
 from core.prompts import answer_prefix, chat_messages, fit_to_window, tidy_answer, user_message
-from core.train import sft
+from core.train import dpo, sft
 from core.train.common import TrainingExamples
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,82 @@ class BaseUnslothModel:
         """LoRA fine-tuning with trl's SFTTrainer (core/train/sft.py); resumes from the last
         checkpoint in `output_dir` if one is there. Returns the run's metrics; the trainer's log
         history is in `training_log`."""
+        from transformers import set_seed
+
         self._require_loaded()
-        metrics, self.training_log = sft.fine_tune(self, train_rows, val_rows, training, output_dir, callbacks)
+        set_seed(training.seed)  # before the LoRA weights are drawn
+        if not hasattr(self.model, "peft_config"):
+            self.attach_lora(training.seed, training.gradient_checkpointing)
+        train = self.training_examples(train_rows)
+        if not train.input_ids:
+            raise ConfigError(
+                f"params.yaml: models.{self.profile.key}.max_seq_length: no training row fits in "
+                f"{self.profile.max_seq_length} tokens with its whole answer; raise it"
+            )
+        val = self.training_examples(val_rows) if val_rows else None
+        self.backend.for_training(self.model)
+        metrics, self.training_log = sft.fine_tune(
+            self.model,
+            self.tokenizer,
+            train,
+            val,
+            training,
+            output_dir,
+            self.dtype,
+            self.profile.max_seq_length,
+            callbacks,
+        )
+        metrics["backend"] = self.backend.name
+        metrics["trainable_params"], metrics["total_params"] = self.parameter_counts()
         return metrics
+
+    def align(
+        self, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig, output_dir: str | Path
+    ) -> dict:
+        """DPO of the loaded (trainable) adapter against a frozen copy of itself, on preference
+        pairs (core/train/dpo.py); resumes like fine_tune. Returns the run's metrics; the trainer's
+        log history is in `training_log`."""
+        from transformers import set_seed
+
+        self._require_loaded()
+        self.backend.prepare_preference_training()
+        set_seed(config.seed)
+        train, train_left_out = self.preference_examples(train_pairs)
+        val, val_left_out = self.preference_examples(val_pairs)
+        if not train["prompt_ids"]:
+            raise DataError(
+                f"no preference pair fits max_seq_length={self.profile.max_seq_length} with its whole chosen answer"
+            )
+        self.backend.for_training(self.model)
+        metrics, self.training_log = dpo.direct_preference_optimisation(
+            self.model, self.tokenizer, train, val, config, output_dir, self.dtype, self.profile.max_seq_length
+        )
+        metrics["pairs_left_out"] = {"train": train_left_out, "val": val_left_out}
+        return metrics
+
+    def preference_examples(self, pairs: list[dict]) -> tuple[dict[str, list], int]:
+        """Token ids of preference pairs, encoded as training_examples encodes SFT's: the prompt
+        predict feeds, each answer ending with the end-of-turn token (core.train.dpo.fit_pairs
+        fits them to the window). Returns the ids and the number of pairs left out."""
+        self._require_loaded()
+        encoded = [
+            (
+                self.encode(self.prompt_for(pair["row"])),
+                self.encode(pair["chosen"] + self.end_of_turn),
+                self.encode(pair["rejected"] + self.end_of_turn),
+            )
+            for pair in pairs
+        ]
+        return dpo.fit_pairs(encoded, self.profile.max_seq_length)
+
+    def own_answers(self, rows: list[dict], generation: GenerationConfig) -> dict[str, str]:
+        """The model's greedy answers to `rows`, by id: DPO's on-policy rejected answers. Only as
+        many tokens as the longest clinician's answer are generated, since a rejected answer is cut
+        to its chosen answer's length anyway (core.train.dpo.fit_pairs)."""
+        self._require_loaded()
+        longest = max(len(self.encode(row[TARGET].strip() + self.end_of_turn)) for row in rows)
+        out = self.generate_responses(rows, dpo.on_policy_decoding(generation, longest))
+        return {row[ID]: text for row, text in zip(rows, out.texts, strict=True)}
 
     # --- generation -------------------------------------------------------------------------
     def generate_responses(self, rows: list[dict], generation: GenerationConfig) -> Generations:

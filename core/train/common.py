@@ -97,27 +97,39 @@ def divergence_guard(learning_rate: float):
     return StopWhenNotFinite()
 
 
-def common_trainer_arguments(
-    output_dir, *, seed: int, evaluate: bool, dtype, max_length: int | None, save_steps: int, logging_steps: int = 1
+def trainer_arguments(
+    output_dir, settings, *, evaluate: bool, dtype, max_length: int | None, rows_per_pass: int, grad_accum: int
 ) -> dict:
-    """The trainer settings SFT and DPO share: logging every value (NaN included, for the guard),
-    resumable checkpoints, one evaluation an epoch, seeds, the device and its dtype."""
+    """The trainer settings SFT and DPO share, from their own params section (`settings`: the
+    profile's `training` or `align`, which name the same fields): the optimiser and its schedule,
+    logging every value (NaN included, for the guard), resumable checkpoints, one evaluation an
+    epoch, seeds, the device and its dtype."""
     import torch
 
-    from core.models.backends import cuda_available
-
-    on_gpu = cuda_available()
+    on_gpu = torch.cuda.is_available()
     return dict(
         output_dir=str(output_dir),
-        logging_steps=logging_steps,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=rows_per_pass,
+        # the trainer averages the batches' mean losses: a fixed eval batch keeps val_loss
+        # comparable whatever rows_per_pass is
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a fraction of all steps
+        weight_decay=settings.weight_decay,
+        optim=settings.optimizer,
+        logging_steps=settings.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the filter logs a NaN loss as a number; the guard must see it
         save_strategy="steps",
-        save_steps=save_steps,
+        save_steps=settings.save_steps,
         save_total_limit=1,
         eval_strategy="epoch" if evaluate else "no",
-        seed=seed,
-        data_seed=seed,
+        seed=settings.seed,
+        data_seed=settings.seed,
         report_to="none",
         use_cpu=not on_gpu,
         bf16=on_gpu and dtype == torch.bfloat16,

@@ -6,10 +6,12 @@ generic, formatted answers the clinicians' differ from) and/or the SFT model's o
 the train prompts (on-policy). DPO then moves the SFT adapter towards the chosen answers,
 against a frozen copy of the same SFT adapter as the reference.
 
-Pairs are encoded exactly as SFT encodes its examples: the prompt is `prompt_for(row)`, the
-tokens predict feeds, and each answer ends with the family's end-of-turn token; the loss is on
-the answers only. trl's DPOTrainer would re-tokenise prompt and answer together; it is handed
-token ids instead (see `_pretokenized_dpo_trainer`).
+Pairs are encoded exactly as SFT encodes its examples (BaseUnslothModel.preference_examples,
+core/models/base.py): the prompt is the tokens predict feeds, and each answer ends with the
+family's end-of-turn token; the loss is on the answers only. trl's DPOTrainer would re-tokenise
+prompt and answer together; it is handed token ids instead (see `_pretokenized_dpo_trainer`).
+Like core/train/sft.py, the training here works on what it is handed (a module, its tokenizer,
+the ids): BaseUnslothModel.align prepares them and calls `direct_preference_optimisation`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import AlignConfig, GenerationConfig
-from core.data import ID, LLM_COLUMNS, TARGET, DataError
+from core.data import ID, LLM_COLUMNS, TARGET
 from core.metrics.rouge import normalise
-from core.train.common import common_trainer_arguments, divergence_guard, fit, fit_example
+from core.train.common import divergence_guard, fit, fit_example, trainer_arguments
 
 
 @dataclass
@@ -60,16 +62,13 @@ def build_pairs(
     return result
 
 
-def own_answers(model, rows: list[dict], generation: GenerationConfig) -> dict[str, str]:
-    """The SFT model's greedy answers to `rows`, by id: on-policy rejected answers. Only as many
-    tokens as the longest clinician's answer are generated, since a rejected answer is cut to
-    its chosen answer's length anyway (preference_examples)."""
-    longest = max(len(model.encode(row[TARGET].strip() + model.end_of_turn)) for row in rows)
-    greedy = dataclasses.replace(
+def on_policy_decoding(generation: GenerationConfig, longest: int) -> GenerationConfig:
+    """The decoding of the SFT model's own answers (on-policy rejected answers): greedy, one
+    candidate, at most `longest` tokens (the longest chosen answer: a rejected answer is cut to its
+    chosen answer's length anyway, fit_pairs)."""
+    return dataclasses.replace(
         generation, do_sample=False, num_beams=1, mbr_candidates=0, min_new_tokens=0, max_new_tokens=longest
     )
-    out = model.generate_responses(rows, greedy)
-    return {row[ID]: text for row, text in zip(rows, out.texts, strict=True)}
 
 
 def sample_pairs(pairs: list[dict], limit: int, seed: int) -> list[dict]:
@@ -80,23 +79,19 @@ def sample_pairs(pairs: list[dict], limit: int, seed: int) -> list[dict]:
     return [pairs[i] for i in keep]
 
 
-def preference_examples(model, pairs: list[dict]) -> tuple[dict[str, list], int]:
-    """Token ids of the pairs, as SFT encodes its examples (core.models.base.training_examples).
+def fit_pairs(encoded: list[tuple[list[int], list[int], list[int]]], limit: int) -> tuple[dict[str, list], int]:
+    """Pairs of token ids (prompt, chosen, rejected; each answer with its end-of-turn token) fitted
+    to a window of `limit` tokens, as SFT fits its examples (core.train.common.fit_example).
 
-    The chosen answer and its end-of-turn token are kept whole; a prompt too long for the window
-    loses its middle (core.train.common.fit_example), and a pair that would lose too much is left
-    out (counted). The rejected answer is cut to the chosen answer's length: DPO then compares
-    answers of equal length, so what it can learn is their content and form, not that the
-    clinicians write shorter answers than the LLMs (which a length penalty at decoding already
-    controls); it also halves the cost of the long LLM answers.
+    The chosen answer is kept whole; a prompt too long for the window loses its middle, and a pair
+    that would lose too much is left out (counted). The rejected answer is cut to the chosen
+    answer's length: DPO then compares answers of equal length, so what it can learn is their
+    content and form, not that the clinicians write shorter answers than the LLMs (which a length
+    penalty at decoding already controls); it also halves the cost of the long LLM answers.
     """
-    limit = model.profile.max_seq_length
     data: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
     left_out = 0
-    for pair in pairs:
-        prompt = model.encode(model.prompt_for(pair["row"]))
-        chosen = model.encode(pair["chosen"] + model.end_of_turn)
-        rejected = model.encode(pair["rejected"] + model.end_of_turn)
+    for prompt, chosen, rejected in encoded:
         fitted = fit_example(prompt, chosen, limit)
         if fitted is None:
             left_out += 1
@@ -123,65 +118,48 @@ def _pretokenized_dpo_trainer():
     return PretokenizedDPOTrainer
 
 
-def _dpo_trainer(model, train: dict, val: dict, config: AlignConfig, output_dir: str | Path):
+def _dpo_trainer(module, tokenizer, train: dict, val: dict, config: AlignConfig, output_dir, dtype, max_length: int):
     from datasets import Dataset
     from trl import DPOConfig
 
     args = DPOConfig(
         # evaluated once, after training (direct_preference_optimisation): on a CPU one pass over the
         # validation pairs costs minutes, and an epoch-end pass would repeat the final one
-        **common_trainer_arguments(
+        **trainer_arguments(
             output_dir,
-            seed=config.seed,
+            config,
             evaluate=False,
-            dtype=model.dtype,
-            max_length=model.profile.max_seq_length,
-            save_steps=50,
+            dtype=dtype,
+            max_length=max_length,
+            rows_per_pass=config.batch_size,
+            grad_accum=config.grad_accum,
         ),
         beta=config.beta,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        lr_scheduler_type="linear",
-        warmup_steps=0.1,  # a fraction of all steps
     )
-    model.backend.for_training(model.model)
     return _pretokenized_dpo_trainer()(
-        model=model.model,
+        model=module,
         ref_model=None,
         args=args,
         train_dataset=Dataset.from_dict(train),
         eval_dataset=Dataset.from_dict(val) if val["prompt_ids"] else None,
-        processing_class=model.tokenizer,
+        processing_class=tokenizer,
         callbacks=[divergence_guard(config.learning_rate)],
     )
 
 
 def direct_preference_optimisation(
-    model, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig, output_dir: str | Path
+    module, tokenizer, train: dict, val: dict, config: AlignConfig, output_dir: str | Path, dtype, max_length: int
 ) -> tuple[dict, list[dict]]:
-    """DPO of the adapter on `model` (loaded trainable), against a frozen copy of itself.
+    """DPO of the adapter on `module` (a PeftModel, trainable, in training mode) against a frozen
+    copy of itself, on pairs of token ids (fit_pairs).
 
     trl adds the copy (adapter "ref") when handed a PeftModel that already has an adapter; it is
     deleted afterwards, so that saving writes the trained adapter alone. Resumes from the last
-    checkpoint in `output_dir` like fine_tune. Returns the run's metrics and the trainer's log history."""
-    from transformers import set_seed
-
-    model.backend.prepare_preference_training()
-    set_seed(config.seed)
-    train, train_left_out = preference_examples(model, train_pairs)
-    val, val_left_out = preference_examples(model, val_pairs)
-    if not train["prompt_ids"]:
-        raise DataError(
-            f"no preference pair fits max_seq_length={model.profile.max_seq_length} with its whole chosen answer"
-        )
-    trainer = _dpo_trainer(model, train, val, config, output_dir)
+    checkpoint in `output_dir` like SFT. Returns the run's metrics and the trainer's log history."""
+    trainer = _dpo_trainer(module, tokenizer, train, val, config, output_dir, dtype, max_length)
     run = fit(trainer, output_dir)
-    if "ref" in model.model.peft_config:
-        model.model.delete_adapter("ref")
+    if "ref" in module.peft_config:
+        module.delete_adapter("ref")
     history = trainer.state.log_history
     final_eval = trainer.evaluate() if val["prompt_ids"] else {}
     last = next((e for e in reversed(history) if "loss" in e), {})
@@ -191,7 +169,6 @@ def direct_preference_optimisation(
         "resumed_from_step": run.resumed_from_step,
         "steps": trainer.state.global_step,
         "pairs": {"train": len(train["prompt_ids"]), "val": len(val["prompt_ids"])},
-        "pairs_left_out": {"train": train_left_out, "val": val_left_out},
         "train_reward_accuracy": last.get("rewards/accuracies"),
         "train_reward_margin": last.get("rewards/margins"),
     }

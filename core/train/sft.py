@@ -1,10 +1,11 @@
-"""Supervised fine-tuning of a loaded model's LoRA adapter with trl's SFTTrainer, in four steps:
-the run's layout (examples, passes, padding), the trainer, the fit (resuming where a checkpoint
-is), the record of the run.
+"""Supervised fine-tuning of a LoRA adapter with trl's SFTTrainer, in four steps: the run's
+layout (passes, padding), the trainer, the fit (resuming where a checkpoint is), the record of
+the run.
 
-`model` is a BaseUnslothModel (core/models/base.py) whose weights are loaded: its `fine_tune`
-calls `fine_tune` here. transformers and trl are imported inside functions (Unsloth must be
-imported before them).
+It works on what it is handed: a module with LoRA attached and in training mode, its tokenizer,
+and the examples already encoded (BaseUnslothModel.fine_tune, core/models/base.py, prepares all
+three and calls `fine_tune` here). transformers and trl are imported inside functions (Unsloth
+must be imported before them).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from core import distributed
-from core.config import ConfigError, TrainingConfig
-from core.models.backends import cuda_available
+from core.config import TrainingConfig
 from core.train.common import (
     TrainingExamples,
     best_epoch,
-    common_trainer_arguments,
     divergence_guard,
     fit,
     resume_point,
+    trainer_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -44,40 +46,30 @@ class Layout:
 
 
 def fine_tune(
-    model,
-    train_rows: list[dict],
-    val_rows: list[dict],
+    module,
+    tokenizer,
+    train: TrainingExamples,
+    val: TrainingExamples | None,
     training: TrainingConfig,
     output_dir: str | Path,
+    dtype,
+    max_seq_length: int,
     callbacks: Iterable[Any] = (),
 ) -> tuple[dict, list[dict]]:
-    """LoRA fine-tuning of `model`; resumes from the last checkpoint in `output_dir` if one is
-    there. Returns the run's metrics and the trainer's log history."""
-    from transformers import set_seed
-
-    set_seed(training.seed)
-    if not hasattr(model.model, "peft_config"):
-        model.attach_lora(training.seed, training.gradient_checkpointing)
-    layout = lay_out(model, train_rows, val_rows, training)
-    trainer = sft_trainer(model, layout, training, output_dir, callbacks)
+    """LoRA fine-tuning of `module` on `train`; resumes from the last checkpoint in `output_dir` if
+    one is there. Returns the run's metrics and the trainer's log history."""
+    layout = lay_out(module, train, val, training)
+    trainer = sft_trainer(module, tokenizer, layout, training, output_dir, dtype, max_seq_length, callbacks)
     resume = resume_point(output_dir)
-    keeper = best_epoch(model.model, output_dir, resume[1]) if layout.val and training.keep_best_epoch else None
+    keeper = best_epoch(module, output_dir, resume[1]) if layout.val and training.keep_best_epoch else None
     if keeper:
         trainer.add_callback(keeper)
     run = fit(trainer, output_dir, resume)
-    model.tokenizer.padding_side = "left"  # for generation
-    return record(model, trainer, layout, run, keeper), trainer.state.log_history
+    return record(trainer, layout, run, keeper), trainer.state.log_history
 
 
-def lay_out(model, train_rows: list[dict], val_rows: list[dict], training: TrainingConfig) -> Layout:
-    train = model.training_examples(train_rows)
-    if not train.input_ids:
-        raise ConfigError(
-            f"params.yaml: models.{model.profile.key}.max_seq_length: no training row fits in "
-            f"{model.profile.max_seq_length} tokens with its whole answer; raise it"
-        )
-    val = model.training_examples(val_rows) if val_rows else None
-    on_gpu = cuda_available()
+def lay_out(module, train: TrainingExamples, val: TrainingExamples | None, training: TrainingConfig) -> Layout:
+    on_gpu = torch.cuda.is_available()
     rows_per_pass, grad_accum = distributed.passes(
         training.batch_size, training.grad_accum, training.rows_per_pass, on_gpu
     )
@@ -85,7 +77,7 @@ def lay_out(model, train_rows: list[dict], val_rows: list[dict], training: Train
     # above), where the attention takes concatenated rows as they are: flash attention's
     # variable-length kernels. sdpa instead gets a dense block-diagonal mask over the whole
     # pass, and on the Qwen3-0.6B shape that cost more than the padding saved (docs/benchmarks.md)
-    packs = "flash" in str(getattr(model.model.config, "_attn_implementation", ""))
+    packs = "flash" in str(getattr(module.config, "_attn_implementation", ""))
     layout = Layout(
         train,
         val,
@@ -106,51 +98,45 @@ def lay_out(model, train_rows: list[dict], val_rows: list[dict], training: Train
     return layout
 
 
-def sft_trainer(model, layout: Layout, training: TrainingConfig, output_dir: str | Path, callbacks: Iterable[Any]):
+def sft_trainer(
+    module,
+    tokenizer,
+    layout: Layout,
+    training: TrainingConfig,
+    output_dir: str | Path,
+    dtype,
+    max_seq_length: int,
+    callbacks: Iterable[Any],
+):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
-        **common_trainer_arguments(
+        **trainer_arguments(
             output_dir,
-            seed=training.seed,
+            training,
             evaluate=bool(layout.val),
-            dtype=model.dtype,
-            max_length=None if layout.padding_free else model.profile.max_seq_length,
-            save_steps=training.save_steps,
-            logging_steps=training.logging_steps,
+            dtype=dtype,
+            max_length=None if layout.padding_free else max_seq_length,
+            rows_per_pass=layout.rows_per_pass,
+            grad_accum=layout.grad_accum,
         ),
-        num_train_epochs=training.epochs,
-        max_steps=training.max_steps,
-        per_device_train_batch_size=layout.rows_per_pass,
-        # the trainer averages the batches' mean losses: a fixed eval batch keeps val_loss
-        # comparable whatever rows_per_pass is
-        per_device_eval_batch_size=training.batch_size,
-        gradient_accumulation_steps=layout.grad_accum,
         padding_free=layout.padding_free,
-        learning_rate=training.learning_rate,
-        lr_scheduler_type=training.lr_scheduler,
-        warmup_steps=training.warmup_ratio,  # a float below 1 is a fraction of all steps
-        weight_decay=training.weight_decay,
-        optim=training.optimizer,
         packing=False,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient on every step
     )
-    model.backend.for_training(model.model)
-    model.tokenizer.padding_side = "right"  # for training
+    # trl's collator pads on the right itself: the tokenizer keeps the side its owner set
     return SFTTrainer(
-        model=model.model,
+        model=module,
         args=args,
         train_dataset=layout.train.as_dataset(),
         eval_dataset=layout.val.as_dataset() if layout.val else None,
-        processing_class=model.tokenizer,
+        processing_class=tokenizer,
         callbacks=[divergence_guard(training.learning_rate), *callbacks],
     )
 
 
-def record(model, trainer, layout: Layout, run, keeper) -> dict:
+def record(trainer, layout: Layout, run, keeper) -> dict:
     """The run's metrics; with a validation split, the weights of the best epoch put back."""
-    import torch
-
     history = trainer.state.log_history  # a resumed run's entries follow its checkpoint's
     train_losses = [e["loss"] for e in history if "loss" in e]
     train, val = layout.train, layout.val
@@ -166,13 +152,11 @@ def record(model, trainer, layout: Layout, run, keeper) -> dict:
         # rows longer than max_seq_length (core.train.common.fit_example), by split
         "prompts_cut": {"train": len(train.prompt_cut), "val": len(val.prompt_cut) if val else 0},
         "rows_dropped": {"train": len(train.dropped), "val": len(val.dropped) if val else 0},
-        "backend": model.backend.name,
         "processes": layout.processes,
         "effective_batch_size": layout.effective_batch,
         "rows_per_pass": layout.rows_per_pass,
         "padding_free": layout.padding_free,
     }
-    metrics["trainable_params"], metrics["total_params"] = model.parameter_counts()
     if val:
         # the epoch-end pass at the last step has scored the final weights already: not twice
         final = [e for e in history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
@@ -189,6 +173,6 @@ def record(model, trainer, layout: Layout, run, keeper) -> dict:
             )
         # every evaluation went through the keeper, the final one too: its best is the run's
         metrics["val_loss"], metrics["best_epoch"] = keeper.best["val_loss"], keeper.best["epoch"]
-    if cuda_available():
+    if torch.cuda.is_available():
         metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return metrics
