@@ -20,6 +20,42 @@ import time
 log = logging.getLogger("benchmarks.decode_profile")
 
 
+def replayed_step(batch, table: bool) -> tuple[float, float]:
+    """(prefill seconds, milliseconds a step) of a batch: the prefill timed once, then one step
+    captured as a CUDA graph and replayed 20 times; with `table`, the profiler's kernel table of
+    three eager steps first."""
+    import torch
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    batch.prefill()
+    torch.cuda.synchronize()
+    prefill = time.perf_counter() - start
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up, as capture wants
+        batch.step()
+        batch.step()
+    torch.cuda.current_stream().wait_stream(side)
+    if table:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                batch.step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        batch.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        graph.replay()
+    torch.cuda.synchronize()
+    return prefill, (time.perf_counter() - start) / 20 * 1000
+
+
 def step_ms(
     model,
     prompts,
@@ -62,34 +98,7 @@ def step_ms(
         if batch.shared:  # a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
             batch.shared.generated = max_new_tokens // 2
         with torch.inference_mode(), static_cache._decode_attention(model, batch.shared):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            batch.prefill()
-            torch.cuda.synchronize()
-            prefill = time.perf_counter() - start
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up, as capture wants
-                batch.step()
-                batch.step()
-            torch.cuda.current_stream().wait_stream(side)
-            if table:
-                from torch.profiler import ProfilerActivity, profile
-
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    for _ in range(3):
-                        batch.step()
-                    torch.cuda.synchronize()
-                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70))
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                batch.step()
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(20):
-                graph.replay()
-            torch.cuda.synchronize()
-            return prefill, (time.perf_counter() - start) / 20 * 1000, torch.cuda.max_memory_allocated() / 2**30
+            return (*replayed_step(batch, table), torch.cuda.max_memory_allocated() / 2**30)
     finally:
         static_cache._Batch._copy_forks = copies
 
@@ -144,7 +153,7 @@ def phase_clock(static_cache):
         batch.prefill, batch.step, graph.__enter__, graph.__exit__ = saved
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen3", choices=["qwen3", "llama32", "smollm2"])
     parser.add_argument("--prompts", type=int, default=200)
@@ -160,8 +169,12 @@ def main() -> None:
         "(static_cache.GENERATED_BUCKET; a graph is captured for each): to try another value",
     )
     parser.add_argument("--calls-only", action="store_true", help="only the two whole decodings, not the step table")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return parser.parse_args()
+
+
+def model_and_prompts(args):
+    """The shape's profile decoding (through the stages' own loader), a full-size random-weight model
+    of the shape on the GPU, and random prompts of up to --prompt-tokens tokens."""
     import tempfile
 
     import torch
@@ -170,7 +183,6 @@ def main() -> None:
     from benchmarks.settings import change_profile, checked, read_params
     from tests.checkpoints import build_checkpoint
 
-    # the shape's profile, through the stages' own loader
     generation = dataclasses.replace(
         checked(change_profile(read_params(), args.shape)).profile.generation,
         length_grid=[],
@@ -183,30 +195,20 @@ def main() -> None:
             .cuda()
             .eval()
         )
-    vocab = model.config.vocab_size
     noise = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
     prompts = [
         torch.randint(100, vocab - 100, (args.prompt_tokens - i % 40,), generator=noise).tolist()
         for i in range(args.prompts)
     ]
-    stop, pad = vocab - 1, vocab - 2  # never chosen by random weights in practice: every step runs
-    variants = [
-        ("the profile's decoding", generation, False),
-        ("without the cache copies", generation, True),
-        (
-            "without the repetition rules",
-            dataclasses.replace(generation, repetition_penalty=1.0, no_repeat_ngram_size=0),
-            False,
-        ),
-        ("greedy, the same rules", dataclasses.replace(generation, num_beams=1, mbr_candidates=0), False),
-    ]
-    print(
-        f"{args.shape} shape, bf16, {args.prompts} prompts of up to "
-        f"{args.prompt_tokens} tokens, {args.max_new_tokens} new tokens"
-    )
-    print("| variant | prefill s | ms a step | x steps (s) | peak GiB |\n|---|---|---|---|---|")
-    # the whole decoding as predict runs it, twice in this process: the first call pays one-off
-    # costs (kernel compilation, the first large allocations, lazy initialisations)
+    return generation, model, prompts
+
+
+def whole_calls(args, model, prompts, generation, stop: int, pad: int) -> None:
+    """The whole decoding as predict runs it, twice in this process: the first call pays one-off
+    costs (kernel compilation, the first large allocations, lazy initialisations)."""
+    import torch
+
     from core.decode import static_cache
 
     if args.bucket:
@@ -229,6 +231,30 @@ def main() -> None:
             f"{total - sum(phases.seconds.values()):.2f} s",
             flush=True,
         )
+
+
+def main() -> None:
+    args = arguments()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    generation, model, prompts = model_and_prompts(args)
+    vocab = model.config.vocab_size
+    stop, pad = vocab - 1, vocab - 2  # never chosen by random weights in practice: every step runs
+    variants = [
+        ("the profile's decoding", generation, False),
+        ("without the cache copies", generation, True),
+        (
+            "without the repetition rules",
+            dataclasses.replace(generation, repetition_penalty=1.0, no_repeat_ngram_size=0),
+            False,
+        ),
+        ("greedy, the same rules", dataclasses.replace(generation, num_beams=1, mbr_candidates=0), False),
+    ]
+    print(
+        f"{args.shape} shape, bf16, {args.prompts} prompts of up to "
+        f"{args.prompt_tokens} tokens, {args.max_new_tokens} new tokens"
+    )
+    print("| variant | prefill s | ms a step | x steps (s) | peak GiB |\n|---|---|---|---|---|")
+    whole_calls(args, model, prompts, generation, stop, pad)
     if args.calls_only:
         return
     for i, (name, decoding_, without_reorder) in enumerate(variants):

@@ -205,6 +205,24 @@ def decoding_record(tuned, val_rows: list[dict], g, keep_texts: bool) -> dict:
     return record
 
 
+def log_record(record: dict, split_seed: int, max_new_tokens: int) -> None:
+    log.info(
+        "%s / %s / %s / seed %d: ROUGE-L %.4f at %d tokens (%.4f at %d; echo %.4f), loops %.2f, %.0f words, %.1f s",
+        record["training"],
+        record["align"],
+        record["decoding"],
+        split_seed,
+        record["model"]["rougeL"],
+        record["length"]["max_new_tokens"],
+        record["rougeL_at_max_new_tokens"],
+        max_new_tokens,
+        record["prompt_echo"]["rougeL"],
+        record["loop_share"],
+        record["mean_words"],
+        record["generate_s"],
+    )
+
+
 def run_training(
     params_path: str,
     train_variant: str,
@@ -265,22 +283,7 @@ def run_training(
             )
             with open(out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            log.info(
-                "%s / %s / %s / seed %d: ROUGE-L %.4f at %d tokens (%.4f at %d; echo %.4f), loops %.2f, "
-                "%.0f words, %.1f s",
-                name,
-                align_name,
-                decode_name,
-                params.data.seed,
-                record["model"]["rougeL"],
-                record["length"]["max_new_tokens"],
-                record["rougeL_at_max_new_tokens"],
-                g.max_new_tokens,
-                record["prompt_echo"]["rougeL"],
-                record["loop_share"],
-                record["mean_words"],
-                record["generate_s"],
-            )
+            log_record(record, params.data.seed, g.max_new_tokens)
     model.cleanup_model()
 
 

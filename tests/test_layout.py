@@ -167,3 +167,23 @@ def test_the_layout_checks_find_a_back_edge_and_a_second_padding_owner(tmp_path)
     facade.write_text("from core.train import sft\n\ndef load(tokenizer):\n    tokenizer.padding_side = 'left'\n")
     assert back_edges([trainer, facade], tmp_path) == ["core/train/sft.py imports core.models.backends"]
     assert padding_side_owners([trainer, facade], tmp_path) == {"core/train/sft.py", "core/models/base.py"}
+
+
+def long_functions(paths, most: int = 70, root: Path = REPO) -> list[str]:
+    """Functions longer than `most` lines (decorators aside), as `path: name (lines)`."""
+    found = []
+    for path in paths:
+        for node in ast.walk(tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= most:
+                found.append(f"{path.relative_to(root).as_posix()}: {node.name} ({node.end_lineno - node.lineno + 1})")
+    return found
+
+
+def test_no_function_is_longer_than_seventy_lines():
+    assert long_functions([*PRODUCTION, *BENCHMARKS]) == []
+
+
+def test_the_length_check_finds_a_long_function(tmp_path):
+    source = tmp_path / "long.py"
+    source.write_text("def short():\n    return 1\n\n\ndef long():\n" + "    x = 1\n" * 70 + "    return x\n")
+    assert long_functions([source], root=tmp_path) == ["long.py: long (72)"]
