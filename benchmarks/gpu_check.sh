@@ -25,7 +25,7 @@ repo=$PWD
 tree_for() {  # tree_for DIR FAMILY [KEY=YAML ...]
   local dir=$1 family=$2; shift 2
   rm -rf "$dir"; mkdir -p "$dir"
-  cp -r "$repo"/{core,stages,tests,benchmarks,params.yaml} "$dir"/ && mkdir -p "$dir/data" && cp -r "$repo/data/sample" "$dir/data/"
+  cp -r "$repo"/{core,stages,tests,benchmarks,params.yaml,paths.yaml} "$dir"/ && mkdir -p "$dir/data" && cp -r "$repo/data/sample" "$dir/data/"
   (cd "$dir" && python3 -m benchmarks.backends --write-csv data/scaled --rows "$ROWS" --gen-rows "$GEN_ROWS" >/dev/null &&
    python3 - "$family" "$SHAPE" "$BACKEND" "$@" <<'PY'
 import sys, yaml

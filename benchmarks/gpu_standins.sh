@@ -41,7 +41,7 @@ for family in ${FAMILIES:-qwen3 llama32}; do
   echo "$family: ${SIZE:-full} stand-in built in $((SECONDS - start)) s"
   for mode in ${MODES:-bf16 t4}; do
     tree=/tmp/tree-$family-$mode
-    rm -rf "$tree" && mkdir -p "$tree/data" && cp -r "$repo"/{core,stages,benchmarks,params.yaml,dvc.yaml} "$tree"/ && cp -r "$repo/.realdata" "$tree/"
+    rm -rf "$tree" && mkdir -p "$tree/data" && cp -r "$repo"/{core,stages,benchmarks,params.yaml,paths.yaml,dvc.yaml} "$tree"/ && cp -r "$repo/.realdata" "$tree/"
     # params.yaml through the stages' own loader: the profile as it is, pointed at the stand-in and the real rows
     (cd "$tree" && python3 - "$family" "$checkpoint" ${SETTINGS:-} <<'PY'
 import sys

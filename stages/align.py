@@ -7,16 +7,11 @@ from core import atomic
 from core.config import as_dict, load_params
 from core.data import LLM_COLUMNS, DataError
 from core.models.families import model_for
+from core.paths import PATHS
 from core.train.common import write_training_log
 from core.train.dpo import build_pairs, sample_pairs
 from stages import run
 
-ADAPTER = "models/adapter"
-ALIGNED = "models/aligned"  # what predict answers with
-CHECKPOINTS = "models/checkpoints"
-LIVE = "dvclive/align"
-METRICS = "metrics/align.json"
-TRAIN = "data/prepared/train.jsonl"
 MARGIN_PLOTS = ("rewards/margins", "eval/rewards/margins")  # dvc.yaml's DPO plot: present, empty without DPO
 
 
@@ -25,21 +20,21 @@ def main() -> None:
     config = params.align
     if config.method == "none":
         # The same files under another name: the same DVC hash, so predict's inputs do not change.
-        with atomic.atomic_path(ALIGNED) as tmp:
-            shutil.copytree(ADAPTER, tmp)
-        write_training_log(LIVE, [], always=MARGIN_PLOTS)
-        atomic.write_json(METRICS, {"align_method": "none"})
-        logging.info("align.method is none: %s is the SFT adapter", ALIGNED)
+        with atomic.atomic_path(PATHS.aligned) as tmp:
+            shutil.copytree(PATHS.adapter, tmp)
+        write_training_log(PATHS.align_log, [], always=MARGIN_PLOTS)
+        atomic.write_json(PATHS.align_metrics, {"align_method": "none"})
+        logging.info("align.method is none: %s is the SFT adapter", PATHS.aligned)
         return
 
-    train, val = atomic.read_jsonl(TRAIN), atomic.read_jsonl("data/prepared/val.jsonl")
+    train, val = atomic.read_jsonl(PATHS.train), atomic.read_jsonl(PATHS.val)
     model = model_for(params.profile, params.prompt.system)
-    model.load_adapter(ADAPTER, trainable=True)
+    model.load_adapter(PATHS.adapter, trainable=True)
     own = model.own_answers(train + val, params.profile.generation) if "sft" in config.rejected else None
     train_pairs, val_pairs = build_pairs(train, config.rejected, own), build_pairs(val, config.rejected, own)
     if not train_pairs.pairs:
         raise DataError(
-            f"{TRAIN}: no preference pair for align.method: dpo: none of the {len(train)} rows has a usable "
+            f"{PATHS.train}: no preference pair for align.method: dpo: none of the {len(train)} rows has a usable "
             f"rejected answer from {', '.join(config.rejected)} (the {', '.join(LLM_COLUMNS)} columns are "
             "empty, missing or the clinician's text); add them, or set align.method: none"
         )
@@ -58,13 +53,13 @@ def main() -> None:
         len(val_pairs.pairs),
         len(val_sample),
     )
-    run_dir = f"{CHECKPOINTS}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
+    run_dir = f"{PATHS.checkpoints}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
     metrics = model.align(pairs, val_sample, config, run_dir)
-    model.save_adapter(ALIGNED)
-    write_training_log(LIVE, model.training_log, always=MARGIN_PLOTS)
+    model.save_adapter(PATHS.aligned)
+    write_training_log(PATHS.align_log, model.training_log, always=MARGIN_PLOTS)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
     atomic.write_json(
-        METRICS,
+        PATHS.align_metrics,
         {
             "align_method": config.method,
             "dpo": {
@@ -77,7 +72,7 @@ def main() -> None:
         },
     )
     shutil.rmtree(run_dir, ignore_errors=True)
-    logging.info("aligned adapter in %s; val reward accuracy %s", ALIGNED, metrics.get("val_reward_accuracy"))
+    logging.info("aligned adapter in %s; val reward accuracy %s", PATHS.aligned, metrics.get("val_reward_accuracy"))
     model.cleanup_model()
 
 

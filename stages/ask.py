@@ -19,11 +19,12 @@ from core import atomic
 from core.config import ConfigError, GenerationConfig, load_params
 from core.data import ID, PROMPT, TARGET, read_csv_records, require_vignette
 from core.export.runtime import ExportedModel
+from core.paths import PATHS
 from core.resources import peak_rss_mb
 from stages import run
 
-EXPORT = "models/export"
-ADAPTER = "models/aligned"  # the adapter the export must have been made from, where it is present
+EXPORT = PATHS.export
+ADAPTER = PATHS.aligned  # the adapter the export must have been made from, where it is present
 
 
 def load(export: str | Path = EXPORT, adapter: str | Path | None = ADAPTER) -> ExportedModel:

@@ -21,15 +21,10 @@ from core.data import ID, TARGET
 from core.export.runtime import EDGE_FILE
 from core.metrics.echo import prompt_echo
 from core.metrics.rouge import rouge
+from core.paths import PATHS
 from core.predictions import read_predictions
 from core.resources import directory_mb
 from stages import run
-
-EXPORT = "models/export"
-MERGED = "models/merged"
-VAL, TEST = "data/prepared/val.jsonl", "data/prepared/test.jsonl"
-PREDICTIONS = "data/predictions/val.csv"
-METRICS = "metrics/deploy.json"
 
 # The challenge's limits (../shared/reference/task.md): at most 1 billion parameters, quantized
 # for inference, under 2 GB of RAM and 100 ms a vignette (on a Jetson Nano-class device; here:
@@ -61,7 +56,7 @@ def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
             "--file",
             rows_file,
             "--export",
-            EXPORT,
+            PATHS.export,
             "--out",
             str(Path(tmp) / "answers.csv"),
             "--report",
@@ -71,7 +66,7 @@ def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
         ]
         # the child's own error line, if any, reaches the console as it is
         if subprocess.run(command).returncode != 0:
-            logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, EXPORT)
+            logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, PATHS.export)
             sys.exit(1)
         return atomic.read_json(report)
 
@@ -105,16 +100,16 @@ def model_tokens(answered: dict) -> dict:
 def main() -> None:
     params = load_params()
     g = params.profile.generation
-    rows = atomic.read_jsonl(VAL)
-    rows_file = VAL if rows else TEST  # data.val_fraction 0: timed on the test rows, not scored
+    rows = atomic.read_jsonl(PATHS.val)
+    rows_file = PATHS.val if rows else PATHS.test  # data.val_fraction 0: timed on the test rows, not scored
     if not rows:
-        rows = atomic.read_jsonl(TEST)
+        rows = atomic.read_jsonl(PATHS.test)
     # the answer length predict chose on the validation split (or params.yaml's, where it chose none)
-    predicted = atomic.read_json("metrics/predict.json")
+    predicted = atomic.read_json(PATHS.predict_metrics)
     max_new_tokens = predicted.get("length", {}).get("max_new_tokens", g.max_new_tokens)
     answered = answer_in_own_process(rows_file, max_new_tokens)
     timed_length, timed = timing_run(rows, rows_file, answered, max_new_tokens, g.longest_answer)
-    info = atomic.read_json(f"{EXPORT}/{EDGE_FILE}")
+    info = atomic.read_json(f"{PATHS.export}/{EDGE_FILE}")
     ms = [s * 1000 for s in timed["row_seconds"]]
     tokens, seconds = sum(timed["new_tokens"]), sum(timed["row_seconds"])
     report = {
@@ -139,8 +134,8 @@ def main() -> None:
             "model_tokens": model_tokens(timed),
         },
         "parameters": info["parameters"],
-        "export_mb": directory_mb(EXPORT),
-        "merged_mb": directory_mb(MERGED),
+        "export_mb": directory_mb(PATHS.export),
+        "merged_mb": directory_mb(PATHS.merged),
         "peak_rss_mb": max(answered["peak_rss_mb"], timed["peak_rss_mb"]),
         "ms_per_vignette": {"median": statistics.median(ms) if ms else 0.0, "p90": percentile(ms, 0.9)},
         "tokens_per_s": tokens / seconds if seconds else 0.0,
@@ -158,10 +153,10 @@ def main() -> None:
         name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()
     }
     report["all_limits_pass"] = all(ok for _, _, ok in limits.values())
-    atomic.write_json(METRICS, report)
+    atomic.write_json(PATHS.deploy_metrics, report)
     logging.info(
         "%s: %s (timed at %d new tokens, %.1f a row)",
-        METRICS,
+        PATHS.deploy_metrics,
         ", ".join(f"{name} {'pass' if ok else 'FAIL'}" for name, (_, _, ok) in limits.items()),
         timed_length,
         report["timed"]["model_tokens"]["mean"],
@@ -180,7 +175,7 @@ def judge(report: dict, info: dict, rows: list[dict], rows_file: str, answered: 
             report["ms_per_vignette"]["median"] < MAX_MS_PER_VIGNETTE,
         ),
     }
-    if rows_file == VAL:
+    if rows_file == PATHS.val:
         references = [row[TARGET] for row in rows]
         report["rougeL"] = {
             "export": rouge(answered["texts"], references)["rougeL"],
@@ -188,7 +183,7 @@ def judge(report: dict, info: dict, rows: list[dict], rows_file: str, answered: 
         }
         predicted_with = predicted.get("engine", "torch")
         if predicted_with == "torch":
-            predictions = read_predictions(PREDICTIONS, rows)
+            predictions = read_predictions(PATHS.val_predictions, rows)
             torch_l = rouge([predictions[r[ID]].text for r in rows], references)["rougeL"]
             loss = torch_l - report["rougeL"]["export"]
             report["rougeL"].update(torch=torch_l, loss=loss)

@@ -5,27 +5,24 @@ import logging
 from core.config import load_params
 from core.export.build import build_onnx, export_profile, merge
 from core.models.families import model_for
+from core.paths import PATHS
 from core.resources import directory_mb
 from stages import run
-
-ADAPTER = "models/aligned"  # what predict answers with
-MERGED = "models/merged"  # standalone checkpoint: safetensors, tokenizer, our chat template
-EXPORT = "models/export"  # ONNX Runtime GenAI model, quantized (core/export/runtime.py runs it)
 
 
 def main() -> None:
     params = load_params()
     model = model_for(export_profile(params.profile), params.prompt.system)
-    parameters = merge(model, ADAPTER, MERGED)
-    build_onnx(model, MERGED, EXPORT, params.export.precision, ADAPTER, parameters)
+    parameters = merge(model, PATHS.aligned, PATHS.merged)
+    build_onnx(model, PATHS.merged, PATHS.export, params.export.precision, PATHS.aligned, parameters)
     logging.info(
         "%s: %.0f MB (%s weights, %d parameters); %s: %.0f MB",
-        EXPORT,
-        directory_mb(EXPORT),
+        PATHS.export,
+        directory_mb(PATHS.export),
         params.export.precision,
         parameters,
-        MERGED,
-        directory_mb(MERGED),
+        PATHS.merged,
+        directory_mb(PATHS.merged),
     )
     model.cleanup_model()
 

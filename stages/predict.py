@@ -3,18 +3,15 @@ answer length is chosen on the validation answers, then the test rows are answer
 (at length 0, the answer prefix alone: no model call)."""
 
 import logging
+from pathlib import Path
 
 from core import atomic
 from core.config import load_params
 from core.data import TARGET
 from core.decode.length import choose_length, cut, for_answering, for_test, prefix_alone
+from core.paths import PATHS
 from core.predictions import predictions_csv
 from stages import run
-
-ADAPTER = "models/aligned"  # the align stage's output: the SFT adapter, preference-tuned or as it is
-EXPORT = "models/export"  # the export stage's quantized model, for generation.engine: onnx
-OUT = "data/predictions"
-METRICS = "metrics/predict.json"
 
 
 def log_answers(split: str, rows: list[dict], out) -> None:
@@ -34,15 +31,15 @@ def main() -> None:
     if g.engine == "onnx":
         from core.export.runtime import ExportedModel
 
-        model = ExportedModel(EXPORT, adapter=ADAPTER)
+        model = ExportedModel(PATHS.export, adapter=PATHS.aligned)
         answer = model.answer_rows
     else:
         from core.models.families import model_for
 
         model = model_for(params.profile, params.prompt.system, job="generate")
-        model.load_adapter(ADAPTER)
+        model.load_adapter(PATHS.aligned)
         answer = model.generate_responses
-    splits = {split: atomic.read_jsonl(f"data/prepared/{split}.jsonl") for split in ("val", "test")}
+    splits = {"val": atomic.read_jsonl(PATHS.val), "test": atomic.read_jsonl(PATHS.test)}
     decoding = for_answering(g, len(splits["val"]))
     answers = {"val": answer(splits["val"], decoding)}
     log_answers("val", splits["val"], answers["val"])
@@ -60,10 +57,11 @@ def main() -> None:
     report, files = {}, {}
     # Both splits are answered before anything is written: a run stopped half-way leaves the
     # last good predictions and their metrics as they were, not a new val.csv beside an old test.csv.
+    written = {"val": PATHS.val_predictions, "test": PATHS.test_predictions}  # inside PATHS.predictions
     for split, rows in splits.items():
         out = answers[split]
         predictions = cut(out, length.max_new_tokens, model.decode)
-        files[f"{split}.csv"] = predictions_csv(rows, predictions)
+        files[Path(written[split]).name] = predictions_csv(rows, predictions)
         report[split] = {
             "rows": len(rows),
             "seconds": out.seconds,
@@ -89,8 +87,8 @@ def main() -> None:
         logging.warning(
             "answer length: max_new_tokens %d from params.yaml (%s)", length.max_new_tokens, length.chosen_by
         )
-    atomic.write_files(OUT, files)
-    atomic.write_json(METRICS, report)
+    atomic.write_files(PATHS.predictions, files)
+    atomic.write_json(PATHS.predict_metrics, report)
 
 
 if __name__ == "__main__":

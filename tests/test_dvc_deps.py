@@ -7,6 +7,7 @@ left out on purpose: changing how a stage is run does not change what it compute
 """
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -100,3 +101,77 @@ def test_the_check_finds_a_module_missing_from_a_stage():
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
     dvc_yaml["stages"]["evaluate"]["deps"].remove("core/data.py")
     assert "evaluate -> core/data.py" in missing_deps(dvc_yaml)
+
+
+# --- paths: written once (paths.yaml), read by dvc.yaml through `vars` and by the stages through core/paths.py
+NOT_TRACKED = {"checkpoints"}  # resumable trainer state: a DVC output would be deleted before the stage runs
+TOP_FOLDERS = ("data/", "models/", "metrics/", "dvclive/", "plots/", "submissions/")
+
+
+def table() -> dict[str, str]:
+    return yaml.safe_load((REPO / "paths.yaml").read_text())["paths"]
+
+
+def keys_in_entry(entry: dict) -> set[str]:
+    """The paths.yaml names a stage's deps, outs, metrics and plots use (`${paths.<name>}`)."""
+    listed = set()
+    for section in ("deps", "outs", "metrics", "plots"):
+        for item in entry.get(section, []):
+            path = next(iter(item)) if isinstance(item, dict) else item
+            listed.update(re.findall(r"\$\{paths\.(\w+)\}", path))
+    return listed
+
+
+def keys_in_code(path: Path) -> set[str]:
+    """The PATHS attributes a stage script reads."""
+    return {
+        node.attr
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "PATHS"
+    }
+
+
+def disagreements(stages: dict, code_dir: Path, paths: dict[str, str]) -> list[str]:
+    found = []
+    for name, entry in stages.items():
+        listed, used = keys_in_entry(entry), keys_in_code(code_dir / f"{name}.py")
+        inside = {key for key in used for other in listed if paths[key].startswith(paths[other] + "/")}
+        found += [
+            f"{name}: its code uses {key} ({paths[key]}), dvc.yaml does not list it"
+            for key in sorted(used - listed - inside - NOT_TRACKED)
+        ]
+        found += [
+            f"{name}: dvc.yaml lists {key} ({paths[key]}), its code never uses it" for key in sorted(listed - used)
+        ]
+    return found
+
+
+def test_each_stage_and_its_dvc_entry_name_the_same_paths():
+    assert disagreements(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"], REPO / "stages", table()) == []
+
+
+def test_the_stage_scripts_write_no_path_of_their_own():
+    literal = [
+        f"{path.relative_to(REPO)}: {node.value!r}"
+        for path in sorted((REPO / "stages").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(TOP_FOLDERS)
+    ]
+    assert literal == [], "paths belong in paths.yaml (core/paths.py):\n" + "\n".join(literal)
+
+
+def test_the_paths_check_finds_a_stage_and_its_entry_apart(tmp_path):
+    (tmp_path / "evaluate.py").write_text(
+        "from core.paths import PATHS\nrows = read(PATHS.val)\nwrite(PATHS.eval_metrics)\n"
+    )
+    stages = {"evaluate": {"deps": ["core/paths.py", "${paths.test}"], "metrics": [{"${paths.eval_metrics}": {}}]}}
+    assert disagreements(stages, tmp_path, table()) == [
+        "evaluate: its code uses val (data/prepared/val.jsonl), dvc.yaml does not list it",
+        "evaluate: dvc.yaml lists test (data/prepared/test.jsonl), its code never uses it",
+    ]
+
+
+def test_every_name_in_the_paths_table_is_one_the_code_knows():
+    from core.paths import Paths
+
+    assert set(table()) == {field.name for field in dataclasses.fields(Paths)}
