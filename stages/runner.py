@@ -10,6 +10,7 @@ dvc.lock's back. Processes are looked up through psutil.
 import errno
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -94,8 +95,11 @@ def _end_with_dvc() -> None:
 
 
 def _cached_outs(stage: str) -> list[str]:
-    """The outputs DVC caches for `stage` of ./dvc.yaml (none if there is no such stage)."""
+    """The outputs DVC caches for `stage` of ./dvc.yaml (none if there is no such stage), with the
+    `${paths.<name>}` that dvc.yaml takes from paths.yaml resolved."""
     import yaml
+
+    from core.paths import PATHS
 
     try:
         spec = yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]
@@ -105,7 +109,7 @@ def _cached_outs(stage: str) -> list[str]:
     for out in spec.get("outs", []):
         path, options = next(iter(out.items())) if isinstance(out, dict) else (out, {})
         if (options or {}).get("cache", True):
-            outs.append(path)
+            outs.append(re.sub(r"\$\{paths\.(\w+)\}", lambda name: getattr(PATHS, name.group(1)), path))
     return outs
 
 
