@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -77,6 +76,10 @@ class BaseUnslothModel:
         # The chat template writes every special token itself: the tokenizer must add none.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def answer_ids(self, text: str) -> list[int]:
+        """An answer as the model learns to write it: its tokens, then the end-of-turn token."""
+        return self.encode(text + self.end_of_turn)
+
     def decode(self, ids: list[int]) -> str:
         """An answer's text from its new token ids (the end-of-turn token dropped)."""
         return tidy_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
@@ -95,8 +98,9 @@ class BaseUnslothModel:
         limit = self.profile.max_seq_length
         for row in rows:
             prompt_ids = self.encode(self.prompt_for(row))
-            answer_ids = self.encode(row[TARGET].strip() + self.end_of_turn)
-            examples.add(str(row.get(ID, len(examples.input_ids))), prompt_ids, answer_ids, limit)
+            examples.add(
+                str(row.get(ID, len(examples.input_ids))), prompt_ids, self.answer_ids(row[TARGET].strip()), limit
+            )
         total = len(examples.input_ids) + len(examples.dropped)
         if examples.prompt_cut:
             log.warning(
@@ -252,8 +256,8 @@ class BaseUnslothModel:
         encoded = [
             (
                 self.encode(self.prompt_for(pair["row"])),
-                self.encode(pair["chosen"] + self.end_of_turn),
-                self.encode(pair["rejected"] + self.end_of_turn),
+                self.answer_ids(pair["chosen"]),
+                self.answer_ids(pair["rejected"]),
             )
             for pair in pairs
         ]
@@ -264,7 +268,7 @@ class BaseUnslothModel:
         many tokens as the longest clinician's answer are generated, since a rejected answer is cut
         to its chosen answer's length anyway (core.train.dpo.fit_pairs)."""
         self._require_loaded()
-        longest = max(len(self.encode(row[TARGET].strip() + self.end_of_turn)) for row in rows)
+        longest = max(len(self.answer_ids(row[TARGET].strip())) for row in rows)
         out = self.generate_responses(rows, dpo.on_policy_decoding(generation, longest))
         return {row[ID]: text for row, text in zip(rows, out.texts, strict=True)}
 
@@ -287,12 +291,16 @@ class BaseUnslothModel:
         )
         prefixes = list(zip(prefix_texts, prefix_ids, strict=True))
         stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
-        # The static-cache decoder needs transformers' own forward. Unsloth replaces it, and once imported
-        # it patches the model classes of every model in the process (a CUDA graph cannot be captured
-        # through them: docs/benchmarks.md)
-        static_allowed = self.backend.name == "hf" and "unsloth" not in sys.modules
         return generate(
-            self.model, self.tokenizer, encoded, stop_id, generation, self.dtype, self.decode, static_allowed, prefixes
+            self.model,
+            self.tokenizer,
+            encoded,
+            stop_id,
+            generation,
+            self.dtype,
+            self.decode,
+            transformers_forward=self.backend.name == "hf",
+            prefixes=prefixes,
         )
 
     # --- adapters ---------------------------------------------------------------------------
