@@ -20,10 +20,10 @@ import time
 log = logging.getLogger("benchmarks.decode_profile")
 
 
-def replayed_step(batch, table: bool) -> tuple[float, float]:
+def replayed_step(batch, generated: int, table: bool) -> tuple[float, float]:
     """(prefill seconds, milliseconds a step) of a batch: the prefill timed once, then one step
-    captured as a CUDA graph and replayed 20 times; with `table`, the profiler's kernel table of
-    three eager steps first."""
+    (beams: reading `generated` generated columns) captured as a CUDA graph and replayed 20 times;
+    with `table`, the profiler's kernel table of three eager steps first."""
     import torch
 
     torch.cuda.synchronize()
@@ -34,20 +34,20 @@ def replayed_step(batch, table: bool) -> tuple[float, float]:
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up, as capture wants
-        batch.step()
-        batch.step()
+        batch.step(generated)
+        batch.step(generated)
     torch.cuda.current_stream().wait_stream(side)
     if table:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
-                batch.step()
+                batch.step(generated)
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        batch.step()
+        batch.step(generated)
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(20):
@@ -70,11 +70,12 @@ def step_ms(
     """(prefill seconds, milliseconds a graph-replayed step, peak GiB) for one batch."""
     import torch
 
-    from core.decode import static_cache
+    from core.decode.attention import decode_attention
+    from core.decode.batch_state import DecodeBatch
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    copies = static_cache._Batch._copy_forks
+    copies = DecodeBatch._copy_forks
     if without_reorder:  # the answers' and seen tokens' copies stay: only the cache's are left out
 
         def answers_only(batch, source):
@@ -82,10 +83,10 @@ def step_ms(
             if batch.seen is not None:
                 batch.seen.copy_(batch.seen.index_select(0, source))
 
-        static_cache._Batch._copy_forks = answers_only
+        DecodeBatch._copy_forks = answers_only
     try:
         with torch.inference_mode():
-            batch = static_cache._Batch(
+            batch = DecodeBatch(
                 model,
                 prompts,
                 [prefix_tokens] * len(prompts),
@@ -95,16 +96,16 @@ def step_ms(
                 max_new_tokens,
                 torch.device("cuda"),
             )
-        if batch.shared:  # a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
-            batch.shared.generated = max_new_tokens // 2
-        with torch.inference_mode(), static_cache._decode_attention(model, batch.shared):
-            return (*replayed_step(batch, table), torch.cuda.max_memory_allocated() / 2**30)
+        # beams: a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
+        generated = max_new_tokens // 2 if batch.beams > 1 else 0
+        with torch.inference_mode(), decode_attention(model, beams=batch.beams > 1):
+            return (*replayed_step(batch, generated, table), torch.cuda.max_memory_allocated() / 2**30)
     finally:
-        static_cache._Batch._copy_forks = copies
+        DecodeBatch._copy_forks = copies
 
 
 @contextlib.contextmanager
-def phase_clock(static_cache):
+def phase_clock():
     """Seconds spent in the decoder's one-off phases while the block runs: the prefill, the eager
     steps (warm-up before a capture; the first one compiles the Triton kernel) and the graph
     captures, each between two synchronisations (never inside a capture)."""
@@ -129,7 +130,9 @@ def phase_clock(static_cache):
 
         return wrapper
 
-    batch, graph = static_cache._Batch, torch.cuda.graph
+    from core.decode.batch_state import DecodeBatch
+
+    batch, graph = DecodeBatch, torch.cuda.graph
     saved = batch.prefill, batch.step, graph.__enter__, graph.__exit__
     started = {}
 
@@ -215,7 +218,7 @@ def whole_calls(args, model, prompts, generation, stop: int, pad: int) -> None:
         static_cache.GENERATED_BUCKET = args.bucket
     print(f"graphs read the generated columns in steps of {static_cache.GENERATED_BUCKET}")
     for call in ("first call", "second call"):
-        with phase_clock(static_cache) as phases:
+        with phase_clock() as phases:
             torch.cuda.synchronize()
             start = time.perf_counter()
             _, steps = static_cache.decode(

@@ -187,3 +187,44 @@ def test_the_length_check_finds_a_long_function(tmp_path):
     source = tmp_path / "long.py"
     source.write_text("def short():\n    return 1\n\n\ndef long():\n" + "    x = 1\n" * 70 + "    return x\n")
     assert long_functions([source], root=tmp_path) == ["long.py: long (72)"]
+
+
+def static_cache_deciders(paths, root: Path = REPO) -> set[str]:
+    """Modules that read the `static_cache` setting (`x.static_cache`): each one decides, in part,
+    whether the static-cache decoder runs."""
+    found = set()
+    for path in paths:
+        for node in ast.walk(tree(path)):
+            if isinstance(node, ast.Attribute) and node.attr == "static_cache" and isinstance(node.ctx, ast.Load):
+                found.add(path.relative_to(root).as_posix())
+    return found
+
+
+def private_attention_writers(paths, root: Path = REPO) -> set[str]:
+    """Modules that assign a model config's private `_attn_implementation` (transformers' setter
+    `set_attn_implementation` is the public way)."""
+    found = set()
+    for path in paths:
+        for node in ast.walk(tree(path)):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if any(isinstance(t, ast.Attribute) and t.attr.startswith("_attn_implementation") for t in targets):
+                found.add(path.relative_to(root).as_posix())
+    return found
+
+
+def test_one_place_decides_whether_the_static_cache_decoder_runs():
+    assert static_cache_deciders(PRODUCTION) == {"core/decode/static_cache.py"}
+    assert private_attention_writers(PRODUCTION) == set()
+
+
+def test_the_decoder_checks_find_a_second_decider_and_a_private_write(tmp_path):
+    (tmp_path / "core/models").mkdir(parents=True)
+    facade = tmp_path / "core/models/base.py"
+    facade.write_text(
+        "from core.decode import static_cache\n\n"
+        "def answer(model, generation):\n"
+        "    model.config._attn_implementation = 'sdpa'\n"
+        "    return generation.static_cache and static_cache.decode\n"
+    )
+    assert static_cache_deciders([facade], tmp_path) == {"core/models/base.py"}
+    assert private_attention_writers([facade], tmp_path) == {"core/models/base.py"}

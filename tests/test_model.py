@@ -3,6 +3,8 @@ stand-ins; the toy tokenizer where many optimiser steps run)."""
 
 import copy
 import dataclasses
+import sys
+import types
 from types import SimpleNamespace
 
 import pytest
@@ -282,6 +284,42 @@ def test_static_cache_decoding_gives_generates_tokens(
     assert len(fast) == 10 * returned
     assert fast == expected
     assert "the batch shrinks" in caplog.text  # finished rows were dropped, and the rest went on right
+
+
+def test_one_function_decides_whether_the_static_cache_decoder_runs(repo_params, monkeypatch):
+    g = parse_params(copy.deepcopy(repo_params)).profile.generation  # beam search, static_cache: true
+    assert static_cache.chosen_for(g, transformers_forward=True)
+    assert not static_cache.chosen_for(g, transformers_forward=False)  # Unsloth's own forward
+    assert not static_cache.chosen_for(dataclasses.replace(g, static_cache=False), True)
+    assert not static_cache.chosen_for(dataclasses.replace(g, num_beams=1, do_sample=True), True)  # sampling
+    assert not static_cache.chosen_for(dataclasses.replace(g, min_new_tokens=2), True)
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))  # it patches every model class
+    assert not static_cache.chosen_for(g, True)
+
+
+def test_the_decoders_attention_serves_one_model_for_one_block(toy, toy_checkpoints):
+    """core/decode/attention.py: the decoding model attends with the decoder's function inside the
+    block only (another model in the process keeps its own), and gets its own back after, on an
+    error too; greedy decoding leaves a model that does not run sdpa as it is."""
+    from transformers import AutoModelForCausalLM
+
+    from core.decode.attention import DECODE_ATTENTION, decode_attention
+
+    model, _ = toy
+    inner, other = model.model, AutoModelForCausalLM.from_pretrained(toy_checkpoints["llama32"])
+    before = inner.config._attn_implementation
+    with pytest.raises(RuntimeError, match="stopped"), decode_attention(inner, beams=True):
+        assert inner.config._attn_implementation == DECODE_ATTENTION
+        assert other.config._attn_implementation == before != DECODE_ATTENTION
+        raise RuntimeError("stopped")
+    assert inner.config._attn_implementation == before
+    inner.set_attn_implementation("eager")
+    with decode_attention(inner, beams=False):
+        assert inner.config._attn_implementation == "eager"
+    with decode_attention(inner, beams=True):
+        assert inner.config._attn_implementation == DECODE_ATTENTION
+    assert inner.config._attn_implementation == "eager"
+    inner.set_attn_implementation(before)
 
 
 def test_beam_search_is_batch_independent_and_repeatable(tiny):

@@ -128,7 +128,7 @@ def generate(
     generation: GenerationConfig,
     dtype: torch.dtype,
     decode: Callable[[list[int]], str],
-    static_allowed: bool = False,
+    transformers_forward: bool = False,
     prefixes: list[tuple[str, list[int]]] | None = None,
 ) -> Generations:
     """Answer every prompt in `encoded` (token ids, no padding), in batches of similar length.
@@ -138,14 +138,14 @@ def generate(
     With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
     still runs out of memory is halved and retried; a pinned batch size is never changed.
     Greedy and beam-search decoding go through core/decode/static_cache.py (a static cache, each prompt run
-    once whatever its beams; each step a CUDA graph on a GPU) where the caller allows it
-    (`static_allowed`: a model whose forward transformers owns) and `generation.static_cache` is on."""
+    once whatever its beams; each step a CUDA graph on a GPU) where its `chosen_for` says so
+    (`transformers_forward`: the model runs transformers' own forward, as with the hf backend)."""
     prefixes = prefixes or [("", [])] * len(encoded)
     encoded = [ids + prefix for ids, (_, prefix) in zip(encoded, prefixes, strict=True)]
     # Similar lengths in one batch waste less on padding; results go back in input order.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     device = next(model.parameters()).device
-    fast = static_allowed and generation.static_cache and static_cache.applies_to(generation)
+    fast = static_cache.chosen_for(generation, transformers_forward)
     settings = generate_kwargs(generation)
     per_row, auto = settings["num_return_sequences"], generation.batch_size == "auto"
     size = _first_batch_size(model, encoded, generation, dtype, device, fast)
