@@ -1,8 +1,9 @@
 """The params.yaml contract: load, validate and type the configuration.
 
 Every stage reads params.yaml through `load_params`, so a typo, a missing key, a wrong
-type or a value out of range fails before any work starts. Each section is a pydantic
-dataclass (strict types, bounds, choices, no unknown keys); pydantic's errors are rewritten
+type or a value out of range fails before any work starts. Each section is a frozen dataclass
+whose fields carry their rules as pydantic annotations (strict types, bounds, Literal choices);
+pydantic validates params.yaml against them, unknown keys refused, and its errors are rewritten
 here as one line each, naming the key, the value and what is allowed (for example
 ``params.yaml: models.qwen3.lora.r: expected an integer, got 'sixteen'``), and every problem
 of every section is listed in one run.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -68,8 +70,12 @@ def fraction(meaning: str = "") -> Any:
 
 
 def section(cls: type) -> type:
-    """A params.yaml section: a frozen pydantic dataclass that refuses unknown keys."""
-    return pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+    """A params.yaml section: a frozen dataclass that pydantic validates (`_build`), refusing unknown
+    keys. Validation is at the boundary, where params.yaml is read: the code derives settings from
+    it with `dataclasses.replace` (say, 0 new tokens for the answer prefix alone) unchecked, as before."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    cls.__pydantic_config__ = ConfigDict(extra="forbid")
+    return cls
 
 
 Family = Literal["smollm2", "qwen3", "llama32"]
@@ -278,17 +284,24 @@ def _describe(cls: type, errors: list[dict], where: str) -> list[str]:
     return lines
 
 
+def _field_types(cls: Any) -> dict[str, Any]:
+    """A section's fields' annotations, Annotated metadata kept (empty for anything else)."""
+    return typing.get_type_hints(cls, include_extras=True) if dataclasses.is_dataclass(cls) else {}
+
+
+def _bare(annotation: Any) -> Any:
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+
+
 def _key_and_field(cls: Any, loc: tuple, where: str) -> tuple[str, Any]:
     """The params key a pydantic location names (`models.qwen3.lora.r`, `length_grid[1]`) and the
-    field it ends on; a union member's tag (`constrained-int`) is not part of the key."""
+    annotation of the field it ends on; a union member's tag (`constrained-int`) is not part of the key."""
     key, field = where, None
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
-        elif dataclasses.is_dataclass(cls) and part in cls.__pydantic_fields__:
-            field = cls.__pydantic_fields__[part]
-            key += f".{part}"
-            cls = field.annotation
+        elif part in (fields := _field_types(cls)):
+            field, key, cls = fields[part], f"{key}.{part}", _bare(fields[part])
     return key, field
 
 
@@ -309,15 +322,16 @@ def _describe_union(key: str, errors: list[dict]) -> str:
 def _describe_one(key: str, error: dict, field: Any, cls: Any) -> str:
     kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
     shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
-    fraction_of = next((m for m in getattr(field, "metadata", ()) if isinstance(m, FractionOf)), None)
+    metadata = typing.get_args(field)[1:] if typing.get_origin(field) is Annotated else ()
+    fraction_of = next((m for m in metadata if isinstance(m, FractionOf)), None)
     if fraction_of is not None and kind in ("greater_than_equal", "less_than"):
         meaning = f" ({fraction_of.meaning})" if fraction_of.meaning else ""
         return f"{key}: expected a number from 0{meaning} up to but not including 1, got {shown}"
     if kind in ("missing", "missing_argument"):
         return f"{key}: missing key"
     if kind == "unexpected_keyword_argument":
-        owner = _owner(cls, error["loc"])
-        return f"{key}.{error['loc'][-1]}: unknown key (allowed: {', '.join(sorted(owner.__pydantic_fields__))})"
+        allowed = ", ".join(sorted(_field_types(_owner(cls, error["loc"]))))
+        return f"{key}.{error['loc'][-1]}: unknown key (allowed: {allowed})"
     if kind == "literal_error":
         return f"{key}: expected one of {ctx['expected'].replace(chr(39), '').replace(' or ', ', ')}, got {shown}"
     bounds = {
@@ -339,8 +353,8 @@ def _describe_one(key: str, error: dict, field: Any, cls: Any) -> str:
 def _owner(cls: Any, loc: tuple) -> Any:
     """The section an unknown key at `loc` was found in."""
     for part in loc[:-1]:
-        if isinstance(part, str) and dataclasses.is_dataclass(cls) and part in cls.__pydantic_fields__:
-            cls = cls.__pydantic_fields__[part].annotation
+        if part in (fields := _field_types(cls)):
+            cls = _bare(fields[part])
     return cls
 
 
