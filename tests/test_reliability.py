@@ -1,5 +1,6 @@
 """Under `dvc repro` / `dvc exp run`, a stage that fails or is stopped keeps its last good outputs;
-bad settings stop before any work with one line each; the same inputs give the same adapter."""
+bad settings stop before any work with one line each; the same inputs give the same adapter, answers
+and submission."""
 
 import csv
 import hashlib
@@ -158,6 +159,11 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     run_dvc(workspace, "repro", "--force", "finetune")
     assert adapter_hash(workspace) == adapter
     assert run_dvc(workspace, "status").stdout.strip().startswith("Data and pipelines are up to date")
+    # and the same answers and submission (beam search's repeatability in one process: tests/test_model.py)
+    answers = {name: hashed for name, hashed in good.items() if name.startswith(("data/predictions", "submissions"))}
+    for stage in ("predict", "submit"):
+        assert f"Running stage '{stage}'" in run_dvc(workspace, "repro", "--force", "--single-item", stage).stdout
+    assert {name: snapshot(workspace)[name] for name in answers} == answers and len(answers) >= 3
 
     # 6. A change to core/data.py alone (reading and checking the CSVs, the split) reruns every stage that
     # runs it: prepare, and evaluate and submit, which read the rows through it (dvc.yaml lists it).
