@@ -271,16 +271,16 @@ def _build(cls: type, raw: Any, where: str, **filled: Any) -> Any:
 def _describe(cls: type, errors: list[dict], where: str) -> list[str]:
     """pydantic's errors as our lines. The members of a union (`8 | "auto"`) each report an
     error: they are told as one, the member the value's type belongs to."""
-    by_key: dict[str, list[tuple[dict, Any]]] = {}
+    by_key: dict[str, list[tuple[dict, Any, Any]]] = {}
     for error in errors:
-        key, field = _key_and_field(cls, error["loc"], where)
-        by_key.setdefault(key, []).append((error, field))
+        key, field, section = _locate(cls, error["loc"], where)
+        by_key.setdefault(key, []).append((error, field, section))
     lines = []
     for key, found in by_key.items():
-        if len(found) > 1 and all(_is_member_error(error) for error, _ in found):
-            lines.append(_describe_union(key, [error for error, _ in found]))
+        if len(found) > 1 and all(_is_member_error(error) for error, _, _ in found):
+            lines.append(_describe_union(key, [error for error, _, _ in found]))
         else:
-            lines += [_describe_one(key, error, field, cls) for error, field in found]
+            lines += [_describe_one(key, error, field, section) for error, field, section in found]
     return lines
 
 
@@ -293,16 +293,18 @@ def _bare(annotation: Any) -> Any:
     return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
 
 
-def _key_and_field(cls: Any, loc: tuple, where: str) -> tuple[str, Any]:
-    """The params key a pydantic location names (`models.qwen3.lora.r`, `length_grid[1]`) and the
-    annotation of the field it ends on; a union member's tag (`constrained-int`) is not part of the key."""
-    key, field = where, None
+def _locate(cls: Any, loc: tuple, where: str) -> tuple[str, Any, Any]:
+    """What a pydantic location names: the params key (`models.qwen3.lora.r`, `length_grid[1]`; a
+    union member's tag such as `constrained-int` is not part of it), the annotation of the field it
+    ends on, and the section that holds that field (or an unknown key)."""
+    key, field, section = where, None, cls
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
         elif part in (fields := _field_types(cls)):
+            section = cls
             field, key, cls = fields[part], f"{key}.{part}", _bare(fields[part])
-    return key, field
+    return key, field, cls if dataclasses.is_dataclass(cls) else section
 
 
 def _is_member_error(error: dict) -> bool:
@@ -319,7 +321,7 @@ def _describe_union(key: str, errors: list[dict]) -> str:
     return f"{key}: expected {names}, got {value!r}"
 
 
-def _describe_one(key: str, error: dict, field: Any, cls: Any) -> str:
+def _describe_one(key: str, error: dict, field: Any, section: Any) -> str:
     kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
     shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
     metadata = typing.get_args(field)[1:] if typing.get_origin(field) is Annotated else ()
@@ -330,7 +332,7 @@ def _describe_one(key: str, error: dict, field: Any, cls: Any) -> str:
     if kind in ("missing", "missing_argument"):
         return f"{key}: missing key"
     if kind == "unexpected_keyword_argument":
-        allowed = ", ".join(sorted(_field_types(_owner(cls, error["loc"]))))
+        allowed = ", ".join(sorted(_field_types(section)))
         return f"{key}.{error['loc'][-1]}: unknown key (allowed: {allowed})"
     if kind == "literal_error":
         return f"{key}: expected one of {ctx['expected'].replace(chr(39), '').replace(' or ', ', ')}, got {shown}"
@@ -348,14 +350,6 @@ def _describe_one(key: str, error: dict, field: Any, cls: Any) -> str:
     if kind in _TYPE_NAMES:
         return f"{key}: expected {_TYPE_NAMES[kind]}, got {value!r}{_yaml_hint(kind, value)}"
     return f"{key}: {error['msg']}, got {value!r}"
-
-
-def _owner(cls: Any, loc: tuple) -> Any:
-    """The section an unknown key at `loc` was found in."""
-    for part in loc[:-1]:
-        if part in (fields := _field_types(cls)):
-            cls = _bare(fields[part])
-    return cls
 
 
 def _yaml_hint(kind: str, value: Any) -> str:
