@@ -24,14 +24,20 @@ def pytest_collection_modifyitems(config, items):
     import torch
 
     # The longest files first, then the other slow ones (whole pipelines under DVC), then the quick
-    # tests: the two worker processes (pytest.ini) start on the long ones and the rest fill in
-    # around them, rather than the longest file starting last.
-    longest = ["test_pipeline.py", "test_experiments.py", "test_notebook.py"]
-    items.sort(
-        key=lambda item: (
-            longest.index(item.path.name) if item.path.name in longest else len(longest) + ("slow" not in item.keywords)
-        )
-    )
+    # tests, and last the notebook: the two worker processes (pytest.ini) start on the long ones and
+    # the rest fill in around them, rather than the longest file starting last; the notebook needs the
+    # experiments that test_experiments.py's worker builds, and taken third it held the other worker
+    # idle for two minutes waiting for them.
+    longest = ["test_pipeline.py", "test_experiments.py"]
+
+    def order(item) -> int:
+        if item.path.name in longest:
+            return longest.index(item.path.name)
+        if item.path.name == "test_notebook.py":
+            return len(longest) + 2
+        return len(longest) + ("slow" not in item.keywords)
+
+    items.sort(key=order)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
@@ -149,16 +155,17 @@ def tiny_pipeline(tmp_path_factory, repo_params, toy_checkpoints) -> Path:
     def build(repo: Path) -> None:
         make_workspace(repo)
         use_tiny_model(repo, repo_params, "qwen3", toy_checkpoints["qwen3"], max_steps=2)
+        # 13 validation rows instead of the sample's 31: every test that reruns predict, evaluate or
+        # deploy here (and the experiments on the real vocabularies, where scoring a row's every token
+        # is most of what evaluation, DPO and predict cost) pays for each row
+        raw = yaml.safe_load((repo / "params.yaml").read_text())
+        raw["data"]["val_fraction"] = 0.2
+        (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         run_dvc(repo, "repro")
         git(repo, "add", "-A")
         git(repo, "commit", "-qm", "a good run")
 
     return build_once(shared_dir(tmp_path_factory) / "tiny-pipeline", build)
-
-
-# 13 validation rows instead of the sample's 31: on the stand-ins' real vocabularies (151,936 and
-# 128,256 entries) scoring a row's every token is most of what evaluation, DPO and predict cost
-FEWER_VALIDATION_ROWS = ("-S", "data.val_fraction=0.2")
 
 
 @pytest.fixture(scope="session")
@@ -189,7 +196,6 @@ def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
             "align.grad_accum=1",
             "-S",
             "align.max_pairs=4",
-            *FEWER_VALIDATION_ROWS,
         )
         run_dvc(
             repo,
@@ -206,7 +212,6 @@ def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
             "models.llama32.generation.engine=onnx",
             "-S",
             "align.method=none",
-            *FEWER_VALIDATION_ROWS,
         )
 
     return build_once(shared_dir(tmp_path_factory) / "tiny-experiments", build)

@@ -10,12 +10,13 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from core.data import read_vignettes
 from notebooks.experiments import experiments_table
 from tests.checkpoints import REPO
 from tests.conftest import copy_repo
-from tests.dvc_helpers import run_dvc, short_run, tools_env
+from tests.dvc_helpers import git, run_dvc, short_run, tools_env
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def table(workspace):
 
 
 def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(
-    tiny_experiments, tiny_checkpoints, tmp_path
+    tiny_experiments, tiny_checkpoints, toy_checkpoints, tmp_path
 ):
     # tiny-qwen3, then tiny-llama32: another profile, another checkpoint, its answers from the export
     workspace = copy_repo(tiny_experiments, tmp_path / "repo")
@@ -68,7 +69,8 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(
     # the prompt-echo baseline depends on the data alone
     assert rows.loc["tiny-qwen3", "prompt_echo_rougeL"] == rows.loc["tiny-llama32", "prompt_echo_rougeL"]
 
-    # A final run on every labelled row: no validation split, no score, and still a row of the table.
+    # A final run on every labelled row: no validation split, no score, and still a row of the table
+    # (on the toy tokenizer: what is tested is the missing split, and the real vocabulary tripled its time).
     run_dvc(
         workspace,
         "exp",
@@ -78,7 +80,7 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(
         "-S",
         "model=qwen3",
         "-S",
-        f"models.qwen3.name={tiny_checkpoints['qwen3']}",
+        f"models.qwen3.name={toy_checkpoints['qwen3']}",
         "-S",
         "data.val_fraction=0",
         *short_run("qwen3"),
@@ -134,6 +136,29 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(
     for name in ("tiny-qwen3", "tiny-llama32"):
         model_l, prefix_l, echo_l, gain = (float(x) for x in rows[name][2:6])
         assert 0 < echo_l < 1 and 0 < prefix_l < 1 and abs(model_l - prefix_l - gain) < 2e-3
+
+
+def exp_file(workspace, name: str, path: str) -> str:
+    """`path` as experiment `name` committed it (its ref under refs/exps, no checkout)."""
+    refs = git(workspace, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    (ref,) = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+    return git(workspace, "show", f"{ref}:{path}")
+
+
+def test_dpo_experiment_aligns_the_sft_adapter_and_predict_answers_with_the_aligned_one(tiny_experiments):
+    # tiny-qwen3 ran align.method dpo (2 steps on 4 pairs) on the real Qwen tokenizer, up to the submission
+    record = json.loads(exp_file(tiny_experiments, "tiny-qwen3", "metrics/align.json"))
+    aligned = record["dpo"]
+    assert record["align_method"] == "dpo" and aligned["steps"] == 2 and aligned["pairs"]["train"] == 4
+    assert aligned["val_reward_accuracy"] is not None and aligned["train_loss"] > 0
+    assert exp_file(tiny_experiments, "tiny-qwen3", "dvclive/align/plots/metrics/rewards/margins.tsv").count("\n") >= 2
+    stages = yaml.safe_load(exp_file(tiny_experiments, "tiny-qwen3", "dvc.lock"))["stages"]
+    outs = {o["path"]: o["md5"] for stage in stages.values() for o in stage.get("outs", [])}
+    assert outs["models/aligned"] != outs["models/adapter"]  # DPO moved the SFT adapter
+    # predict (and the export) answered with the preference-tuned adapter, not the SFT one
+    for stage in ("predict", "export"):
+        deps = {d["path"]: d["md5"] for d in stages[stage]["deps"]}
+        assert deps["models/aligned"] == outs["models/aligned"] and "models/adapter" not in deps, stage
 
 
 def test_queued_sweep_runs_every_value(workspace, toy_checkpoints):
