@@ -171,7 +171,7 @@ def tiny_pipeline(tmp_path_factory, repo_params, toy_checkpoints) -> Path:
 @pytest.fixture(scope="session")
 def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
     """`tiny_pipeline` and two `dvc exp run`s on it, each profile on its tiny stand-in (the real tokenizer,
-    benchmarks/standins.py) through every stage: tiny-qwen3 (SFT, then DPO on 4 pairs) and tiny-llama32
+    benchmarks/standins.py) through every stage: tiny-qwen3 (SFT, then DPO: 2 steps, 2 pairs) and tiny-llama32
     (answering through the export), the work tree holding the last. Never changed: copy it."""
     from tests.dvc_helpers import run_dvc, short_run
 
@@ -195,7 +195,7 @@ def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
             "-S",
             "align.grad_accum=1",
             "-S",
-            "align.max_pairs=4",
+            "align.max_pairs=2",  # each validation pair costs ~5 s on the real vocabulary
         )
         run_dvc(
             repo,
