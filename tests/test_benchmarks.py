@@ -26,7 +26,7 @@ def run_benchmark(module: str, *args: str, out) -> tuple[subprocess.CompletedPro
 
 def test_backends_benchmark_runs_each_backend_and_variant_in_its_own_process_and_prints_the_table(tmp_path):
     # the SmolLM2 shape with the toy tokenizer: this checks the script, and each train step on a real
-    # vocabulary's 151,936 logits a token cost more than the rest of the test (113 s against 46 s)
+    # vocabulary's 151,936 logits a token cost more than the rest of the test (113 s in the suite, 33-37 s now)
     done, results = run_benchmark(
         "backends",
         *("--tiny", "--shape", "smollm2", "--backends", "hf", "--rows", "16", "--steps", "3", "--warmup-steps", "1"),
