@@ -150,7 +150,7 @@ def tiny_pipeline(tmp_path_factory, repo_params, toy_checkpoints) -> Path:
     steps), committed: the starting point of the tests that change, break or share a finished run (they test
     DVC's and the stages' mechanics; the real tokenizers run end to end in `tiny_experiments`). Never changed:
     copy it."""
-    from tests.dvc_helpers import git, run_dvc, use_tiny_model
+    from tests.dvc_helpers import edit_params, git, run_dvc, use_tiny_model
 
     def build(repo: Path) -> None:
         make_workspace(repo)
@@ -158,9 +158,7 @@ def tiny_pipeline(tmp_path_factory, repo_params, toy_checkpoints) -> Path:
         # 13 validation rows instead of the sample's 31: every test that reruns predict, evaluate or
         # deploy here (and the experiments on the real vocabularies, where scoring a row's every token
         # is most of what evaluation, DPO and predict cost) pays for each row
-        raw = yaml.safe_load((repo / "params.yaml").read_text())
-        raw["data"]["val_fraction"] = 0.2
-        (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        edit_params(repo, lambda raw: raw["data"].update(val_fraction=0.2))
         run_dvc(repo, "repro")
         git(repo, "add", "-A")
         git(repo, "commit", "-qm", "a good run")

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -37,6 +38,14 @@ def use_tiny_model(workspace: Path, repo_params: dict, family: str, checkpoint: 
     """params.yaml of `workspace` with `family` selected and pointed at a tiny local checkpoint."""
     raw = tiny_raw_params(repo_params, family, checkpoint, **training)
     (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def edit_params(workspace: Path, edit: Callable[[dict], object]) -> None:
+    """params.yaml of `workspace` read, changed in place by `edit`, and written back."""
+    path = workspace / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def quick_answers(family: str) -> list[str]:

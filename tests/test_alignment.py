@@ -133,7 +133,7 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_without_pairs_stops_keeping
     from core import atomic as core_io
     from core.config import load_params
     from core.predictions import Prediction, predictions_csv
-    from tests.dvc_helpers import run_dvc
+    from tests.dvc_helpers import edit_params, run_dvc
 
     workspace = finished_workspace  # `dvc repro` on the tiny Qwen3 with align.method: none, committed
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
@@ -154,9 +154,7 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_without_pairs_stops_keeping
 
     # DPO under `dvc exp run` (its record, its plots, predict on its adapter): tests/test_experiments.py's
     # tiny-qwen3. Method dpo on a train file with no LLM answer: one line, and the outputs kept
-    raw = yaml.safe_load((workspace / "params.yaml").read_text())
-    raw["align"]["method"] = "dpo"
-    (workspace / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    edit_params(workspace, lambda raw: raw["align"].update(method="dpo"))
     train_csv = workspace / "data/sample/train.csv"
     table = list(csv.DictReader(io.StringIO(train_csv.read_text(encoding="utf-8"))))
     for row in table:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.checkpoints import REPO
-from tests.dvc_helpers import git, run_dvc, tools_env
+from tests.dvc_helpers import edit_params, git, run_dvc, tools_env
 
 pytestmark = pytest.mark.slow
 
@@ -52,13 +52,6 @@ def leftovers(workspace: Path) -> list[str]:
 
 def errors(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if line.startswith("ERROR stages:")]
-
-
-def edit_params(workspace: Path, edit) -> None:
-    path = workspace / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    edit(raw)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def adapter_hash(workspace: Path) -> str:
