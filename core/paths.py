@@ -33,6 +33,7 @@ class Paths:
     predictions: str
     val_predictions: str
     test_predictions: str
+    val_longest_predictions: str
     predict_metrics: str
     eval_metrics: str
     rouge_by_panel: str
@@ -51,7 +52,7 @@ def read_table(path: Path = TABLE) -> Paths:
     # the writers put these files into their directory by name: they must lie directly in it
     for directory, files in (
         ("prepared", ("train", "val", "test")),
-        ("predictions", ("val_predictions", "test_predictions")),
+        ("predictions", ("val_predictions", "test_predictions", "val_longest_predictions")),
     ):
         outside = [name for name in files if Path(getattr(found, name)).parent != Path(getattr(found, directory))]
         if outside:

@@ -3,9 +3,11 @@
 The validation vignettes are answered one at a time by `python -m stages.ask` in a process of its
 own, as on a device: its peak resident memory is the deployment's, not this stage's. Its ROUGE is
 set beside the PyTorch model's (predict's answers, when predict ran the torch engine) and the
-prompt echo's. The speed and memory limits are judged on the model writing tokens: where the length
-predict chose is short (at 0 the answers are the prefix alone and the model runs nothing), the
-export is also timed at a length where it must work, and the report says which length it timed.
+prompt echo's. Every limit is judged on the model writing tokens: where the length predict chose is
+short (at 0 the answers are the prefix alone and the model runs nothing), the export is also timed
+at a length where it must work, and where the submitted answers hold no model token the two engines
+are compared at the longest length predict generated (at 0 they would be the prefix against itself);
+the report says which answers each figure was measured on.
 """
 
 import logging
@@ -36,6 +38,7 @@ MAX_ROUGE_L_LOSS = 0.01
 # Speed and memory are judged on answers of at least this many new tokens (or the longest the profile
 # asks for, if longer): a latency timed on a handful of tokens, or none, says nothing of the model.
 MIN_TIMED_TOKENS = 32
+VERDICTS = {True: "pass", False: "FAIL", None: "not judged"}
 # rows of the split the longer timing answers (the median of 16 is steady; the whole split would
 # double the stage's time on a CPU)
 TIMED_ROWS = 16
@@ -71,25 +74,60 @@ def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
         return atomic.read_json(report)
 
 
+def answer_rows(rows: list[dict], max_new_tokens: int) -> dict:
+    """The export answering these rows (a part of a split) in a process of its own."""
+    with tempfile.TemporaryDirectory(prefix="deploy-rows-") as tmp:
+        subset = Path(tmp) / "rows.jsonl"
+        atomic.write_jsonl(subset, rows)
+        return answer_in_own_process(str(subset), max_new_tokens)
+
+
 def timing_run(
     rows: list[dict], rows_file: str, submitted: dict, submitted_length: int, longest: int
 ) -> tuple[int, dict]:
-    """The answers the limits are judged on: the submitted ones where they are long enough, else the
-    export answering (some of) the rows again at a length where the model must write."""
+    """The answers speed and memory are judged on: the submitted ones where they are long enough, else
+    the export answering (some of) the rows again at a length where the model must write."""
     if submitted_length >= MIN_TIMED_TOKENS:
         return submitted_length, submitted
     length = max(longest, MIN_TIMED_TOKENS)
-    with tempfile.TemporaryDirectory(prefix="deploy-timing-") as tmp:
-        subset = Path(tmp) / "rows.jsonl"
-        atomic.write_jsonl(subset, rows[:TIMED_ROWS])
-        logging.info(
-            "the submitted answers are %d new tokens at most: timing %d of the %s rows again at %d new tokens",
+    if not any(submitted["new_tokens"]):
+        logging.warning(
+            "the submitted answers hold no model token (length %d): each is the answer prefix alone; "
+            "speed and memory are timed at %d new tokens",
             submitted_length,
-            min(len(rows), TIMED_ROWS),
-            Path(rows_file).stem,
             length,
         )
-        return length, answer_in_own_process(str(subset), length)
+    logging.info(
+        "the submitted answers are %d new tokens at most: timing %d of the %s rows again at %d new tokens",
+        submitted_length,
+        min(len(rows), TIMED_ROWS),
+        Path(rows_file).stem,
+        length,
+    )
+    return length, answer_rows(rows[:TIMED_ROWS], length)
+
+
+def compared_answers(rows: list[dict], submitted: tuple[int, dict], timed: tuple[int, dict], longest: int) -> dict:
+    """The export's answers that its ROUGE is set beside PyTorch's on, with what they are: the submitted
+    ones where the model wrote in them; else the first TIMED_ROWS rows at the longest length predict
+    generated (its uncut validation answers are PyTorch's at that length), reusing the timing run when
+    it ran at that length."""
+    (submitted_length, answered), (timed_length, timed_answers) = submitted, timed
+    if model_tokens(answered)["answers_without"] < len(answered["new_tokens"]) or longest == 0:
+        return dict(
+            answers="submitted",
+            max_new_tokens=submitted_length,
+            rows=rows,
+            export=answered,
+            torch=PATHS.val_predictions,
+        )
+    part = rows[:TIMED_ROWS]
+    if timed_length == longest:
+        export = timed_answers
+    else:
+        logging.info("comparing the engines on %d rows at %d new tokens (predict's uncut answers)", len(part), longest)
+        export = answer_rows(part, longest)
+    return dict(answers="uncut", max_new_tokens=longest, rows=part, export=export, torch=PATHS.val_longest_predictions)
 
 
 def model_tokens(answered: dict) -> dict:
@@ -141,30 +179,33 @@ def main() -> None:
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "batch_size": 1,
     }
-    if report["submitted_model_tokens"]["answers_without"] == len(answered["new_tokens"]):
-        logging.warning(
-            "the submitted answers hold no model token (length %d): each is the answer prefix alone; "
-            "speed and memory were timed at %d new tokens",
-            max_new_tokens,
-            timed_length,
-        )
-    limits = judge(report, info, rows, rows_file, answered, predicted)
+    scored = rows_file == PATHS.val  # the test rows have no answers to score
+    compared = (
+        compared_answers(rows, (max_new_tokens, answered), (timed_length, timed), g.longest_answer) if scored else None
+    )
+    limits = judge(report, info, rows, compared, predicted)
     report["limits"] = {
         name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()
     }
-    report["all_limits_pass"] = all(ok for _, _, ok in limits.values())
+    report["all_limits_pass"] = all_limits_pass([ok for _, _, ok in limits.values()])
     atomic.write_json(PATHS.deploy_metrics, report)
     logging.info(
         "%s: %s (timed at %d new tokens, %.1f a row)",
         PATHS.deploy_metrics,
-        ", ".join(f"{name} {'pass' if ok else 'FAIL'}" for name, (_, _, ok) in limits.items()),
+        ", ".join(f"{name} {VERDICTS[ok]}" for name, (_, _, ok) in limits.items()),
         timed_length,
         report["timed"]["model_tokens"]["mean"],
     )
 
 
-def judge(report: dict, info: dict, rows: list[dict], rows_file: str, answered: dict, predicted: dict) -> dict:
-    """Each limit: (value, limit, passed); ROUGE on the submitted answers, beside PyTorch's where predict used it."""
+def all_limits_pass(verdicts: list[bool | None]) -> bool | None:
+    """False if a limit failed, else None (not a pass) if one could not be judged, else True."""
+    return False if False in verdicts else None if None in verdicts else True
+
+
+def judge(report: dict, info: dict, rows: list[dict], compared: dict | None, predicted: dict) -> dict:
+    """Each limit: (value, limit, passed); passed is None where nothing could be judged. ROUGE on the
+    compared answers (compared_answers), beside PyTorch's where predict used it."""
     limits = {
         "parameters": (report["parameters"], MAX_PARAMETERS, report["parameters"] <= MAX_PARAMETERS),
         "quantized": (info["precision"], "int8 or int4", info["precision"] in ("int8", "int4")),
@@ -175,21 +216,32 @@ def judge(report: dict, info: dict, rows: list[dict], rows_file: str, answered: 
             report["ms_per_vignette"]["median"] < MAX_MS_PER_VIGNETTE,
         ),
     }
-    if rows_file == PATHS.val:
-        references = [row[TARGET] for row in rows]
-        report["rougeL"] = {
-            "export": rouge(answered["texts"], references)["rougeL"],
-            "prompt_echo": rouge([prompt_echo(r) for r in rows], references)["rougeL"],
-        }
-        predicted_with = predicted.get("engine", "torch")
-        if predicted_with == "torch":
-            predictions = read_predictions(PATHS.val_predictions, rows)
-            torch_l = rouge([predictions[r[ID]].text for r in rows], references)["rougeL"]
-            loss = torch_l - report["rougeL"]["export"]
-            report["rougeL"].update(torch=torch_l, loss=loss)
-            limits["rougeL_loss"] = (loss, MAX_ROUGE_L_LOSS, loss <= MAX_ROUGE_L_LOSS)
-        else:
-            report["rougeL"]["torch"] = None  # predict answered with the export itself: nothing to compare
+    if compared is None:
+        return limits
+    part = compared["rows"]
+    references = [row[TARGET] for row in part]
+    report["rougeL"] = {
+        "export": rouge(compared["export"]["texts"], references)["rougeL"],
+        "prompt_echo": rouge([prompt_echo(r) for r in part], references)["rougeL"],
+        # which answers: the submitted ones, or (they holding no model token) predict's uncut ones
+        "compared_on": {
+            "answers": compared["answers"],
+            "max_new_tokens": compared["max_new_tokens"],
+            "rows": len(part),
+        },
+    }
+    if predicted.get("engine", "torch") != "torch":
+        report["rougeL"]["torch"] = None  # predict answered with the export itself: nothing to compare
+        return limits
+    predictions = read_predictions(compared["torch"], rows)
+    torch_answers = [predictions[row[ID]] for row in part]
+    torch_l = rouge([p.text for p in torch_answers], references)["rougeL"]
+    loss = torch_l - report["rougeL"]["export"]
+    report["rougeL"].update(torch=torch_l, loss=loss)
+    wrote = any(compared["export"]["new_tokens"]) or any(p.new_tokens for p in torch_answers)
+    if not wrote:
+        logging.warning("ROUGE-L loss not judged: neither engine wrote a model token in the compared answers")
+    limits["rougeL_loss"] = (loss, MAX_ROUGE_L_LOSS, loss <= MAX_ROUGE_L_LOSS if wrote else None)
     return limits
 
 

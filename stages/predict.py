@@ -1,6 +1,7 @@
 """predict: answer the validation and test splits with the fine-tuned (and aligned) adapter; the
 answer length is chosen on the validation answers, then the test rows are answered at that length
-(at length 0, the answer prefix alone: no model call)."""
+(at length 0, the answer prefix alone: no model call). The validation answers are also kept as
+generated, at the longest length, for the deploy stage's comparison of the export with PyTorch."""
 
 import logging
 from pathlib import Path
@@ -58,6 +59,10 @@ def main() -> None:
     # Both splits are answered before anything is written: a run stopped half-way leaves the
     # last good predictions and their metrics as they were, not a new val.csv beside an old test.csv.
     written = {"val": PATHS.val_predictions, "test": PATHS.test_predictions}  # inside PATHS.predictions
+    # the validation answers as generated, before the length cut: deploy's engine comparison where the
+    # chosen length leaves the model nothing to write
+    uncut = cut(answers["val"], decoding.longest_answer, model.decode)
+    files[Path(PATHS.val_longest_predictions).name] = predictions_csv(splits["val"], uncut)
     for split, rows in splits.items():
         out = answers[split]
         predictions = cut(out, length.max_new_tokens, model.decode)

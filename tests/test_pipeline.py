@@ -2,12 +2,16 @@
 whole pipeline once, and a generation key's change, which would rerun predict onwards only (a rerun
 of predict and submit to the same bytes is tests/test_reliability.py's, on the tiny model)."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from core.data import ID, TARGET
 from core.lock_record import files_unlike_record
+from core.metrics.rouge import rouge
+from core.predictions import read_predictions
 from tests.dvc_helpers import run_dvc
 
 pytestmark = pytest.mark.slow
@@ -83,8 +87,23 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     assert all(set(limit) == {"value", "limit", "pass"} for limit in deploy["limits"].values())
     assert deploy["limits"]["parameters"]["pass"] and 134_000_000 < deploy["parameters"] < 136_000_000
     assert deploy["precision"] == "int8" and 0 < deploy["peak_rss_mb"] < 2048 and deploy["rows"] == len(val_rows) >= 5
-    assert set(deploy["rougeL"]) == {"export", "torch", "loss", "prompt_echo"}
-    assert deploy["rougeL"]["torch"] == pytest.approx(values["metrics/eval.json"]["data"]["model"]["rougeL"])
+    assert set(deploy["rougeL"]) == {"export", "torch", "loss", "prompt_echo", "compared_on"}
+    # the engines compared where the model wrote: on the submitted answers, or on predict's uncut ones
+    compared_on = deploy["rougeL"]["compared_on"]
+    if deploy["submitted_model_tokens"]["answers_without"] < len(val_rows):
+        assert compared_on == {"answers": "submitted", "max_new_tokens": deploy["decoding"]["max_new_tokens"]} | {
+            "rows": len(val_rows)
+        }
+        assert deploy["rougeL"]["torch"] == pytest.approx(values["metrics/eval.json"]["data"]["model"]["rougeL"])
+    else:
+        assert compared_on == {"answers": "uncut", "max_new_tokens": 16, "rows": min(16, len(val_rows))}
+        rows = [json.loads(line) for line in val_rows][:16]
+        uncut = read_predictions(
+            workspace / "data/predictions/val_longest.csv", [json.loads(line) for line in val_rows]
+        )
+        torch_l = rouge([uncut[row[ID]].text for row in rows], [row[TARGET] for row in rows])["rougeL"]
+        assert deploy["rougeL"]["torch"] == pytest.approx(torch_l) and any(uncut[row[ID]].new_tokens for row in rows)
+    assert deploy["limits"]["rougeL_loss"]["pass"] is (deploy["rougeL"]["loss"] <= 0.01)
     assert deploy["ms_per_vignette"]["p90"] >= deploy["ms_per_vignette"]["median"] > 0
     # speed and memory judged on the model writing (the submitted answers are 16 tokens at most): 32 new tokens
     # timed, and tokens really written in them
