@@ -38,10 +38,10 @@ MAX_ROUGE_L_LOSS = 0.01
 # Speed and memory are judged on answers of at least this many new tokens (or the longest the profile
 # asks for, if longer): a latency timed on a handful of tokens, or none, says nothing of the model.
 MIN_TIMED_TOKENS = 32
-VERDICTS = {True: "pass", False: "FAIL", None: "not judged"}
 # rows of the split the longer timing answers (the median of 16 is steady; the whole split would
 # double the stage's time on a CPU)
 TIMED_ROWS = 16
+VERDICTS = {True: "pass", False: "FAIL", None: "not judged"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -90,16 +90,13 @@ def timing_run(
     if submitted_length >= MIN_TIMED_TOKENS:
         return submitted_length, submitted
     length = max(longest, MIN_TIMED_TOKENS)
-    if not any(submitted["new_tokens"]):
-        logging.warning(
-            "the submitted answers hold no model token (length %d): each is the answer prefix alone; "
-            "speed and memory are timed at %d new tokens",
-            submitted_length,
-            length,
-        )
-    logging.info(
-        "the submitted answers are %d new tokens at most: timing %d of the %s rows again at %d new tokens",
+    # answers of the prefix alone are worth a warning: what is submitted holds nothing of the model
+    log = logging.info if any(submitted["new_tokens"]) else logging.warning
+    log(
+        "the submitted answers are %d new tokens at most (%d hold none): timing %d of the %s rows again "
+        "at %d new tokens",
         submitted_length,
+        model_tokens(submitted)["answers_without"],
         min(len(rows), TIMED_ROWS),
         Path(rows_file).stem,
         length,
