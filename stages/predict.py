@@ -69,9 +69,12 @@ def main() -> None:
         files[Path(written[split]).name] = predictions_csv(rows, predictions)
         report[split] = {
             "rows": len(rows),
+            # seconds and tokens/s are the generation's, which ran to the grid's longest length on the
+            # validation rows: the tokens it wrote beside those kept after the length cut
             "seconds": out.seconds,
             "seconds_per_row": out.seconds / max(len(rows), 1),
             "tokens_per_s": out.tokens_per_second,
+            "generated_mean_new_tokens": sum(out.new_tokens) / max(len(rows), 1),
             "mean_new_tokens": sum(p.new_tokens for p in predictions) / max(len(rows), 1),
             # beam search's and MBR's extra cost: positions decoded per answer token (greedy: about 1)
             "decoding_work_ratio": out.decoding_work_ratio,

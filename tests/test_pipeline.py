@@ -126,6 +126,10 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
     assert "Data and pipelines are up to date" in dvc(workspace, "repro")
     predict = yaml.safe_load((workspace / "metrics" / "predict.json").read_text())
     assert predict["num_beams"] == 2 and predict["val"]["decoding_work_ratio"] >= 2  # beam search's cost, recorded
+    # the seconds are the generation's: the tokens it wrote are recorded beside those the length cut kept
+    assert predict["val"]["generated_mean_new_tokens"] > 0 and (
+        predict["val"]["generated_mean_new_tokens"] >= predict["val"]["mean_new_tokens"]
+    )
 
     # A generation key reruns predict onwards and never retrains: what `dvc repro` would run, without running it
     # (the model alone at 12 tokens: the answers change, whatever length the first run chose)
