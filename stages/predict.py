@@ -10,8 +10,9 @@ from core import atomic
 from core.config import load_params
 from core.data import TARGET
 from core.decode.length import choose_length, cut, for_answering, for_test, prefix_alone
+from core.decode.results import Generations
 from core.paths import PATHS
-from core.predictions import predictions_csv
+from core.predictions import Prediction, predictions_csv
 from stages import run
 
 
@@ -24,6 +25,25 @@ def log_answers(split: str, rows: list[dict], out) -> None:
         out.tokens_per_second,
         out.decoding_work_ratio,
     )
+
+
+def split_record(out: Generations, predictions: list[Prediction]) -> dict:
+    """A split's line of metrics/predict.json: what answering it cost, and what the answers hold."""
+    rows = max(len(predictions), 1)
+    return {
+        "rows": len(predictions),
+        # seconds and tokens/s are the generation's, which ran to the grid's longest length on the
+        # validation rows: the tokens it wrote beside those kept after the length cut
+        "seconds": out.seconds,
+        "seconds_per_row": out.seconds / rows,
+        "tokens_per_s": out.tokens_per_second,
+        "generated_mean_new_tokens": sum(out.new_tokens) / rows,
+        "mean_new_tokens": sum(p.new_tokens for p in predictions) / rows,
+        # beam search's and MBR's extra cost: positions decoded per answer token (greedy: about 1)
+        "decoding_work_ratio": out.decoding_work_ratio,
+        "batch_size": out.batch_size,
+        "peak_gpu_memory_gb": out.peak_gpu_memory_gb,
+    }
 
 
 def main() -> None:
@@ -67,20 +87,7 @@ def main() -> None:
         out = answers[split]
         predictions = cut(out, length.max_new_tokens, model.decode)
         files[Path(written[split]).name] = predictions_csv(rows, predictions)
-        report[split] = {
-            "rows": len(rows),
-            # seconds and tokens/s are the generation's, which ran to the grid's longest length on the
-            # validation rows: the tokens it wrote beside those kept after the length cut
-            "seconds": out.seconds,
-            "seconds_per_row": out.seconds / max(len(rows), 1),
-            "tokens_per_s": out.tokens_per_second,
-            "generated_mean_new_tokens": sum(out.new_tokens) / max(len(rows), 1),
-            "mean_new_tokens": sum(p.new_tokens for p in predictions) / max(len(rows), 1),
-            # beam search's and MBR's extra cost: positions decoded per answer token (greedy: about 1)
-            "decoding_work_ratio": out.decoding_work_ratio,
-            "batch_size": out.batch_size,
-            "peak_gpu_memory_gb": out.peak_gpu_memory_gb,
-        }
+        report[split] = split_record(out, predictions)
     # the decoding that made these answers, beside their cost, for a compact `dvc exp show`
     report.update(
         engine=g.engine,
