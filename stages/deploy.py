@@ -104,13 +104,16 @@ def timing_run(
     return length, answer_rows(rows[:TIMED_ROWS], length)
 
 
-def compared_answers(rows: list[dict], submitted: tuple[int, dict], timed: tuple[int, dict], longest: int) -> dict:
+def compared_answers(
+    rows: list[dict], submitted: tuple[int, dict], timed: tuple[int, dict], longest: int, engine: str
+) -> dict:
     """The export's answers that its ROUGE is set beside PyTorch's on, with what they are: the submitted
-    ones where the model wrote in them; else the first TIMED_ROWS rows at the longest length predict
-    generated (its uncut validation answers are PyTorch's at that length), reusing the timing run when
-    it ran at that length."""
+    ones where the model wrote in them (or where predict's `engine` was the export: nothing to set them
+    beside); else the first TIMED_ROWS rows at the longest length predict generated (its uncut validation
+    answers are PyTorch's at that length), reusing the timing run when it ran at that length."""
     (submitted_length, answered), (timed_length, timed_answers) = submitted, timed
-    if model_tokens(answered)["answers_without"] < len(answered["new_tokens"]) or longest == 0:
+    wrote = model_tokens(answered)["answers_without"] < len(answered["new_tokens"])
+    if wrote or longest == 0 or engine != "torch":
         return dict(
             answers="submitted",
             max_new_tokens=submitted_length,
@@ -177,9 +180,9 @@ def main() -> None:
         "batch_size": 1,
     }
     scored = rows_file == PATHS.val  # the test rows have no answers to score
-    compared = (
-        compared_answers(rows, (max_new_tokens, answered), (timed_length, timed), g.longest_answer) if scored else None
-    )
+    engine = predicted.get("engine", "torch")
+    submitted, timed_run = (max_new_tokens, answered), (timed_length, timed)
+    compared = compared_answers(rows, submitted, timed_run, g.longest_answer, engine) if scored else None
     limits = judge(report, info, rows, compared, predicted)
     report["limits"] = {
         name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()

@@ -41,7 +41,7 @@ def test_submitted_answers_with_model_tokens_are_compared_on_every_row(rows, in_
     answers = [row[TARGET] for row in rows]
     write_torch(PATHS.val_predictions, rows, answers, 5)
     submitted = export_answers([prompt_echo(row) for row in rows], [5] * len(rows))
-    compared = deploy.compared_answers(rows, (10, submitted), (32, export_answers([], [])), longest=40)
+    compared = deploy.compared_answers(rows, (10, submitted), (32, export_answers([], [])), longest=40, engine="torch")
     assert (
         compared["answers"] == "submitted" and compared["rows"] == rows and compared["torch"] == PATHS.val_predictions
     )
@@ -64,7 +64,7 @@ def test_prefix_only_answers_are_compared_at_the_longest_length_on_predicts_uncu
     part = rows[: deploy.TIMED_ROWS]
     timed = export_answers([p + " more" for p in prefixes[: len(part)]], [3] * len(part))
     submitted = export_answers(prefixes, [0] * len(rows))
-    compared = deploy.compared_answers(rows, (0, submitted), (40, timed), longest=40)
+    compared = deploy.compared_answers(rows, (0, submitted), (40, timed), longest=40, engine="torch")
     assert compared["answers"] == "uncut" and compared["rows"] == part and compared["export"] is timed
 
     report = base_report()
@@ -82,8 +82,11 @@ def test_the_engines_are_compared_in_a_run_of_their_own_when_the_timing_ran_at_a
         deploy, "answer_rows", lambda part, length: asked.append((part, length)) or export_answers(["x"], [1])
     )
     submitted = export_answers([prompt_echo(row) for row in rows], [0] * len(rows))
-    compared = deploy.compared_answers(rows, (0, submitted), (32, export_answers([], [])), longest=16)
+    compared = deploy.compared_answers(rows, (0, submitted), (32, export_answers([], [])), longest=16, engine="torch")
     assert asked == [(rows[: deploy.TIMED_ROWS], 16)] and compared["max_new_tokens"] == 16
+    # predict answered with the export itself: no PyTorch answers to set a run beside, so none is made
+    compared = deploy.compared_answers(rows, (0, submitted), (32, export_answers([], [])), longest=16, engine="onnx")
+    assert len(asked) == 1 and compared["answers"] == "submitted"
 
 
 def test_a_comparison_where_no_engine_wrote_a_token_is_not_a_pass(rows, in_run_dir):
@@ -91,7 +94,7 @@ def test_a_comparison_where_no_engine_wrote_a_token_is_not_a_pass(rows, in_run_d
     write_torch(PATHS.val_predictions, rows, prefixes, 0)
     submitted = export_answers(prefixes, [0] * len(rows))
     # nothing longer was generated (longest 0): only the prefix against itself is left
-    compared = deploy.compared_answers(rows, (0, submitted), (32, export_answers([], [])), longest=0)
+    compared = deploy.compared_answers(rows, (0, submitted), (32, export_answers([], [])), longest=0, engine="torch")
     limits = deploy.judge(base_report(), INFO, rows, compared, {"engine": "torch"})
     assert limits["rougeL_loss"][0] == 0 and limits["rougeL_loss"][2] is None
     assert deploy.all_limits_pass([ok for _, _, ok in limits.values()]) is None
@@ -101,6 +104,8 @@ def test_a_comparison_where_no_engine_wrote_a_token_is_not_a_pass(rows, in_run_d
 def test_an_answer_id_missing_from_predicts_uncut_file_is_named(rows, in_run_dir):
     write_torch(PATHS.val_longest_predictions, rows[1:], [row[TARGET] for row in rows[1:]], 40)
     timed = export_answers(["a"] * deploy.TIMED_ROWS, [3] * deploy.TIMED_ROWS)
-    compared = deploy.compared_answers(rows, (0, export_answers(["p"] * len(rows), [0] * len(rows))), (40, timed), 40)
+    compared = deploy.compared_answers(
+        rows, (0, export_answers(["p"] * len(rows), [0] * len(rows))), (40, timed), 40, "torch"
+    )
     with pytest.raises(Exception, match=rf"{PATHS.val_longest_predictions}.*{rows[0][ID]}"):
         deploy.judge(base_report(), INFO, rows, compared, {"engine": "torch"})

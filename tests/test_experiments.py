@@ -162,6 +162,20 @@ def test_dpo_experiment_aligns_the_sft_adapter_and_predict_answers_with_the_alig
         assert deps["models/aligned"] == outs["models/aligned"] and "models/adapter" not in deps, stage
 
 
+def test_deploy_compares_the_engines_where_the_model_wrote(tiny_experiments):
+    # tiny-qwen3 (the real Qwen tokenizer, predict on PyTorch): the export set beside PyTorch on the submitted
+    # answers, or (they holding no model token) on predict's uncut ones at the grid's longest length, 8
+    deploy = json.loads(exp_file(tiny_experiments, "tiny-qwen3", "metrics/deploy.json"))
+    compared = deploy["rougeL"]["compared_on"]
+    if deploy["submitted_model_tokens"]["answers_without"] < deploy["rows"]:
+        assert compared == {"answers": "submitted", "max_new_tokens": deploy["decoding"]["max_new_tokens"]} | {
+            "rows": deploy["rows"]
+        }
+    else:
+        assert compared == {"answers": "uncut", "max_new_tokens": 8, "rows": min(16, deploy["rows"])}
+    assert deploy["limits"]["rougeL_loss"]["pass"] is (deploy["rougeL"]["loss"] <= 0.01)  # judged, not left open
+
+
 def test_queued_sweep_runs_every_value(workspace, toy_checkpoints):
     # the queue runs from a commit: the tiny profile must be in it. Each queued run stops at finetune (what
     # the sweep compares: the losses); the whole pipeline under `dvc exp run` is the test above.
