@@ -108,18 +108,18 @@ def compared_answers(
     rows: list[dict], submitted: tuple[int, dict], timed: tuple[int, dict], longest: int, engine: str
 ) -> dict:
     """The export's answers that its ROUGE is set beside PyTorch's on, with what they are: the submitted
-    ones where the model wrote in them (or where predict's `engine` was the export: nothing to set them
-    beside); else the first TIMED_ROWS rows at the longest length predict generated (its uncut validation
-    answers are PyTorch's at that length), reusing the timing run when it ran at that length."""
+    ones where the model wrote in them (or where predict's `engine` was the export: no PyTorch answers to
+    set them beside, `torch` None); else the first TIMED_ROWS rows at the longest length predict generated
+    (its uncut validation answers are PyTorch's at that length), reusing the timing run when it ran at
+    that length."""
     (submitted_length, answered), (timed_length, timed_answers) = submitted, timed
-    wrote = model_tokens(answered)["answers_without"] < len(answered["new_tokens"])
-    if wrote or longest == 0 or engine != "torch":
+    if any(answered["new_tokens"]) or longest == 0 or engine != "torch":
         return dict(
             answers="submitted",
             max_new_tokens=submitted_length,
             rows=rows,
             export=answered,
-            torch=PATHS.val_predictions,
+            torch=PATHS.val_predictions if engine == "torch" else None,
         )
     part = rows[:TIMED_ROWS]
     if timed_length == longest:
@@ -183,7 +183,7 @@ def main() -> None:
     engine = predicted.get("engine", "torch")
     submitted, timed_run = (max_new_tokens, answered), (timed_length, timed)
     compared = compared_answers(rows, submitted, timed_run, g.longest_answer, engine) if scored else None
-    limits = judge(report, info, rows, compared, predicted)
+    limits = judge(report, info, rows, compared)
     report["limits"] = {
         name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()
     }
@@ -203,7 +203,7 @@ def all_limits_pass(verdicts: list[bool | None]) -> bool | None:
     return False if False in verdicts else None if None in verdicts else True
 
 
-def judge(report: dict, info: dict, rows: list[dict], compared: dict | None, predicted: dict) -> dict:
+def judge(report: dict, info: dict, rows: list[dict], compared: dict | None) -> dict:
     """Each limit: (value, limit, passed); passed is None where nothing could be judged. ROUGE on the
     compared answers (compared_answers), beside PyTorch's where predict used it."""
     limits = {
@@ -230,7 +230,7 @@ def judge(report: dict, info: dict, rows: list[dict], compared: dict | None, pre
             "rows": len(part),
         },
     }
-    if predicted.get("engine", "torch") != "torch":
+    if compared["torch"] is None:
         report["rougeL"]["torch"] = None  # predict answered with the export itself: nothing to compare
         return limits
     predictions = read_predictions(compared["torch"], rows)

@@ -47,7 +47,7 @@ def test_submitted_answers_with_model_tokens_are_compared_on_every_row(rows, in_
     )
 
     report = base_report()
-    limits = deploy.judge(report, INFO, rows, compared, {"engine": "torch"})
+    limits = deploy.judge(report, INFO, rows, compared)
     assert report["rougeL"]["torch"] == pytest.approx(1.0) and report["rougeL"]["export"] < 1
     assert report["rougeL"]["compared_on"] == {"answers": "submitted", "max_new_tokens": 10, "rows": len(rows)}
     assert limits["rougeL_loss"][2] is False and limits["rougeL_loss"][0] == pytest.approx(
@@ -68,7 +68,7 @@ def test_prefix_only_answers_are_compared_at_the_longest_length_on_predicts_uncu
     assert compared["answers"] == "uncut" and compared["rows"] == part and compared["export"] is timed
 
     report = base_report()
-    limits = deploy.judge(report, INFO, rows, compared, {"engine": "torch"})
+    limits = deploy.judge(report, INFO, rows, compared)
     assert report["rougeL"]["compared_on"] == {"answers": "uncut", "max_new_tokens": 40, "rows": len(part)}
     assert report["rougeL"]["torch"] == pytest.approx(1.0)  # PyTorch's uncut answers on the same rows
     assert limits["rougeL_loss"][2] is False  # a real comparison, and a real gap
@@ -95,7 +95,7 @@ def test_a_comparison_where_no_engine_wrote_a_token_is_not_a_pass(rows, in_run_d
     submitted = export_answers(prefixes, [0] * len(rows))
     # nothing longer was generated (longest 0): only the prefix against itself is left
     compared = deploy.compared_answers(rows, (0, submitted), (32, export_answers([], [])), longest=0, engine="torch")
-    limits = deploy.judge(base_report(), INFO, rows, compared, {"engine": "torch"})
+    limits = deploy.judge(base_report(), INFO, rows, compared)
     assert limits["rougeL_loss"][0] == 0 and limits["rougeL_loss"][2] is None
     assert deploy.all_limits_pass([ok for _, _, ok in limits.values()]) is None
     assert deploy.all_limits_pass([True, False, None]) is False and deploy.all_limits_pass([True, True]) is True
@@ -108,4 +108,4 @@ def test_an_answer_id_missing_from_predicts_uncut_file_is_named(rows, in_run_dir
         rows, (0, export_answers(["p"] * len(rows), [0] * len(rows))), (40, timed), 40, "torch"
     )
     with pytest.raises(Exception, match=rf"{PATHS.val_longest_predictions}.*{rows[0][ID]}"):
-        deploy.judge(base_report(), INFO, rows, compared, {"engine": "torch"})
+        deploy.judge(base_report(), INFO, rows, compared)

@@ -97,10 +97,9 @@ def test_repro_runs_end_to_end_is_deterministic_and_then_up_to_date(workspace):
         assert deploy["rougeL"]["torch"] == pytest.approx(values["metrics/eval.json"]["data"]["model"]["rougeL"])
     else:
         assert compared_on == {"answers": "uncut", "max_new_tokens": 16, "rows": min(16, len(val_rows))}
-        rows = [json.loads(line) for line in val_rows][:16]
-        uncut = read_predictions(
-            workspace / "data/predictions/val_longest.csv", [json.loads(line) for line in val_rows]
-        )
+        every_row = [json.loads(line) for line in val_rows]
+        rows = every_row[:16]
+        uncut = read_predictions(workspace / "data/predictions/val_longest.csv", every_row)
         torch_l = rouge([uncut[row[ID]].text for row in rows], [row[TARGET] for row in rows])["rougeL"]
         assert deploy["rougeL"]["torch"] == pytest.approx(torch_l) and any(uncut[row[ID]].new_tokens for row in rows)
     assert deploy["limits"]["rougeL_loss"]["pass"] is (deploy["rougeL"]["loss"] <= 0.01)
