@@ -192,3 +192,42 @@ def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(stage_r
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
         "models/checkpoints/abc/optimizer.pt: could not be written, no space left on its disk; free some and run again"
     ]
+
+
+@pytest.mark.parametrize("access", [False, True])
+def test_a_gated_hub_model_is_checked_for_access_before_any_work(monkeypatch, access):
+    """Llama 3.2 is gated: its card answers anyone, its weights only a token whose owner accepted the licence.
+    Without access, prepare's check says so in one line naming the key, instead of finetune's download failing."""
+    import httpx
+    import huggingface_hub
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError
+
+    from core.errors import CheckpointError
+    from core.models import weights
+
+    name = "meta-llama/Llama-3.2-1B-Instruct"
+    checked = []
+
+    def auth_check(self, repo_id, **kwargs):
+        checked.append(repo_id)
+        if not access:
+            request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+            raise GatedRepoError("403 Client Error: gated", response=httpx.Response(403, request=request))
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, **kwargs: type("Info", (), {"gated": "manual"}))
+    monkeypatch.setattr(HfApi, "auth_check", auth_check)
+    weights._check_hub.cache_clear()
+    try:
+        if access:
+            weights._check_hub("llama32", name)
+        else:
+            with pytest.raises(CheckpointError) as caught:
+                weights._check_hub("llama32", name)
+            line = str(caught.value)
+            assert "\n" not in line and line.startswith(f"params.yaml: models.llama32.name: {name!r} is gated")
+            assert f"https://huggingface.co/{name}" in line and "hf auth login" in line
+    finally:
+        weights._check_hub.cache_clear()
+    assert checked == [name]

@@ -106,12 +106,23 @@ def _check_hub(key: str, name: str) -> None:
     """A hub id must be in the Hugging Face cache or the hub must answer for it: asked once, with
     a short timeout (transformers would retry an unreachable hub for a minute and more)."""
     from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return  # transformers loads it from the cache
     try:
-        HfApi().model_info(name, timeout=10)
-    except Exception as err:  # no network, offline mode, an unknown or gated id: all end the same way
+        info = HfApi().model_info(name, timeout=10)
+        if info.gated:
+            # a gated model's card answers anyone; its weights only a token whose owner accepted its licence
+            # (Llama 3.2): checked here, not at finetune's download
+            HfApi().auth_check(name)
+    except GatedRepoError:
+        raise CheckpointError(
+            f"params.yaml: models.{key}.name: {name!r} is gated on the Hugging Face hub and this machine's token "
+            f"(if any) may not download it: accept its licence at https://huggingface.co/{name}, then log in "
+            "(hf auth login, or set HF_TOKEN)"
+        ) from None
+    except Exception as err:  # no network, offline mode, an unknown id: all end the same way
         reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"params.yaml: models.{key}.name: {name!r} is neither a local directory nor in the Hugging Face cache, "
