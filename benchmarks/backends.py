@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 from benchmarks.settings import REPO, change_profile, checked, read_params, setting_value
+from core.decode.answer import generate_responses
+from core.train.sft import fine_tune
 
 COUNTIES = ["Kiambu", "Kakamega", "Uasin Gishu", "Nairobi", "Kisumu", "Nakuru", "Machakos", "Kilifi"]
 LEVELS = [
@@ -144,7 +146,7 @@ def worker(args) -> None:
 
     clock = StepClock()
     with tempfile.TemporaryDirectory() as run_dir:
-        train = model.fine_tune(rows, [], params.profile.training, run_dir, callbacks=[clock])
+        train = fine_tune(model, rows, [], params.profile.training, run_dir, callbacks=[clock])
         train["losses"] = [e["loss"] for e in model.training_log if "loss" in e]
         # generation as the predict stage runs it: a fresh base model with the saved adapter
         model.save_adapter(Path(run_dir) / "adapter")
@@ -164,8 +166,10 @@ def worker(args) -> None:
     result["generate"] = {}
     for size in batch_sizes(args.gen_batch_sizes):
         # batch 1 is slow (one token per step for one row): time it on a few rows only
-        out = model.generate_responses(
-            prompts[: args.batch1_rows] if size == 1 else prompts, dataclasses.replace(generation, batch_size=size)
+        out = generate_responses(
+            model,
+            prompts[: args.batch1_rows] if size == 1 else prompts,
+            dataclasses.replace(generation, batch_size=size),
         )
         result["generate"][f"batch_{size}"] = {
             "rows": len(out.texts),

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.settings import REPO, change_profile, checked, read_params
+from core.decode.answer import generate_responses
 
 log = logging.getLogger("benchmarks.edge")
 
@@ -66,11 +67,11 @@ def torch_worker(params_file: str, rows_file: str, out: str) -> None:
     rows = atomic.read_jsonl(rows_file)
     model = model_for(params.profile, params.prompt.system)
     model.load()
-    model.generate_responses(rows[:1], params.profile.generation)  # warm-up, not timed
+    generate_responses(model, rows[:1], params.profile.generation)  # warm-up, not timed
     seconds, tokens = [], []
     for row in rows:
         start = time.perf_counter()
-        result = model.generate_responses([row], params.profile.generation)
+        result = generate_responses(model, [row], params.profile.generation)
         seconds.append(time.perf_counter() - start)
         tokens.append(result.new_tokens[0])
     atomic.write_json(out, {"row_seconds": seconds, "new_tokens": tokens, "peak_rss_mb": peak_rss_mb()})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 
@@ -20,6 +21,7 @@ from benchmarks.settings import parse_variant
 from core import atomic
 from core.config import load_params
 from core.data import TARGET
+from core.decode.answer import generate_responses
 from core.export.runtime import ExportedModel
 from core.metrics.echo import prompt_echo
 from core.metrics.loops import loop_share
@@ -53,7 +55,10 @@ def main() -> None:
             "prompt_echo": echo,
             "precision": exported.info["precision"],
         }
-        for engine, answer in (("torch", model.generate_responses), ("export", exported.answer_rows)):
+        for engine, answer in (
+            ("torch", functools.partial(generate_responses, model)),
+            ("export", exported.answer_rows),
+        ):
             out = answer(rows, generation)
             record[engine] = rouge(out.texts, references)["rougeL"]
             record[f"{engine}_loop_share"] = loop_share(out.texts)

@@ -88,7 +88,7 @@ ddp)
   # Same workload, same effective batch (8 x grad_accum 2), on 1 and then 2 GPUs.
   versions > "$OUT/ddp-device.txt" 2>&1
   for backend in ${DDP_BACKENDS:-hf unsloth}; do
-    BACKEND=$backend tree_for /tmp/tree-ddp qwen3 models.qwen3.load_in_4bit=false models.qwen3.training.epochs=2 \
+    BACKEND=$backend tree_for /tmp/tree-ddp qwen3 models.qwen3.base.load_in_4bit=false models.qwen3.training.epochs=2 \
       models.qwen3.training.batch_size=8 models.qwen3.training.grad_accum=2 || exit 1
     (cd /tmp/tree-ddp && python3 -m stages.prepare) > /dev/null 2>&1
     for n in ${DDP_GPUS:-1 2}; do

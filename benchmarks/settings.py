@@ -59,12 +59,13 @@ def change_profile(
     lora: dict | None = None,
     **keys,
 ) -> dict:
-    """`raw` with `family` selected (default: raw's `model`) and its profile changed: top-level keys,
-    and keys of its `training`, `generation` and `lora` sections (created where the profile has none)."""
+    """`raw` with `family` selected (default: raw's `model`) and its profile changed: keys of its
+    `base` (name, backend, dtype, ...), `training`, `generation` and `lora` sections (created where
+    the profile has none)."""
     if family is not None:
         raw["model"] = family
     profile = raw["models"][raw["model"]]
-    profile.update(keys)
+    profile["base"].update(keys)
     for section, changes in (("training", training), ("generation", generation), ("lora", lora)):
         if changes:
             profile.setdefault(section, {}).update(changes)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks.backends import scaled_rows
 from benchmarks.settings import change_profile, checked, read_params
+from core.decode.answer import generate_responses
 
 log = logging.getLogger("benchmarks.static_peer")
 DECODERS = ("ours", "library", "library-eager")
@@ -95,7 +96,7 @@ def worker(args) -> None:
             torch.cuda.synchronize()
         began = time.perf_counter()
         if args.decoder == "ours":
-            counts = model.generate_responses(rows, params.profile.generation).new_tokens
+            counts = generate_responses(model, rows, params.profile.generation).new_tokens
         else:
             counts = library_generate(
                 model, rows, params.profile.generation, args.batch_size, compile_=args.decoder == "library"

@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 
 from benchmarks.settings import change_profile, checked, parse_variant, read_params
+from core.decode.answer import generate_responses
+from core.train import dpo
+from core.train.sft import fine_tune
 
 log = logging.getLogger("sweep")
 
@@ -106,14 +109,10 @@ def aligned_models(
                 sft_model.save_adapter(sft_dir)
             model = model_for(params.profile, params.prompt.system)
             model.load_adapter(sft_dir, trainable=True)
-            own = (
-                model.own_answers(train_rows + val_rows, params.profile.generation)
-                if "sft" in config.rejected
-                else None
-            )
+            own = dpo.own_answers(model, train_rows + val_rows) if "sft" in config.rejected else None
             pairs = sample_pairs(build_pairs(train_rows, config.rejected, own).pairs, config.max_pairs, config.seed)
             val_pairs = sample_pairs(build_pairs(val_rows, config.rejected, own).pairs, config.max_pairs, config.seed)
-            metrics = model.align(pairs, val_pairs, config, Path(scratch) / f"run-{name}")
+            metrics = dpo.align(model, pairs, val_pairs, config, Path(scratch) / f"run-{name}")
             log.info(
                 "%s aligned: %d pairs, %d steps in %.0f s, val reward accuracy %s",
                 name,
@@ -159,7 +158,7 @@ def score_epochs(model, snapshots, val_rows: list[dict], generation) -> list[dic
             for n, p in model.model.named_parameters():
                 if n in weights:
                     p.copy_(weights[n].to(p.device, p.dtype))
-        out = model.generate_responses(val_rows, dataclasses.replace(generation, length_grid=[]))
+        out = generate_responses(model, val_rows, dataclasses.replace(generation, length_grid=[]))
         texts = [p.text for p in cut(out, generation.max_new_tokens, model.decode)]
         scores.append({"epoch": epoch, "val_loss": loss, "rougeL": rouge(texts, references)["rougeL"]})
     with torch.no_grad():
@@ -177,7 +176,7 @@ def decoding_record(tuned, val_rows: list[dict], g, keep_texts: bool) -> dict:
     from core.metrics.rouge import rouge
 
     references = [row["Clinician"] for row in val_rows]
-    out_gen = tuned.generate_responses(val_rows, for_answering(g, len(val_rows)))
+    out_gen = generate_responses(tuned, val_rows, for_answering(g, len(val_rows)))
     length = choose_length(out_gen, references, g, tuned.decode)
     predictions = {
         row["Master_Index"]: p
@@ -244,8 +243,8 @@ def run_training(
     model = model_for(params.profile, params.prompt.system)
     snapshots = epoch_snapshots(model) if per_epoch else None
     with tempfile.TemporaryDirectory() as run_dir:
-        metrics = model.fine_tune(
-            train_rows, val_rows, params.profile.training, run_dir, callbacks=[snapshots] if snapshots else []
+        metrics = fine_tune(
+            model, train_rows, val_rows, params.profile.training, run_dir, callbacks=[snapshots] if snapshots else []
         )
     log.info(
         "%s (split seed %d) trained: %d steps in %.0f s, val loss %.3f (best epoch %s)",

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.settings import change_profile, checked, read_params
+from core.train.sft import training_examples
 
 
 def percentile(values: list[int], q: float) -> int:
@@ -25,8 +26,8 @@ def percentile(values: list[int], q: float) -> int:
 
 def count(family: str, checkpoint: Path, train: list[dict], test: list[dict]) -> dict:
     from core.data import TARGET
+    from core.metrics.echo import answer_prefix
     from core.models.families import model_for
-    from core.prompts import answer_prefix
 
     params = checked(change_profile(read_params(), family, name=str(checkpoint), backend="hf", load_in_4bit=False))
     model = model_for(params.profile, params.prompt.system)
@@ -34,7 +35,7 @@ def count(family: str, checkpoint: Path, train: list[dict], test: list[dict]) ->
     prompts = [len(model.encode(model.prompt_for(row))) for row in train + test]
     answers = [len(model.encode(row[TARGET].strip() + model.end_of_turn)) for row in train]
     prefixes = [len(model.encode(answer_prefix(row, "echo"))) for row in train + test]
-    examples = model.training_examples(train)
+    examples = training_examples(model, train)
     window = params.profile.max_seq_length
     return {
         "family": family,

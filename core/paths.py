@@ -1,6 +1,7 @@
 """Where the stages read and write: the table in paths.yaml (beside core/), which dvc.yaml reads
 too (`vars`), so a path is written once. Paths are relative to the project's root, where DVC runs
-the stages."""
+the stages; `Paths.under` puts them under another root (a test's temporary directory). The table
+is read when a stage starts (`read_table`), never at import."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class Paths:
     submission: str
     submit_metrics: str
 
+    def under(self, root: str | Path) -> Paths:
+        """Every path below `root` instead of the project's root."""
+        return Paths(**{name: str(Path(root) / value) for name, value in dataclasses.asdict(self).items()})
+
 
 def read_table(path: Path = TABLE) -> Paths:
     table = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("paths") or {}
@@ -58,6 +63,3 @@ def read_table(path: Path = TABLE) -> Paths:
         if outside:
             raise UserError(f"{path}: paths: {', '.join(outside)} must lie directly in {directory}")
     return found
-
-
-PATHS = read_table()

@@ -13,7 +13,6 @@ import functools
 import logging
 
 from core.data import PROMPT
-from core.metrics.echo import prompt_echo
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +28,6 @@ def user_message(row: dict) -> str:
     """
     context = [f"{label}: {row[col]}" for label, col in CONTEXT_COLUMNS if row.get(col)]
     return "\n".join(context + ["", row[PROMPT].strip()]) if context else row[PROMPT].strip()
-
-
-# What an answer begins with under `generation.answer_prefix: echo`: the way clinicians open
-# (most real answers start with "summary" and restate the case), in the case's own words.
-SUMMARY_OPENING = "summary"
-
-
-def answer_prefix(row: dict, kind: str) -> str:
-    """The text every answer to `row` starts with, written for the model before it writes the
-    rest: nothing (`none`), or "summary" and the prompt echo (`echo`: the vignette without the
-    nurse's introduction, normalised as the host scores it, which is how clinicians restate the case)."""
-    return f"{SUMMARY_OPENING} {prompt_echo(row)}" if kind == "echo" else ""
 
 
 def cut_middle(ids: list[int], keep: int) -> list[int]:

@@ -4,37 +4,36 @@ import logging
 import shutil
 
 from core import atomic
-from core.config import as_dict, load_params
+from core.config import Params, as_dict, load_params
 from core.data import LLM_COLUMNS, DataError
 from core.models.families import model_for
-from core.paths import PATHS
+from core.paths import Paths, read_table
+from core.train import dpo
 from core.train.common import write_training_log
-from core.train.dpo import build_pairs, sample_pairs
 from stages import run
 
 MARGIN_PLOTS = ("rewards/margins", "eval/rewards/margins")  # dvc.yaml's DPO plot: present, empty without DPO
 
 
-def main() -> None:
-    params = load_params()
+def align(params: Params, paths: Paths) -> None:
     config = params.align
     if config.method == "none":
         # The same files under another name: the same DVC hash, so predict's inputs do not change.
-        with atomic.atomic_path(PATHS.aligned) as tmp:
-            shutil.copytree(PATHS.adapter, tmp)
-        write_training_log(PATHS.align_log, [], always=MARGIN_PLOTS)
-        atomic.write_json(PATHS.align_metrics, {"align_method": "none"})
-        logging.info("align.method is none: %s is the SFT adapter", PATHS.aligned)
+        with atomic.atomic_path(paths.aligned) as tmp:
+            shutil.copytree(paths.adapter, tmp)
+        write_training_log(paths.align_log, [], always=MARGIN_PLOTS)
+        atomic.write_json(paths.align_metrics, {"align_method": "none"})
+        logging.info("align.method is none: %s is the SFT adapter", paths.aligned)
         return
 
-    train, val = atomic.read_jsonl(PATHS.train), atomic.read_jsonl(PATHS.val)
+    train, val = atomic.read_jsonl(paths.train), atomic.read_jsonl(paths.val)
     model = model_for(params.profile, params.prompt.system)
-    model.load_adapter(PATHS.adapter, trainable=True)
-    own = model.own_answers(train + val, params.profile.generation) if "sft" in config.rejected else None
-    train_pairs, val_pairs = build_pairs(train, config.rejected, own), build_pairs(val, config.rejected, own)
+    model.load_adapter(paths.adapter, trainable=True)
+    own = dpo.own_answers(model, train + val) if "sft" in config.rejected else None
+    train_pairs, val_pairs = dpo.build_pairs(train, config.rejected, own), dpo.build_pairs(val, config.rejected, own)
     if not train_pairs.pairs:
         raise DataError(
-            f"{PATHS.train}: no preference pair for align.method: dpo: none of the {len(train)} rows has a usable "
+            f"{paths.train}: no preference pair for align.method: dpo: none of the {len(train)} rows has a usable "
             f"rejected answer from {', '.join(config.rejected)} (the {', '.join(LLM_COLUMNS)} columns are "
             "empty, missing or the clinician's text); add them, or set align.method: none"
         )
@@ -43,8 +42,8 @@ def main() -> None:
             "%d of %d train rows have no usable rejected answer and give no pair", len(train_pairs.skipped), len(train)
         )
     # max_pairs bounds the time: the validation pairs DPO is scored on are sampled to the same number
-    pairs = sample_pairs(train_pairs.pairs, config.max_pairs, config.seed)
-    val_sample = sample_pairs(val_pairs.pairs, config.max_pairs, config.seed)
+    pairs = dpo.sample_pairs(train_pairs.pairs, config.max_pairs, config.seed)
+    val_sample = dpo.sample_pairs(val_pairs.pairs, config.max_pairs, config.seed)
     logging.info(
         "%d preference pairs (%s), %d used; %d validation pairs, %d used",
         len(train_pairs.pairs),
@@ -53,13 +52,13 @@ def main() -> None:
         len(val_pairs.pairs),
         len(val_sample),
     )
-    run_dir = f"{PATHS.checkpoints}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
-    metrics = model.align(pairs, val_sample, config, run_dir)
-    model.save_adapter(PATHS.aligned)
-    write_training_log(PATHS.align_log, model.training_log, always=MARGIN_PLOTS)
+    run_dir = f"{paths.checkpoints}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
+    metrics = dpo.align(model, pairs, val_sample, config, run_dir)
+    model.save_adapter(paths.aligned)
+    write_training_log(paths.align_log, model.training_log, always=MARGIN_PLOTS)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
     atomic.write_json(
-        PATHS.align_metrics,
+        paths.align_metrics,
         {
             "align_method": config.method,
             "dpo": {
@@ -72,8 +71,12 @@ def main() -> None:
         },
     )
     shutil.rmtree(run_dir, ignore_errors=True)
-    logging.info("aligned adapter in %s; val reward accuracy %s", PATHS.aligned, metrics.get("val_reward_accuracy"))
+    logging.info("aligned adapter in %s; val reward accuracy %s", paths.aligned, metrics.get("val_reward_accuracy"))
     model.cleanup_model()
+
+
+def main() -> None:
+    align(load_params(), read_table())
 
 
 if __name__ == "__main__":

@@ -16,28 +16,32 @@ from dataclasses import replace
 from pathlib import Path
 
 from core import atomic
-from core.config import ConfigError, GenerationConfig, load_params
+from core.config import ConfigError, GenerationConfig, load_params, parse_generation
 from core.data import ID, PROMPT, TARGET, read_csv_records, require_vignette
 from core.export.runtime import ExportedModel
-from core.paths import PATHS
+from core.metrics.echo import readable_answer
+from core.paths import read_table
 from core.resources import peak_rss_mb
 from stages import run
 
-EXPORT = PATHS.export
-ADAPTER = PATHS.aligned  # the adapter the export must have been made from, where it is present
 
-
-def load(export: str | Path = EXPORT, adapter: str | Path | None = ADAPTER) -> ExportedModel:
+def load(export: str | Path, adapter: str | Path | None) -> ExportedModel:
     """The exported model, checked against the adapter it should come from (skipped on a device
     that has only the export)."""
     return ExportedModel(export, adapter=adapter if adapter and Path(adapter).exists() else None)
 
 
-def generation_settings(params_path: str | Path = "params.yaml", max_new_tokens: int | None = None) -> GenerationConfig:
+def generation_settings(
+    params_path: str | Path = "params.yaml", max_new_tokens: int | None = None, decoding: str | Path | None = None
+) -> GenerationConfig:
     """The profile's decoding at one answer length: `max_new_tokens` if given, else params.yaml's
-    (ask chooses no length: the length grid is predict's, on the validation split). 0 new tokens
-    (the length predict may choose) is the answer prefix alone, so it needs one."""
-    generation = load_params(params_path).profile.generation
+    (ask chooses no length: the length grid is predict's, on the validation split). `decoding`: a JSON
+    file of generation settings to use instead of params.yaml's profile (the deploy stage hands over its
+    own). 0 new tokens (the length predict may choose) is the answer prefix alone, so it needs one."""
+    if decoding is not None:
+        generation = parse_generation(atomic.read_json(decoding), str(decoding))
+    else:
+        generation = load_params(params_path).profile.generation
     if max_new_tokens == 0 and generation.answer_prefix == "none":
         raise ConfigError("--max-new-tokens 0 leaves an empty answer: it needs generation.answer_prefix: echo")
     length = generation.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -45,10 +49,12 @@ def generation_settings(params_path: str | Path = "params.yaml", max_new_tokens:
 
 
 def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, stream=None) -> str:
-    """One vignette's answer; `stream` (say, print) gets the text as it comes (greedy or sampled decoding)."""
+    """One vignette's answer as a person reads it (the case restated in its own words and numbers, the
+    model's text as written); `stream` (say, print) gets the text as it comes (greedy or sampled decoding)."""
     require_vignette(vignette)
-    text, _ = model.answer({PROMPT: vignette}, generation, on_text=stream)
-    return text
+    row = {PROMPT: vignette}
+    text, _ = model.answer(row, generation, on_text=stream)
+    return readable_answer(row, text, generation.answer_prefix)
 
 
 def read_rows(path: str) -> list[dict]:
@@ -74,8 +80,12 @@ def main() -> None:
     parser.add_argument(
         "--report", help="with --file: write per-row timings and the process's peak memory here as JSON"
     )
-    parser.add_argument("--export", default=EXPORT, help=f"the exported model's directory (default {EXPORT})")
+    parser.add_argument("--export", help="the exported model's directory (default: paths.yaml's export)")
+    parser.add_argument(
+        "--adapter", help="the adapter the export must come from, checked where present (default: paths.yaml's aligned)"
+    )
     parser.add_argument("--params", default="params.yaml", help="where the decoding settings are read")
+    parser.add_argument("--decoding", help="a JSON file of generation settings, instead of --params' profile")
     parser.add_argument(
         "--max-new-tokens", type=int, help="overrides generation.max_new_tokens (0: the answer prefix alone)"
     )
@@ -86,16 +96,21 @@ def main() -> None:
         parser.error("--max-new-tokens: expected at least 0")
     if args.vignette is not None:
         require_vignette(args.vignette)
-    generation = generation_settings(args.params, args.max_new_tokens)
+    generation = generation_settings(args.params, args.max_new_tokens, args.decoding)
     rows = read_rows(args.file) if args.file else None
-    model = load(args.export)
+    paths = read_table()
+    model = load(args.export or paths.export, args.adapter or paths.aligned)
 
     if rows is None:
         ask(model, args.vignette, generation, stream=lambda piece: print(piece, end="", flush=True))
         print()
         return
     out = model.answer_rows(rows, generation)
-    lines = [[row[ID], text] for row, text in zip(rows, out.texts, strict=True)]
+    # answers for a person, in the case's own words; the submit stage writes the host's normalised form
+    lines = [
+        [row[ID], readable_answer(row, text, generation.answer_prefix)]
+        for row, text in zip(rows, out.texts, strict=True)
+    ]
     if args.out:
         with atomic.atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([[ID, TARGET], *lines])

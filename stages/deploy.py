@@ -16,14 +16,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from core import atomic
-from core.config import load_params
+from core.config import GenerationConfig, Params, as_dict, load_params
 from core.data import ID, TARGET
 from core.export.runtime import EDGE_FILE
 from core.metrics.echo import prompt_echo
 from core.metrics.rouge import rouge
-from core.paths import PATHS
+from core.paths import Paths, read_table
 from core.predictions import read_predictions
 from core.resources import directory_mb
 from stages import run
@@ -49,17 +50,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
+class Device(NamedTuple):
+    """What the export answers with in a process of its own: the pipeline's paths (the export, the adapter it
+    must come from) and the profile's decoding. Everything the process reads is handed over."""
+
+    paths: Paths
+    generation: GenerationConfig
+
+
+def answer_in_own_process(device: Device, rows_file: str, max_new_tokens: int) -> dict:
+    """The export answering a file of rows (`python -m stages.ask`): its answers, timings and peak memory."""
+    paths = device.paths
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
-        report = Path(tmp) / "report.json"
+        report, decoding = Path(tmp) / "report.json", Path(tmp) / "decoding.json"
+        atomic.write_json(decoding, as_dict(device.generation))
         command = [
             sys.executable,
             "-m",
             "stages.ask",
+            "--decoding",
+            str(decoding),
             "--file",
             rows_file,
             "--export",
-            PATHS.export,
+            paths.export,
+            "--adapter",
+            paths.aligned,
             "--out",
             str(Path(tmp) / "answers.csv"),
             "--report",
@@ -69,43 +85,44 @@ def answer_in_own_process(rows_file: str, max_new_tokens: int) -> dict:
         ]
         # the child's own error line, if any, reaches the console as it is
         if subprocess.run(command).returncode != 0:
-            logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, PATHS.export)
+            logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, paths.export)
             sys.exit(1)
         return atomic.read_json(report)
 
 
-def answer_rows(rows: list[dict], max_new_tokens: int) -> dict:
+def answer_rows(device: Device, rows: list[dict], max_new_tokens: int) -> dict:
     """The export answering these rows (a part of a split) in a process of its own."""
     with tempfile.TemporaryDirectory(prefix="deploy-rows-") as tmp:
         subset = Path(tmp) / "rows.jsonl"
         atomic.write_jsonl(subset, rows)
-        return answer_in_own_process(str(subset), max_new_tokens)
+        return answer_in_own_process(device, str(subset), max_new_tokens)
 
 
 def timing_run(
-    rows: list[dict], rows_file: str, submitted: dict, submitted_length: int, longest: int
+    device: Device, rows: list[dict], rows_file: str, submitted: tuple[int, dict], longest: int
 ) -> tuple[int, dict]:
     """The answers speed and memory are judged on: the submitted ones where they are long enough, else
     the export answering (some of) the rows again at a length where the model must write."""
+    submitted_length, answered = submitted
     if submitted_length >= MIN_TIMED_TOKENS:
-        return submitted_length, submitted
+        return submitted
     length = max(longest, MIN_TIMED_TOKENS)
     # answers of the prefix alone are worth a warning: what is submitted holds nothing of the model
-    log = logging.info if any(submitted["new_tokens"]) else logging.warning
+    log = logging.info if any(answered["new_tokens"]) else logging.warning
     log(
         "the submitted answers are %d new tokens at most (%d hold none): timing %d of the %s rows again "
         "at %d new tokens",
         submitted_length,
-        model_tokens(submitted)["answers_without"],
+        model_tokens(answered)["answers_without"],
         min(len(rows), TIMED_ROWS),
         Path(rows_file).stem,
         length,
     )
-    return length, answer_rows(rows[:TIMED_ROWS], length)
+    return length, answer_rows(device, rows[:TIMED_ROWS], length)
 
 
 def compared_answers(
-    rows: list[dict], submitted: tuple[int, dict], timed: tuple[int, dict], longest: int, engine: str
+    device: Device, rows: list[dict], submitted: tuple[int, dict], timed: tuple[int, dict], longest: int, engine: str
 ) -> dict:
     """The export's answers that its ROUGE is set beside PyTorch's on, with what they are: the submitted
     ones where the model wrote in them (or where predict's `engine` was the export: no PyTorch answers to
@@ -119,15 +136,16 @@ def compared_answers(
             max_new_tokens=submitted_length,
             rows=rows,
             export=answered,
-            torch=PATHS.val_predictions if engine == "torch" else None,
+            torch=device.paths.val_predictions if engine == "torch" else None,
         )
     part = rows[:TIMED_ROWS]
     if timed_length == longest:
         export = timed_answers
     else:
         logging.info("comparing the engines on %d rows at %d new tokens (predict's uncut answers)", len(part), longest)
-        export = answer_rows(part, longest)
-    return dict(answers="uncut", max_new_tokens=longest, rows=part, export=export, torch=PATHS.val_longest_predictions)
+        export = answer_rows(device, part, longest)
+    uncut = device.paths.val_longest_predictions
+    return dict(answers="uncut", max_new_tokens=longest, rows=part, export=export, torch=uncut)
 
 
 def model_tokens(answered: dict) -> dict:
@@ -135,19 +153,19 @@ def model_tokens(answered: dict) -> dict:
     return {"mean": sum(counts) / max(len(counts), 1), "answers_without": sum(n == 0 for n in counts)}
 
 
-def main() -> None:
-    params = load_params()
+def deploy(params: Params, paths: Paths) -> None:
     g = params.profile.generation
-    rows = atomic.read_jsonl(PATHS.val)
-    rows_file = PATHS.val if rows else PATHS.test  # data.val_fraction 0: timed on the test rows, not scored
+    rows = atomic.read_jsonl(paths.val)
+    rows_file = paths.val if rows else paths.test  # data.val_fraction 0: timed on the test rows, not scored
     if not rows:
-        rows = atomic.read_jsonl(PATHS.test)
+        rows = atomic.read_jsonl(paths.test)
     # the answer length predict chose on the validation split (or params.yaml's, where it chose none)
-    predicted = atomic.read_json(PATHS.predict_metrics)
+    predicted = atomic.read_json(paths.predict_metrics)
     max_new_tokens = predicted.get("length", {}).get("max_new_tokens", g.max_new_tokens)
-    answered = answer_in_own_process(rows_file, max_new_tokens)
-    timed_length, timed = timing_run(rows, rows_file, answered, max_new_tokens, g.longest_answer)
-    info = atomic.read_json(f"{PATHS.export}/{EDGE_FILE}")
+    device = Device(paths, g)
+    answered = answer_in_own_process(device, rows_file, max_new_tokens)
+    timed_length, timed = timing_run(device, rows, rows_file, (max_new_tokens, answered), g.longest_answer)
+    info = atomic.read_json(f"{paths.export}/{EDGE_FILE}")
     ms = [s * 1000 for s in timed["row_seconds"]]
     tokens, seconds = sum(timed["new_tokens"]), sum(timed["row_seconds"])
     report = {
@@ -172,26 +190,26 @@ def main() -> None:
             "model_tokens": model_tokens(timed),
         },
         "parameters": info["parameters"],
-        "export_mb": directory_mb(PATHS.export),
-        "merged_mb": directory_mb(PATHS.merged),
+        "export_mb": directory_mb(paths.export),
+        "merged_mb": directory_mb(paths.merged),
         "peak_rss_mb": max(answered["peak_rss_mb"], timed["peak_rss_mb"]),
         "ms_per_vignette": {"median": statistics.median(ms) if ms else 0.0, "p90": percentile(ms, 0.9)},
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "batch_size": 1,
     }
-    scored = rows_file == PATHS.val  # the test rows have no answers to score
+    scored = rows_file == paths.val  # the test rows have no answers to score
     engine = predicted.get("engine", "torch")
     submitted, timed_run = (max_new_tokens, answered), (timed_length, timed)
-    compared = compared_answers(rows, submitted, timed_run, g.longest_answer, engine) if scored else None
+    compared = compared_answers(device, rows, submitted, timed_run, g.longest_answer, engine) if scored else None
     limits = judge(report, info, rows, compared)
     report["limits"] = {
         name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()
     }
     report["all_limits_pass"] = all_limits_pass([ok for _, _, ok in limits.values()])
-    atomic.write_json(PATHS.deploy_metrics, report)
+    atomic.write_json(paths.deploy_metrics, report)
     logging.info(
         "%s: %s (timed at %d new tokens, %.1f a row)",
-        PATHS.deploy_metrics,
+        paths.deploy_metrics,
         ", ".join(f"{name} {VERDICTS[ok]}" for name, (_, _, ok) in limits.items()),
         timed_length,
         report["timed"]["model_tokens"]["mean"],
@@ -243,6 +261,10 @@ def judge(report: dict, info: dict, rows: list[dict], compared: dict | None) -> 
         logging.warning("ROUGE-L loss not judged: neither engine wrote a model token in the compared answers")
     limits["rougeL_loss"] = (loss, MAX_ROUGE_L_LOSS, loss <= MAX_ROUGE_L_LOSS if wrote else None)
     return limits
+
+
+def main() -> None:
+    deploy(load_params(), read_table())
 
 
 if __name__ == "__main__":

@@ -5,25 +5,25 @@ import logging
 
 from core import atomic
 from core.metrics.report import validation_report
-from core.paths import PATHS
+from core.paths import Paths, read_table
 from core.predictions import read_predictions
 from stages import run
 
 
-def main() -> None:
-    rows = atomic.read_jsonl(PATHS.val)
+def evaluate(paths: Paths) -> None:
+    rows = atomic.read_jsonl(paths.val)
     if not rows:  # data.val_fraction: 0, every labelled row went into training
         atomic.write_json(
-            PATHS.eval_metrics, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"}
+            paths.eval_metrics, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"}
         )
-        atomic.write_json(PATHS.rouge_by_panel, [])
+        atomic.write_json(paths.rouge_by_panel, [])
         logging.warning("no validation rows (data.val_fraction is 0): nothing scored")
         return
-    predictions = read_predictions(PATHS.val_predictions, rows)
-    prefix_kind = atomic.read_json(PATHS.predict_metrics).get("answer_prefix", "none")
+    predictions = read_predictions(paths.val_predictions, rows)
+    prefix_kind = atomic.read_json(paths.predict_metrics).get("answer_prefix", "none")
     summary, per_panel = validation_report(rows, predictions, prefix_kind)
-    atomic.write_json(PATHS.eval_metrics, summary)
-    atomic.write_json(PATHS.rouge_by_panel, per_panel)
+    atomic.write_json(paths.eval_metrics, summary)
+    atomic.write_json(paths.rouge_by_panel, per_panel)
     logging.info(
         "val ROUGE-L: model %.4f, answer prefix alone (%s) %.4f, prompt echo %.4f; the model's own tokens add %+.4f",
         summary["model"]["rougeL"],
@@ -34,6 +34,10 @@ def main() -> None:
     )
     if summary["model_tokens"]["answers_without"] == len(rows):
         logging.warning("no validation answer holds a model token: every answer is the prefix alone")
+
+
+def main() -> None:
+    evaluate(read_table())
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ import logging
 import shutil
 
 from core import atomic, distributed
-from core.config import as_dict, load_params
+from core.config import Params, as_dict, load_params
 from core.models.families import model_for
-from core.paths import PATHS
+from core.paths import Paths, read_table
 from core.train.common import write_training_log
+from core.train.sft import fine_tune
 from stages import run
 
 # The run's record beside the settings `dvc exp show` compares; the adapter directory holds
@@ -46,34 +47,37 @@ def run_card(params) -> dict:
     }
 
 
-def main() -> None:
-    params = load_params()
-    train = atomic.read_jsonl(PATHS.train)
-    val = atomic.read_jsonl(PATHS.val)
+def finetune(params: Params, paths: Paths) -> None:
+    train = atomic.read_jsonl(paths.train)
+    val = atomic.read_jsonl(paths.val)
     # One checkpoint directory per (training settings, data): a resumed run never picks up another
     # run's state. Generation settings play no part in training, so they are left out.
     settings = as_dict(params)
     settings["profile"].pop("generation")
-    run_dir = f"{PATHS.checkpoints}/{atomic.fingerprint(settings, train, val)}"
+    run_dir = f"{paths.checkpoints}/{atomic.fingerprint(settings, train, val)}"
     model = model_for(params.profile, params.prompt.system)
     # Under torchrun / accelerate launch every process trains; only rank 0 writes outputs, and
     # only once training has finished: an interrupted run leaves the last good ones in place.
-    metrics = model.fine_tune(train, val, params.profile.training, run_dir)
+    metrics = fine_tune(model, train, val, params.profile.training, run_dir)
     distributed.barrier()  # every rank is done with the checkpoints
     if distributed.is_main_process():
-        model.save_adapter(PATHS.adapter)
-        write_training_log(PATHS.finetune_log, model.training_log)
+        model.save_adapter(paths.adapter)
+        write_training_log(paths.finetune_log, model.training_log)
         atomic.write_json(
-            PATHS.finetune_metrics, {**run_card(params), **{key: metrics[key] for key in RECORDED if key in metrics}}
+            paths.finetune_metrics, {**run_card(params), **{key: metrics[key] for key in RECORDED if key in metrics}}
         )
         shutil.rmtree(run_dir, ignore_errors=True)
         logging.info(
             "adapter in %s; train loss %.3f, val loss %.3f",
-            PATHS.adapter,
+            paths.adapter,
             metrics["train_loss"],
             metrics.get("val_loss", float("nan")),
         )
     model.cleanup_model()
+
+
+def main() -> None:
+    finetune(load_params(), read_table())
 
 
 if __name__ == "__main__":

@@ -3,15 +3,16 @@ answer length is chosen on the validation answers, then the test rows are answer
 (at length 0, the answer prefix alone: no model call). The validation answers are also kept as
 generated, at the longest length, for the deploy stage's comparison of the export with PyTorch."""
 
+import functools
 import logging
 from pathlib import Path
 
 from core import atomic
-from core.config import load_params
+from core.config import Params, load_params
 from core.data import TARGET
 from core.decode.length import choose_length, cut, for_answering, for_test, prefix_alone
 from core.decode.results import Generations
-from core.paths import PATHS
+from core.paths import Paths, read_table
 from core.predictions import Prediction, predictions_csv
 from stages import run
 
@@ -46,21 +47,21 @@ def split_record(out: Generations, predictions: list[Prediction]) -> dict:
     }
 
 
-def main() -> None:
-    params = load_params()
+def predict(params: Params, paths: Paths) -> None:
     g = params.profile.generation
     if g.engine == "onnx":
         from core.export.runtime import ExportedModel
 
-        model = ExportedModel(PATHS.export, adapter=PATHS.aligned)
+        model = ExportedModel(paths.export, adapter=paths.aligned)
         answer = model.answer_rows
     else:
+        from core.decode.answer import generate_responses
         from core.models.families import model_for
 
         model = model_for(params.profile, params.prompt.system, job="generate")
-        model.load_adapter(PATHS.aligned)
-        answer = model.generate_responses
-    splits = {"val": atomic.read_jsonl(PATHS.val), "test": atomic.read_jsonl(PATHS.test)}
+        model.load_adapter(paths.aligned)
+        answer = functools.partial(generate_responses, model)
+    splits = {"val": atomic.read_jsonl(paths.val), "test": atomic.read_jsonl(paths.test)}
     decoding = for_answering(g, len(splits["val"]))
     answers = {"val": answer(splits["val"], decoding)}
     log_answers("val", splits["val"], answers["val"])
@@ -78,11 +79,11 @@ def main() -> None:
     report, files = {}, {}
     # Both splits are answered before anything is written: a run stopped half-way leaves the
     # last good predictions and their metrics as they were, not a new val.csv beside an old test.csv.
-    written = {"val": PATHS.val_predictions, "test": PATHS.test_predictions}  # inside PATHS.predictions
+    written = {"val": paths.val_predictions, "test": paths.test_predictions}  # inside paths.predictions
     # the validation answers as generated, before the length cut: deploy's engine comparison where the
     # chosen length leaves the model nothing to write
     uncut = cut(answers["val"], decoding.longest_answer, model.decode)
-    files[Path(PATHS.val_longest_predictions).name] = predictions_csv(splits["val"], uncut)
+    files[Path(paths.val_longest_predictions).name] = predictions_csv(splits["val"], uncut)
     for split, rows in splits.items():
         out = answers[split]
         predictions = cut(out, length.max_new_tokens, model.decode)
@@ -102,8 +103,12 @@ def main() -> None:
         logging.warning(
             "answer length: max_new_tokens %d from params.yaml (%s)", length.max_new_tokens, length.chosen_by
         )
-    atomic.write_files(PATHS.predictions, files)
-    atomic.write_json(PATHS.predict_metrics, report)
+    atomic.write_files(paths.predictions, files)
+    atomic.write_json(paths.predict_metrics, report)
+
+
+def main() -> None:
+    predict(load_params(), read_table())
 
 
 if __name__ == "__main__":

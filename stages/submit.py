@@ -3,20 +3,24 @@
 import logging
 
 from core import atomic
-from core.paths import PATHS
+from core.paths import Paths, read_table
 from core.predictions import build_submission, read_predictions, write_submission
 from stages import run
 
 
-def main() -> None:
-    rows = atomic.read_jsonl(PATHS.test)
-    predictions = read_predictions(PATHS.test_predictions, rows)
+def submit(paths: Paths) -> None:
+    rows = atomic.read_jsonl(paths.test)
+    predictions = read_predictions(paths.test_predictions, rows)
     submission, replaced = build_submission(rows, predictions)
-    write_submission(PATHS.submission, rows, submission)
-    atomic.write_json(PATHS.submit_metrics, {"rows": len(submission), "empty_replaced_by_prompt_echo": replaced})
+    write_submission(paths.submission, rows, submission)
+    atomic.write_json(paths.submit_metrics, {"rows": len(submission), "empty_replaced_by_prompt_echo": replaced})
     if replaced:
         logging.warning("%d empty responses were replaced by the prompt-echo text", replaced)
-    logging.info("wrote %s (%d rows)", PATHS.submission, len(submission))
+    logging.info("wrote %s (%d rows)", paths.submission, len(submission))
+
+
+def main() -> None:
+    submit(read_table())
 
 
 if __name__ == "__main__":

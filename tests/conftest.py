@@ -111,7 +111,7 @@ def tiny_raw_params(raw: dict, family: str, checkpoint: Path, **training) -> dic
     raw = copy.deepcopy(raw)
     raw["model"] = family
     profile = raw["models"][family]
-    profile.update(name=str(checkpoint), load_in_4bit=False, backend="hf", max_seq_length=1024)
+    profile["base"].update(name=str(checkpoint), load_in_4bit=False, backend="hf", max_seq_length=1024)
     profile["lora"]["r"] = 8
     profile["training"] = {"epochs": 1, "batch_size": 4, "grad_accum": 1, "gradient_checkpointing": False, **training}
     profile["generation"] = {"max_new_tokens": 12, "batch_size": 4}
@@ -182,7 +182,7 @@ def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
             "-n",
             "tiny-qwen3",
             "-S",
-            f"models.qwen3.name={tiny_checkpoints['qwen3']}",
+            f"models.qwen3.base.name={tiny_checkpoints['qwen3']}",
             *short_run("qwen3"),
             "-S",
             "align.method=dpo",
@@ -204,7 +204,7 @@ def tiny_experiments(tmp_path_factory, tiny_pipeline, tiny_checkpoints) -> Path:
             "-S",
             "model=llama32",
             "-S",
-            f"models.llama32.name={tiny_checkpoints['llama32']}",
+            f"models.llama32.base.name={tiny_checkpoints['llama32']}",
             *short_run("llama32"),
             "-S",
             "models.llama32.generation.engine=onnx",

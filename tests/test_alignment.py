@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from core.data import read_vignettes
+from core.decode.answer import generate_responses
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
-from core.train.dpo import build_pairs, sample_pairs
+from core.train.dpo import align, build_pairs, preference_examples, sample_pairs
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 
@@ -90,7 +91,7 @@ def test_dpo_moves_the_sft_adapter_and_keeps_the_sft_encoding(tiny_sft, tmp_path
     before = {n: w.detach().clone() for n, w in model.model.named_parameters() if "lora_" in n}
 
     # the pair's prompt is the tokens prediction feeds; the answers end with the end-of-turn token
-    examples, left_out = model.preference_examples(pairs[:2])
+    examples, left_out = preference_examples(model, pairs[:2])
     assert left_out == 0
     assert examples["prompt_ids"][0] == model.encode(model.prompt_for(pairs[0]["row"]))
     end = model.encode(model.end_of_turn)
@@ -108,7 +109,7 @@ def test_dpo_moves_the_sft_adapter_and_keeps_the_sft_encoding(tiny_sft, tmp_path
         lr_scheduler="constant",
         warmup_ratio=0.0,
     )
-    metrics = model.align(pairs[:4], pairs[4:6], config, tmp_path / "run")
+    metrics = align(model, pairs[:4], pairs[4:6], config, tmp_path / "run")
     history = model.training_log
     assert metrics["steps"] == 2 and metrics["pairs"] == {"train": 4, "val": 2}
     assert [e["learning_rate"] for e in history if "loss" in e] == [1e-2, 1e-2]
@@ -146,7 +147,7 @@ def test_align_stage_none_is_the_sft_adapter_and_dpo_without_pairs_stops_keeping
     model = model_for(params.profile, params.prompt.system)
     model.load_adapter(workspace / "models/adapter")
     val = core_io.read_jsonl(workspace / "data/prepared/val.jsonl")
-    out = model.generate_responses(val, params.profile.generation)
+    out = generate_responses(model, val, params.profile.generation)
     direct = predictions_csv(val, [Prediction(*f) for f in zip(out.texts, out.new_tokens, out.stopped, strict=True)])
     assert (workspace / "data/predictions/val.csv").read_text(encoding="utf-8") == direct
     model.cleanup_model()

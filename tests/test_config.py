@@ -36,16 +36,16 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
             "models.smollm2.lora.r: expected an integer, got 'sixteen'",
         ),
         (
-            lambda r: r["models"]["smollm2"].update(load_in_4bit="yes"),
-            "models.smollm2.load_in_4bit: expected true or false",
+            lambda r: r["models"]["smollm2"]["base"].update(load_in_4bit="yes"),
+            "models.smollm2.base.load_in_4bit: expected true or false",
         ),
         (
-            lambda r: r["models"]["smollm2"].update(backend="cuda"),
-            "models.smollm2.backend: expected one of auto, unsloth, hf",
+            lambda r: r["models"]["smollm2"]["base"].update(backend="cuda"),
+            "models.smollm2.base.backend: expected one of auto, unsloth, hf",
         ),
         (
-            lambda r: r["models"]["smollm2"].update(family="gpt"),
-            "models.smollm2.family: expected one of smollm2, qwen3, llama32, got 'gpt'",
+            lambda r: r["models"]["smollm2"]["base"].update(family="gpt"),
+            "models.smollm2.base.family: expected one of smollm2, qwen3, llama32, got 'gpt'",
         ),
         (lambda r: r["models"]["smollm2"]["training"].update(lr=1), "models.smollm2.training.lr: unknown key"),
         (
@@ -162,13 +162,14 @@ def test_new_generation_keys_are_accepted_shared_and_per_profile(repo_params):
 
 
 def test_every_profile_spells_out_each_key_its_stages_track(repo_params):
-    """dvc.yaml lists single keys of models.${model}: a profile without one would stop DVC."""
+    """dvc.yaml lists groups of models.${model} (its base model, lora, training, generation): a profile
+    without one would stop DVC."""
     import re
 
     from tests.checkpoints import REPO
 
     tracked = set(re.findall(r"models\.\$\{model\}\.(\w+)", (REPO / "dvc.yaml").read_text()))
-    assert {"generation", "lora", "training", "name"} <= tracked
+    assert tracked == {"base", "generation", "lora", "training"}
     for name, profile in repo_params["models"].items():
         assert tracked <= set(profile), (name, tracked - set(profile))
 

@@ -103,7 +103,8 @@ def test_the_check_finds_a_module_missing_from_a_stage():
     assert "evaluate -> core/data.py" in missing_deps(dvc_yaml)
 
 
-# --- paths: written once (paths.yaml), read by dvc.yaml through `vars` and by the stages through core/paths.py
+# --- paths: written once (paths.yaml), read by dvc.yaml through `vars` and by each stage's command line through
+# core/paths.py, which hands them to the stage's function as `paths`
 NOT_TRACKED = {"checkpoints"}  # resumable trainer state: a DVC output would be deleted before the stage runs
 TOP_FOLDERS = ("data/", "models/", "metrics/", "dvclive/", "plots/", "submissions/")
 
@@ -123,11 +124,11 @@ def keys_in_entry(entry: dict) -> set[str]:
 
 
 def keys_in_code(path: Path) -> set[str]:
-    """The PATHS attributes a stage script reads."""
+    """The paths a stage script reads (`paths.<name>`)."""
     return {
         node.attr
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "PATHS"
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "paths"
     }
 
 
@@ -161,9 +162,7 @@ def test_the_stage_scripts_write_no_path_of_their_own():
 
 
 def test_the_paths_check_finds_a_stage_and_its_entry_apart(tmp_path):
-    (tmp_path / "evaluate.py").write_text(
-        "from core.paths import PATHS\nrows = read(PATHS.val)\nwrite(PATHS.eval_metrics)\n"
-    )
+    (tmp_path / "evaluate.py").write_text("def evaluate(paths):\n    write(paths.eval_metrics, read(paths.val))\n")
     stages = {"evaluate": {"deps": ["core/paths.py", "${paths.test}"], "metrics": [{"${paths.eval_metrics}": {}}]}}
     assert disagreements(stages, tmp_path, table()) == [
         "evaluate: its code uses val (data/prepared/val.jsonl), dvc.yaml does not list it",

@@ -226,7 +226,7 @@ def test_a_gated_hub_model_is_checked_for_access_before_any_work(monkeypatch, ac
             with pytest.raises(CheckpointError) as caught:
                 weights._check_hub("llama32", name)
             line = str(caught.value)
-            assert "\n" not in line and line.startswith(f"params.yaml: models.llama32.name: {name!r} is gated")
+            assert "\n" not in line and line.startswith(f"params.yaml: models.llama32.base.name: {name!r} is gated")
             assert f"https://huggingface.co/{name}" in line and "hf auth login" in line
     finally:
         weights._check_hub.cache_clear()

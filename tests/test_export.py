@@ -1,6 +1,7 @@
 """The export stage's model (core/export/build.py) and its engine (core/export/runtime.py,
 stages/ask.py), on tiny checkpoints."""
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import yaml
 
 from core.config import parse_params
 from core.data import read_vignettes
+from core.decode.answer import generate_responses
 from core.errors import ArtifactError
 from core.export.build import build_onnx, export_profile, merge
 from core.export.runtime import ExportedModel, StaleExport
@@ -75,7 +77,7 @@ def test_unquantized_export_answers_with_the_pytorch_tokens(exported):
     for row in ROWS:  # the prompt the engine builds without transformers is training's, token for token
         assert engine.prompt_ids(row) == model.encode(model.prompt_for(row))
     g = greedy(params)
-    reference = model.generate_responses(ROWS, g)  # the merged model: the adapter folded in
+    reference = generate_responses(model, ROWS, g)  # the merged model: the adapter folded in
     answers = engine.answer_rows(ROWS, g, progress=False)
     assert answers.texts == reference.texts and answers.new_tokens == reference.new_tokens
     assert len(answers.row_seconds) == len(ROWS) and answers.batch_size == 1
@@ -91,12 +93,12 @@ def test_unquantized_export_applies_the_answer_only_rules_and_the_prefix_as_pyto
         g = dataclasses.replace(
             greedy(params, max_new_tokens=24), repetition_penalty=1.3, no_repeat_ngram_size=3, answer_prefix=prefix
         )
-        reference = model.generate_responses(ROWS, g)
+        reference = generate_responses(model, ROWS, g)
         answers = engine.answer_rows(ROWS, g, progress=False)
         assert answers.texts == reference.texts and answers.token_ids == reference.token_ids, prefix
         assert answers.prefixes == reference.prefixes
     assert all(text.startswith("summary ") for text in answers.texts)
-    plain = model.generate_responses(ROWS, dataclasses.replace(g, repetition_penalty=1.0, no_repeat_ngram_size=0))
+    plain = generate_responses(model, ROWS, dataclasses.replace(g, repetition_penalty=1.0, no_repeat_ngram_size=0))
     assert plain.texts != reference.texts  # the rules changed what was written
 
 
@@ -114,7 +116,7 @@ def test_unquantized_export_searches_beams_as_pytorch_does(exported):
             answer_prefix=prefix,
             early_stopping=early,
         )
-        reference = model.generate_responses(ROWS, g)
+        reference = generate_responses(model, ROWS, g)
         answers = engine.answer_rows(ROWS, g, progress=False)
         assert answers.token_ids == reference.token_ids, (beams, rules, prefix, early)
         assert answers.texts == reference.texts
@@ -127,7 +129,7 @@ def test_export_and_pytorch_write_as_many_model_tokens_with_the_default_decoding
     params, model, root = exported
     g = dataclasses.replace(parse_params(repo_params).profile.generation, max_new_tokens=64, length_grid=[])
     engine = ExportedModel(root / "int8", adapter=root / "adapter")
-    reference = model.generate_responses(ROWS, g)
+    reference = generate_responses(model, ROWS, g)
     answers = engine.answer_rows(ROWS, g, progress=False)
     ours, theirs = sum(answers.new_tokens) / len(ROWS), sum(reference.new_tokens) / len(ROWS)
     assert theirs > 8, reference.new_tokens  # a real length to compare
@@ -283,11 +285,12 @@ def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tm
     done = ask(root, "--file", str(prompts_only), "--max-new-tokens", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert [line.split(",")[0] for line in done.stdout.splitlines()] == ["Master_Index", "1", "2"]
-    # 0 new tokens (a length predict may choose): the echo prefix alone, without running the model
+    # 0 new tokens (a length predict may choose): the echo prefix alone, without running the model, shown in
+    # the case's own words and numbers (the host's normalisation, "bp 170110", is for the submission only)
     done = ask(root, "--file", str(prompts_only), "--max-new-tokens", "0", cwd=tmp_path)
-    assert done.returncode == 0 and done.stdout.splitlines()[1:] == [
-        "1,summary a child 2 years fever cough",
-        "2,summary a woman 30 headache bp 170110",
+    assert done.returncode == 0 and list(csv.reader(done.stdout.splitlines()))[1:] == [
+        ["1", "Summary: A child, 2 years, fever, cough"],
+        ["2", "Summary: A woman, 30, headache, BP 170/110"],
     ], done.stderr
     prompts_only.write_text("Prompt\nA child\n  \n")
     done = ask(root, "--file", str(prompts_only), cwd=tmp_path)
@@ -347,7 +350,7 @@ def test_an_over_long_vignette_loses_its_middle_in_both_engines_as_in_training(e
     assert len(engine.prompt_ids(long_row)) > 3 * params.profile.max_seq_length
     g = greedy(params, 8)
     with caplog.at_level(logging.WARNING):
-        reference = model.generate_responses([long_row], g)
+        reference = generate_responses(model, [long_row], g)
         text, ids = engine.answer(long_row, g)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert (
@@ -361,7 +364,7 @@ def test_an_over_long_vignette_loses_its_middle_in_both_engines_as_in_training(e
     assert ids == reference.token_ids[0] and text == reference.texts[0]
     # with the echo prefix, as long as the vignette: the model sees its end, the answer holds it whole
     g = dataclasses.replace(g, answer_prefix="echo")
-    reference = model.generate_responses([long_row], g)
+    reference = generate_responses(model, [long_row], g)
     text, ids = engine.answer(long_row, g)
     assert ids == reference.token_ids[0] and text == reference.texts[0] and text.endswith(reference.texts[0][-20:])
     assert text.startswith("summary " + prompt_echo(long_row))

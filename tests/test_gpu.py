@@ -6,8 +6,11 @@ import dataclasses
 import pytest
 
 from core.data import read_vignettes
+from core.decode.answer import generate_responses
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
+from core.train.dpo import align
+from core.train.sft import fine_tune
 from tests.checkpoints import REPO, build_toy_checkpoint
 from tests.conftest import tiny_params
 from tests.test_model import STATIC_CASES, static_against_generate
@@ -44,9 +47,9 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(
         )
     checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=6, learning_rate=1e-3)
-    profile = dataclasses.replace(params.profile, backend="hf", load_in_4bit=load_in_4bit, dtype=dtype)
+    profile = params.profile.with_base(backend="hf", load_in_4bit=load_in_4bit, dtype=dtype)
     model = model_for(profile, params.prompt.system)
-    model.fine_tune(ROWS[:16], [], profile.training, tmp_path / "run")  # LoRA attached and moved
+    fine_tune(model, ROWS[:16], [], profile.training, tmp_path / "run")  # LoRA attached and moved
     model.save_adapter(tmp_path / "adapter")
     model.cleanup_model()
     BaseUnslothModel.clear_cache()
@@ -87,8 +90,8 @@ def test_cuda_graph_decoding_gives_generates_greedy_tokens(
             max_new_tokens=32,
             answer_prefix="echo",
         )
-        graphs = model.generate_responses(ROWS[20:60], settings)
-        plain = model.generate_responses(ROWS[20:60], dataclasses.replace(settings, static_cache=False))
+        graphs = generate_responses(model, ROWS[20:60], settings)
+        plain = generate_responses(model, ROWS[20:60], dataclasses.replace(settings, static_cache=False))
         differ = sum(a != b for a, b in zip(graphs.texts, plain.texts, strict=True))
         assert any(plain.texts)  # the comparison is not between empty answers
         # float32: the same answers; bfloat16: at most 1 in 10 differs (0 of 40 when measured, greedy)
@@ -103,20 +106,18 @@ def test_unsloth_fine_tunes_generates_and_reloads(tmp_path, repo_params, load_in
 
     checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=6, learning_rate=1e-3)
-    profile = params.profile.__class__(
-        **{**params.profile.__dict__, "backend": "unsloth", "load_in_4bit": load_in_4bit}
-    )
+    profile = params.profile.with_base(backend="unsloth", load_in_4bit=load_in_4bit)
     model = model_for(profile, params.prompt.system)
     assert model.backend.name == "unsloth"
-    metrics = model.fine_tune(ROWS[:16], ROWS[16:20], profile.training, tmp_path / "run")
+    metrics = fine_tune(model, ROWS[:16], ROWS[16:20], profile.training, tmp_path / "run")
     assert metrics["steps"] == 6 and metrics["backend"] == "unsloth" and metrics["peak_gpu_memory_gb"] > 0
-    out = model.generate_responses(ROWS[20:28], profile.generation)
+    out = generate_responses(model, ROWS[20:28], profile.generation)
     assert len(out.texts) == 8 and all(0 < n <= profile.generation.max_new_tokens for n in out.new_tokens)
     assert model.tokenizer.padding_side == "left"
     beams = dataclasses.replace(profile.generation, num_beams=4, repetition_penalty=1.2)
-    beamed = model.generate_responses(ROWS[20:28], beams)
+    beamed = generate_responses(model, ROWS[20:28], beams)
     assert len(beamed.texts) == 8 and beamed.decoding_work_ratio >= 4  # beam search under Unsloth's inference mode
-    assert model.generate_responses(ROWS[20:28], beams).texts == beamed.texts
+    assert generate_responses(model, ROWS[20:28], beams).texts == beamed.texts
     model.save_adapter(tmp_path / "adapter")
     model.cleanup_model()
     BaseUnslothModel.clear_cache()
@@ -124,7 +125,7 @@ def test_unsloth_fine_tunes_generates_and_reloads(tmp_path, repo_params, load_in
 
     again = model_for(profile, params.prompt.system)
     again.load_adapter(tmp_path / "adapter")
-    assert again.generate_responses(ROWS[20:28], profile.generation).texts == out.texts
+    assert generate_responses(again, ROWS[20:28], profile.generation).texts == out.texts
     again.cleanup_model()
     BaseUnslothModel.clear_cache()
     assert torch.cuda.memory_allocated() <= held + 2**20  # the second model's memory was given back
@@ -138,9 +139,9 @@ def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
 
     checkpoint = build_toy_checkpoint("qwen3", tmp_path / "qwen3", shape=SMALL)
     params = tiny_params(repo_params, "qwen3", checkpoint, max_steps=4, learning_rate=1e-3)
-    profile = dataclasses.replace(params.profile, backend="unsloth", load_in_4bit=True)
+    profile = params.profile.with_base(backend="unsloth", load_in_4bit=True)
     sft = model_for(profile, params.prompt.system)
-    sft.fine_tune(ROWS[:16], [], profile.training, tmp_path / "run")
+    fine_tune(sft, ROWS[:16], [], profile.training, tmp_path / "run")
     sft.save_adapter(tmp_path / "sft")
     sft.cleanup_model()
     BaseUnslothModel.clear_cache()
@@ -150,13 +151,13 @@ def test_unsloth_dpo_moves_the_sft_adapter(tmp_path, repo_params):
     before = {n: w.detach().float().clone() for n, w in model.model.named_parameters() if "lora_" in n}
     pairs = build_pairs(ROWS[:8], ["llm"]).pairs
     config = dataclasses.replace(params.align, method="dpo", max_steps=2, batch_size=2, learning_rate=1e-3)
-    metrics = model.align(pairs[:4], pairs[4:6], config, tmp_path / "align")
+    metrics = align(model, pairs[:4], pairs[4:6], config, tmp_path / "align")
     assert metrics["steps"] == 2 and metrics["val_reward_accuracy"] is not None
     assert set(model.model.peft_config) == {"default"}
     assert any(
         not torch.equal(w.detach().float(), before[n]) for n, w in model.model.named_parameters() if "lora_" in n
     )
-    out = model.generate_responses(ROWS[20:24], profile.generation)  # and it still answers
+    out = generate_responses(model, ROWS[20:24], profile.generation)  # and it still answers
     assert len(out.texts) == 4
     model.save_adapter(tmp_path / "aligned")
     model.cleanup_model()

@@ -2,7 +2,11 @@
 switch that only a benchmark sets, and README's layout names every module of core/."""
 
 import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.checkpoints import REPO
@@ -119,21 +123,41 @@ def test_readme_layout_names_every_module_of_core_and_only_modules_that_exist():
     assert named - modules == set(), f"README's layout names modules that do not exist: {sorted(named - modules)}"
 
 
-# models/ holds the facade (BaseUnslothModel) that calls training and decoding; they work on what they
-# are handed (a module, a tokenizer, token ids) and never call back into models/
-BELOW_MODELS = ("core/train", "core/decode")
+# The layers of core/ (training and answering on the model, apart from each other; the export free of
+# torch) are import-linter's contracts in pyproject.toml; these run it and show that it can fail.
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    lint = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run(
+        [str(lint), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
 
 
-def back_edges(paths, root: Path = REPO) -> list[str]:
-    """Imports of core.models, at any depth of a function, from modules under BELOW_MODELS."""
-    edges = []
-    for path in paths:
-        place = path.relative_to(root).as_posix()
-        if place.startswith(BELOW_MODELS):
-            edges += [
-                f"{place} imports {name}" for name in sorted(imported_modules(path)) if name.startswith("core.models")
-            ]
-    return edges
+def test_the_import_contracts_hold():
+    result = lint_imports(REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def test_the_import_contracts_find_answering_code_in_training(tmp_path):
+    for part in ("core", "stages"):
+        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    sft = tmp_path / "core/train/sft.py"
+    # the kind of import that made a decoder edit rerun fine-tuning: inside a function, as it was
+    answering = (
+        "def _answer(model, rows, g):\n"
+        "    from core.decode.answer import generate_responses\n\n"
+        "    return generate_responses(model, rows, g)\n"
+    )
+    sft.write_text(sft.read_text() + "\n\n" + answering)
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "core.train.sft -> core.decode.answer" in result.stdout
+    assert "the training stages never reach answering code BROKEN" in result.stdout
 
 
 def padding_side_owners(paths, root: Path = REPO) -> set[str]:
@@ -147,25 +171,16 @@ def padding_side_owners(paths, root: Path = REPO) -> set[str]:
     return owners
 
 
-def test_training_and_decoding_never_import_models():
-    assert back_edges(PRODUCTION) == []
-
-
 def test_one_module_owns_the_tokenizers_padding_side():
     assert padding_side_owners(PRODUCTION) == {"core/models/base.py"}
 
 
-def test_the_layout_checks_find_a_back_edge_and_a_second_padding_owner(tmp_path):
+def test_the_layout_check_finds_a_second_padding_owner(tmp_path):
     (tmp_path / "core/train").mkdir(parents=True)
     (tmp_path / "core/models").mkdir(parents=True)
     trainer, facade = tmp_path / "core/train/sft.py", tmp_path / "core/models/base.py"
-    trainer.write_text(
-        "def run(model):\n"
-        "    from core.models.backends import cuda_available\n"
-        "    model.tokenizer.padding_side = 'right'\n"
-    )
-    facade.write_text("from core.train import sft\n\ndef load(tokenizer):\n    tokenizer.padding_side = 'left'\n")
-    assert back_edges([trainer, facade], tmp_path) == ["core/train/sft.py imports core.models.backends"]
+    trainer.write_text("def run(model):\n    model.tokenizer.padding_side = 'right'\n")
+    facade.write_text("def load(tokenizer):\n    tokenizer.padding_side = 'left'\n")
     assert padding_side_owners([trainer, facade], tmp_path) == {"core/train/sft.py", "core/models/base.py"}
 
 

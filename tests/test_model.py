@@ -13,11 +13,13 @@ import torch
 from core.config import parse_params
 from core.data import read_vignettes
 from core.decode import static_cache
+from core.decode.answer import generate_responses
 from core.decode.generation import AUTO_MEMORY_SHARE, answer_only_rules, generate_kwargs, mbr_choice, rows_per_batch
 from core.models.backends import BackendError
 from core.models.base import BaseUnslothModel
 from core.models.families import FAMILIES, model_for
 from core.train.common import IGNORE_INDEX, TrainingDiverged
+from core.train.sft import fine_tune, training_examples
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 
@@ -64,7 +66,7 @@ def test_prompt_at_prediction_is_the_training_prompt(tiny):
 
 def test_labels_mask_the_prompt_and_keep_the_end_of_turn(tiny):
     model, _ = tiny
-    examples = model.training_examples(ROWS[:3])
+    examples = training_examples(model, ROWS[:3])
     eot = model.tokenizer.convert_tokens_to_ids(model.end_of_turn)
     assert model.tokenizer.pad_token_id != eot  # padding can never mask the stop token out
     for row, ids, labels in zip(ROWS[:3], examples.input_ids, examples.labels, strict=True):
@@ -90,7 +92,7 @@ def test_labels_mask_the_prompt_and_keep_the_end_of_turn(tiny):
 
 
 def _loss_on(model, rows):
-    examples = model.training_examples(rows)
+    examples = training_examples(model, rows)
     width = max(map(len, examples.input_ids))
     pad = model.tokenizer.pad_token_id
     ids = torch.tensor([i + [pad] * (width - len(i)) for i in examples.input_ids])
@@ -109,7 +111,7 @@ def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(toy, tmp_path, repo_p
     ).profile.training
     model.attach_lora(seed=0)
     before = _loss_on(model, batch)
-    metrics = model.fine_tune(batch, ROWS[8:10], training, tmp_path / "run")
+    metrics = fine_tune(model, batch, ROWS[8:10], training, tmp_path / "run")
     after = _loss_on(model, batch)
     assert after < before - 0.5, (before, after)
     assert metrics["steps"] == 12 and metrics["trainable_params"] < metrics["total_params"] / 5
@@ -119,13 +121,13 @@ def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(toy, tmp_path, repo_p
     assert [e["step"] for e in evals] == [2, 4, 6, 8, 10, 12] and metrics["val_loss"] == evals[-1]["eval_loss"]
 
     generation = params.profile.generation
-    expected = model.generate_responses(ROWS[20:26], generation)
+    expected = generate_responses(model, ROWS[20:26], generation)
     model.save_adapter(tmp_path / "adapter")
     model.cleanup_model()
 
     reloaded = model_for(params.profile, params.prompt.system)
     reloaded.load_adapter(tmp_path / "adapter")
-    again = reloaded.generate_responses(ROWS[20:26], generation)
+    again = generate_responses(reloaded, ROWS[20:26], generation)
     assert again.texts == expected.texts
     assert again.new_tokens == expected.new_tokens
     assert any(expected.texts)  # the comparison is not between empty strings
@@ -155,7 +157,7 @@ def test_padding_free_and_one_pass_updates_follow_the_same_loss_curve(toy, tmp_p
         ).profile.training
         BaseUnslothModel.clear_cache()
         run = model_for(params.profile, params.prompt.system)
-        metrics = run.fine_tune(ROWS[:12], ROWS[12:16], training, tmp_path / name)
+        metrics = fine_tune(run, ROWS[:12], ROWS[12:16], training, tmp_path / name)
         assert (
             metrics["rows_per_pass"] == settings["rows_per_pass"]
             and metrics["padding_free"] is settings["padding_free"]
@@ -177,14 +179,14 @@ def test_training_that_turns_nan_stops_at_once_with_a_clear_error(toy, tmp_path,
     with pytest.raises(
         TrainingDiverged, match=r"diverged at step 1: loss is nan; nothing was saved\. Lower the learning rate"
     ):
-        model.fine_tune(ROWS[:8], [], training, tmp_path / "run")
+        fine_tune(model, ROWS[:8], [], training, tmp_path / "run")
 
 
 def test_generation_is_batched_greedy_and_order_preserving(tiny):
     model, params = tiny
     rows = ROWS[:5]
-    batched = model.generate_responses(rows, params.profile.generation)
-    one_by_one = [model.generate_responses([r], params.profile.generation).texts[0] for r in rows]
+    batched = generate_responses(model, rows, params.profile.generation)
+    one_by_one = [generate_responses(model, [r], params.profile.generation).texts[0] for r in rows]
     assert batched.texts == one_by_one  # left padding does not change what a row gets
     assert all(0 < n <= params.profile.generation.max_new_tokens for n in batched.new_tokens)
     assert model.tokenizer.padding_side == "left"
@@ -328,11 +330,11 @@ def test_beam_search_is_batch_independent_and_repeatable(tiny):
     beams = dataclasses.replace(
         params.profile.generation, num_beams=3, repetition_penalty=1.2, max_new_tokens=10, batch_size=4
     )
-    batched = model.generate_responses(rows, beams)
-    alone = [model.generate_responses([r], beams).texts[0] for r in rows]
+    batched = generate_responses(model, rows, beams)
+    alone = [generate_responses(model, [r], beams).texts[0] for r in rows]
     assert batched.texts == alone  # left padding does not change what a row gets under beam search either
-    assert model.generate_responses(rows, beams).texts == batched.texts  # and a rerun gives the same answers
-    greedy = model.generate_responses(rows, dataclasses.replace(beams, num_beams=1))
+    assert generate_responses(model, rows, beams).texts == batched.texts  # and a rerun gives the same answers
+    greedy = generate_responses(model, rows, dataclasses.replace(beams, num_beams=1))
     assert batched.texts != greedy.texts  # the beams really were searched
     assert batched.decoding_work_ratio >= 3 > greedy.decoding_work_ratio  # and what they cost is recorded
 
@@ -341,10 +343,10 @@ def test_mbr_returns_one_of_the_candidates_per_row(tiny):
     model, params = tiny
     rows = ROWS[:3]
     mbr = dataclasses.replace(params.profile.generation, num_beams=4, mbr_candidates=4, max_new_tokens=8)
-    out = model.generate_responses(rows, mbr)
+    out = generate_responses(model, rows, mbr)
     assert len(out.texts) == 3 and all(0 < n <= 8 for n in out.new_tokens)
     sampled = dataclasses.replace(mbr, num_beams=1, do_sample=True, mbr_candidates=3)
-    assert model.generate_responses(rows, sampled).texts == model.generate_responses(rows, sampled).texts  # seeded
+    assert generate_responses(model, rows, sampled).texts == generate_responses(model, rows, sampled).texts  # seeded
 
 
 def test_mbr_picks_the_consensus_candidate():
@@ -394,7 +396,7 @@ def test_auto_batch_size_follows_free_memory_and_splits_evenly():
 def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatch):
     model, params = tiny
     rows = ROWS[:5]
-    pinned = model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size=2))
+    pinned = generate_responses(model, rows, dataclasses.replace(params.profile.generation, batch_size=2))
     decode = static_cache.decode
     tried = []
 
@@ -405,11 +407,11 @@ def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatc
         return decode(model, prompts, *args, **kwargs)
 
     monkeypatch.setattr(static_cache, "decode", decode_within_two_rows)
-    auto = model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size="auto"))
+    auto = generate_responses(model, rows, dataclasses.replace(params.profile.generation, batch_size="auto"))
     assert tried == [5, 2, 2, 1]  # 5 rows at once, then halved: the same batches as batch_size 2
     assert auto.texts == pinned.texts and auto.batch_size == 2
     with pytest.raises(torch.cuda.OutOfMemoryError):  # a pinned batch size is the user's call: no retry
-        model.generate_responses(rows, dataclasses.replace(params.profile.generation, batch_size=4))
+        generate_responses(model, rows, dataclasses.replace(params.profile.generation, batch_size=4))
 
 
 def test_a_saved_adapter_refuses_another_model(tiny, tmp_path, repo_params, tiny_checkpoints):
@@ -427,7 +429,7 @@ def test_a_saved_adapter_refuses_another_model(tiny, tmp_path, repo_params, tiny
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
 def test_unsloth_without_cuda_fails_in_one_sentence(repo_params):
     raw = copy.deepcopy(repo_params)
-    raw["models"]["smollm2"]["backend"] = "unsloth"
+    raw["models"]["smollm2"]["base"]["backend"] = "unsloth"
     params = parse_params(raw)
     with pytest.raises(BackendError) as err:
         model_for(params.profile, params.prompt.system)
@@ -507,7 +509,7 @@ def test_the_best_epoch_by_validation_loss_is_kept(toy, tmp_path, repo_params):
             }
 
     record = SpoilLastEpochAndRecord()
-    metrics = model.fine_tune(ROWS[:16], ROWS[16:24], training, tmp_path / "run", callbacks=[record])
+    metrics = fine_tune(model, ROWS[:16], ROWS[16:24], training, tmp_path / "run", callbacks=[record])
     losses = metrics["val_loss_by_epoch"]
     assert len(losses) == 3 and losses[2] > min(losses[:2])
     best = 1 + losses.index(min(losses))

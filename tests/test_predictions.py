@@ -47,7 +47,7 @@ def test_validation_report_has_model_baseline_and_panels():
 
 
 def test_answers_that_are_the_prefix_alone_are_reported_as_adding_nothing():
-    from core.prompts import answer_prefix
+    from core.metrics.echo import answer_prefix
 
     # every answer "summary" + the echo and not one model token: what validation's length 0 gives
     predictions = {r["Master_Index"]: Prediction(answer_prefix(r, "echo"), 0, False) for r in ROWS}
@@ -189,7 +189,8 @@ class CountingModel:
 
     def generate_responses(self, rows, decoding):
         from core.decode.results import Generations
-        from core.prompts import answer_prefix, join_answer
+        from core.metrics.echo import answer_prefix
+        from core.prompts import join_answer
 
         n = decoding.longest_answer
         self.calls.append((len(rows), n))
@@ -211,9 +212,12 @@ def test_predict_answers_the_test_rows_at_the_length_chosen_and_not_at_all_at_le
 
     import yaml
 
+    import core.decode.answer
     import core.models.families
     from core import atomic
-    from core.prompts import answer_prefix
+    from core.config import parse_params
+    from core.metrics.echo import answer_prefix
+    from core.paths import read_table
     from stages import predict
     from tests.checkpoints import REPO
 
@@ -221,7 +225,6 @@ def test_predict_answers_the_test_rows_at_the_length_chosen_and_not_at_all_at_le
     params["models"][params["model"]]["generation"].update(
         length_grid=[0, 4, 8], max_new_tokens=8, answer_prefix="echo", engine="torch"
     )
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     # clinicians who wrote the prefix and then exactly `best` of the model's words: validation must choose `best`
     val = [
         dict(row, Clinician=" ".join([answer_prefix(row, "echo"), *[f"w{i}" for i in range(1, best + 1)]]))
@@ -234,8 +237,8 @@ def test_predict_answers_the_test_rows_at_the_length_chosen_and_not_at_all_at_le
     atomic.write_text(tmp_path / "data/prepared/test.jsonl", "".join(json.dumps(r) + "\n" for r in test))
     model = CountingModel()
     monkeypatch.setattr(core.models.families, "model_for", lambda *args, **kwargs: model)
-    monkeypatch.chdir(tmp_path)
-    predict.main()
+    monkeypatch.setattr(core.decode.answer, "generate_responses", lambda m, rows, g: m.generate_responses(rows, g))
+    predict.predict(parse_params(params), read_table().under(tmp_path))
     report = json.loads((tmp_path / "metrics/predict.json").read_text())
     assert report["length"]["max_new_tokens"] == best
     # validation at the grid's longest; the test rows at the chosen length, or not asked at all
@@ -245,3 +248,38 @@ def test_predict_answers_the_test_rows_at_the_length_chosen_and_not_at_all_at_le
         " ".join([answer_prefix(r, "echo"), *[f"w{i}" for i in range(1, best + 1)]]) for r in test
     ]
     assert {a["new_tokens"] for a in answers} == {str(best)} and report["test"]["seconds"] == (0.5 if best else 0.0)
+
+
+def test_an_answer_shown_to_a_person_keeps_the_cases_own_numbers(repo_params):
+    """ask (and the notebook) show the restated case as the nurse wrote it: the host's normalisation turns
+    39.8 into 398 and 5.2 g/dl into 52 gdl, which belongs to the submission file and the scores only."""
+    import dataclasses
+
+    from core.config import parse_params
+    from core.metrics.echo import answer_prefix, readable_answer
+    from core.metrics.rouge import normalise
+    from core.prompts import join_answer
+    from stages.ask import ask
+
+    vignette = (
+        "I am a nurse with 5 years of experience working in a health centre in Kisumu county in Kenya. "
+        "A 2 year old boy with severe malaria: temperature 39.8, pulse 168, haemoglobin 5.2 g/dl, weight 12 kg. "
+        "What is the immediate management?"
+    )
+    own = "give IV artesunate 2.4 mg/kg at 0, 12 and 24 h"  # the model's own text, shown as it wrote it
+
+    class Engine:
+        def answer(self, row, generation, on_text=None):
+            return join_answer(answer_prefix(row, generation.answer_prefix), own), [1, 2, 3]
+
+    generation = dataclasses.replace(parse_params(repo_params).profile.generation, answer_prefix="echo")
+    shown = ask(Engine(), vignette, generation)
+    assert shown == (
+        "Summary: A 2 year old boy with severe malaria: temperature 39.8, pulse 168, haemoglobin 5.2 g/dl, "
+        "weight 12 kg. What is the immediate management? give IV artesunate 2.4 mg/kg at 0, 12 and 24 h"
+    )
+    scored = join_answer(answer_prefix({"Prompt": vignette}, "echo"), own)
+    assert "temperature 398" in scored and "52 gdl" in scored  # what the submission holds, as the host scores it
+    assert normalise(shown) == normalise(scored)  # the same ROUGE either way
+    # an answer that does not open with the prefix (answer_prefix: none) is shown as the model wrote it
+    assert readable_answer({"Prompt": vignette}, own, "none") == own

@@ -276,18 +276,18 @@ def test_a_stage_run_by_hand_says_how_to_keep_its_outputs_through_dvc_exp_run(wo
 
 def test_a_hub_model_out_of_reach_stops_at_once_in_one_line_naming_the_key(workspace, tmp_path, repo_params):
     """`dvc exp run -S model=qwen3` with the hub unreachable and nothing cached: one line naming
-    models.qwen3.name and the way to a local checkout, from prepare, before dvc.lock records qwen3."""
+    models.qwen3.base.name and the way to a local checkout, from prepare, before dvc.lock records qwen3."""
     offline = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens on port 9
     began = time.monotonic()
     done = run_dvc(workspace, "exp", "run", "-S", "model=qwen3", check=False, env=offline)
     assert done.returncode != 0 and time.monotonic() - began < 60
     [line] = errors(done)
-    name = repo_params["models"]["qwen3"]["name"]
+    name = repo_params["models"]["qwen3"]["base"]["name"]
     assert line.startswith(
-        f"ERROR stages: params.yaml: models.qwen3.name: '{name}' is neither a local directory "
+        f"ERROR stages: params.yaml: models.qwen3.base.name: '{name}' is neither a local directory "
         "nor in the Hugging Face cache, and the hub did not give it (ConnectError"
     ), line
-    assert line.endswith("set models.qwen3.name to a local directory holding its config.json and weights")
+    assert line.endswith("set models.qwen3.base.name to a local directory holding its config.json and weights")
     assert "Traceback" not in done.stderr and "Running stage 'finetune'" not in done.stdout
     assert not (workspace / "dvc.lock").exists()
 

@@ -10,8 +10,9 @@ from core.decode.length import choose_length, cut
 from core.decode.repetition import AnswerOnlyRepetition, repeated_ngram_bans
 from core.decode.results import Generations
 from core.export.runtime import answer_only_rules as numpy_rules
+from core.metrics.echo import answer_prefix
 from core.metrics.loops import has_loop, loop_share
-from core.prompts import answer_prefix, join_answer
+from core.prompts import join_answer
 
 VOCAB = 8
 

@@ -14,9 +14,11 @@ import torch
 
 from benchmarks.standins import PUBLISHED, model_config
 from core.data import read_vignettes
+from core.decode.answer import generate_responses
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
 from core.prompts import fit_to_window
+from core.train.sft import training_examples
 from tests.checkpoints import REPO
 from tests.conftest import tiny_params
 
@@ -192,7 +194,7 @@ def test_labels_stops_and_padding_use_the_real_ids(family_model):
     # the checkpoint's published stop list is replaced by the template's end of turn, for generate() too
     assert model.model.config.eos_token_id == model.model.generation_config.eos_token_id == END_OF_TURN[family]
     assert model.model.config.pad_token_id == PAD[family]
-    examples = model.training_examples(ROWS[:4])
+    examples = training_examples(model, ROWS[:4])
     for row, ids, labels in zip(ROWS[:4], examples.input_ids, examples.labels, strict=True):
         prompt = model.encode(model.prompt_for(row))
         answer = model.encode(row["Clinician"].strip() + model.end_of_turn)
@@ -221,7 +223,7 @@ def test_generation_stops_at_the_real_end_of_turn_id(family_model, num_beams):
             answer_prefix="none",
             static_cache=static_cache,
         )
-        out = model.generate_responses(ROWS[:3], generation)
+        out = generate_responses(model, ROWS[:3], generation)
         assert out.texts == ["", "", ""] and out.stopped == [True, True, True], (static_cache, out)
         assert out.new_tokens == [1, 1, 1]  # the end of turn itself, then nothing
 
@@ -237,7 +239,7 @@ def test_prompts_are_cut_in_real_tokens_keeping_both_ends(family_model):
     assert (
         kept[:20] == prompt[:20] and kept[-20:] == prompt[-20:]
     )  # system prompt and header; question and assistant header
-    examples = model.training_examples([long_row])
+    examples = training_examples(model, [long_row])
     assert len(examples.input_ids[0]) <= window and examples.labels[0][-1] == END_OF_TURN[family]
     if family == "llama32":
         assert kept.count(128000) == 1 and examples.input_ids[0].count(128000) == 1

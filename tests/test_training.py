@@ -9,6 +9,7 @@ from core import atomic
 from core.models.base import BaseUnslothModel
 from core.models.families import model_for
 from core.train.common import CLOCK_FILE, IGNORE_INDEX, fit_example, write_training_log
+from core.train.sft import fine_tune, training_examples
 from tests.conftest import tiny_params
 from tests.test_model import ROWS
 
@@ -41,8 +42,8 @@ def test_an_over_long_row_is_trained_on_with_its_whole_answer_or_dropped(tiny_qw
     answer = probe.encode(row["Clinician"].strip() + probe.end_of_turn)
     window = len(full_prompt) + len(answer) - 5  # row is 5 tokens too long; short fits
 
-    model = model_for(dataclasses.replace(tiny_qwen.profile, max_seq_length=window), tiny_qwen.prompt.system)
-    examples = model.training_examples([short, row, long])
+    model = model_for(tiny_qwen.profile.with_base(max_seq_length=window), tiny_qwen.prompt.system)
+    examples = training_examples(model, [short, row, long])
     assert examples.prompt_cut == [row["Master_Index"]] and examples.dropped == ["ID_LONG"]
     assert len(examples.input_ids) == 2 and len(examples.input_ids[0]) < window  # short: untouched
     cut, labels = examples.input_ids[1], examples.labels[1]
@@ -79,14 +80,14 @@ def test_a_resumed_run_logs_continuous_steps_and_times_the_whole_run(tiny_qwen, 
     run_dir = tmp_path / "run"
     first = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
     with pytest.raises(KeyboardInterrupt):  # killed at step 3: checkpoint-2 is the last one saved
-        first.fine_tune(ROWS[:8], ROWS[8:10], training, run_dir, callbacks=[StopAfter(3).callback])
+        fine_tune(first, ROWS[:8], ROWS[8:10], training, run_dir, callbacks=[StopAfter(3).callback])
     first.cleanup_model()
     BaseUnslothModel.clear_cache()
     before_resume = atomic.read_json(run_dir / "checkpoint-2" / CLOCK_FILE)
     assert before_resume["step"] == 2 and before_resume["seconds"] > 0
 
     again = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
-    metrics = again.fine_tune(ROWS[:8], ROWS[8:10], training, run_dir)
+    metrics = fine_tune(again, ROWS[:8], ROWS[8:10], training, run_dir)
     assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 5
     assert metrics["train_runtime_s"] > before_resume["seconds"]  # the first part counted too
     loss_steps = [entry["step"] for entry in again.training_log if "loss" in entry]

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from core.config import GenerationConfig
 from core.decode.results import Generations
+from core.metrics.echo import answer_prefix
 from core.metrics.rouge import rouge
 from core.predictions import Prediction
-from core.prompts import answer_prefix, join_answer
+from core.prompts import join_answer
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ llama.cpp's Python binding builds llama.cpp from source on install.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import logging
@@ -36,7 +35,7 @@ def export_profile(profile: ModelProfile) -> ModelProfile:
     """The profile to merge with: full-precision weights through transformers + peft, whatever the
     profile trains with (a 4-bit base cannot be merged into exactly; the adapter is merged into
     the full-precision base, as QLoRA adapters usually are)."""
-    return dataclasses.replace(profile, backend="hf", dtype="float32", load_in_4bit=False)
+    return profile.with_base(backend="hf", dtype="float32", load_in_4bit=False)
 
 
 def merge(model, adapter_dir: str | Path, merged_dir: str | Path) -> int:

@@ -32,8 +32,8 @@ from core.decode.results import Generations, trim_at_stop
 from core.errors import ArtifactError, how_to_restore
 from core.export.beams import BeamChoice, beam_search
 from core.lock_record import files_unlike_record
+from core.metrics.echo import answer_prefix, readable_prefix
 from core.prompts import (
-    answer_prefix,
     chat_messages,
     fit_to_window,
     join_answer,
@@ -196,9 +196,11 @@ class ExportedModel:
         require_vignette(row.get(PROMPT))
         # an answer's prefix is encoded apart from the prompt, as training encodes the answer
         prefix_text = answer_prefix(row, generation.answer_prefix)
+        # what a person watching sees: the case in its own words, not in the scoring normalisation
+        shown_prefix = readable_prefix(row, generation.answer_prefix)
         if generation.longest_answer == 0:  # the length chosen on validation: the prefix alone
             if on_text is not None:
-                on_text(prefix_text)
+                on_text(shown_prefix)
             return prefix_text, []
         prefix = self.tokenizer.encode(prefix_text, add_special_tokens=False).ids if prefix_text else []
         (prompt,), (prefix,) = fit_to_window(
@@ -208,8 +210,8 @@ class ExportedModel:
             self.max_seq_length,
             [str(row.get(ID, "the vignette"))],
         )
-        if on_text is not None and prefix_text:
-            on_text(prefix_text + " ")
+        if on_text is not None and shown_prefix:
+            on_text(shown_prefix + " ")
         if generation.num_beams > 1 and not generation.do_sample:
             new, shown = self._beams(prompt, prefix, generation), ""
         else:

@@ -6,11 +6,10 @@ model's contribution over each, overall and by clinical panel, with the share of
 from __future__ import annotations
 
 from core.data import ID, TARGET, panel_of
-from core.metrics.echo import prompt_echo
+from core.metrics.echo import answer_prefix, prompt_echo
 from core.metrics.loops import loop_share
 from core.metrics.rouge import normalise, rouge
 from core.predictions import Prediction
-from core.prompts import answer_prefix
 
 
 def validation_report(

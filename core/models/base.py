@@ -1,7 +1,9 @@
-"""BaseUnslothModel: one family's model and prompts, loaded, with LoRA adapters; the facade the
-stages hold. It loads a causal LM (through a backend), renders prompts and training examples,
-attaches, saves and loads adapters; fine-tuning (core/train/sft.py) and batched answering
-(core/decode/generation.py) work on it.
+"""BaseUnslothModel: one family's model and prompts, loaded, with LoRA adapters: the bottom layer
+that training and answering stand on. It loads a causal LM (through a backend), renders prompts,
+encodes answers, attaches, saves and loads adapters. It imports neither training nor answering:
+`core.train.fine_tune` / `core.train.align` (core/train/) and `core.decode.generate_responses`
+(core/decode/) take a loaded model, so an edit to one side never reruns the stages of the other
+(the import contract in pyproject.toml holds the layers).
 
 The backends (Unsloth on CUDA, transformers + peft anywhere) live in core/models/backends.py.
 transformers, peft and trl are imported inside functions, not at module level, on purpose:
@@ -17,22 +19,17 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from core import atomic
-from core.config import AlignConfig, ConfigError, GenerationConfig, ModelProfile, TrainingConfig, as_dict
-from core.data import ID, TARGET, DataError
-from core.decode.generation import Generations, generate
+from core.config import ConfigError, ModelProfile, as_dict
 from core.errors import ArtifactError, CheckpointError, how_to_restore
 from core.models.backends import cuda_available, resolve_backend, resolve_dtype
 from core.models.weights import resolve_checkpoint
-from core.prompts import answer_prefix, chat_messages, fit_to_window, tidy_answer, user_message
-from core.train import dpo, sft
-from core.train.common import TrainingExamples
+from core.prompts import chat_messages, tidy_answer, user_message
 
 log = logging.getLogger(__name__)
 
@@ -80,47 +77,15 @@ class BaseUnslothModel:
         """An answer as the model learns to write it: its tokens, then the end-of-turn token."""
         return self.encode(text + self.end_of_turn)
 
+    @property
+    def stop_id(self) -> int:
+        """The end-of-turn token's id: where an answer ends."""
+        self._require_loaded()
+        return self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
+
     def decode(self, ids: list[int]) -> str:
         """An answer's text from its new token ids (the end-of-turn token dropped)."""
         return tidy_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
-
-    def training_examples(self, rows: Iterable[dict]) -> TrainingExamples:
-        """Token ids and labels for training: prompt tokens are masked out of the loss, the
-        response and its end-of-turn token are learned.
-
-        Prompt and response are encoded apart so the prompt's tokens are exactly those that
-        prediction feeds the model. A row longer than max_seq_length keeps its whole answer and
-        loses the middle of its prompt, or is dropped (core.train.common.fit_example); both are logged
-        by id.
-        """
-        self._require_loaded()
-        examples = TrainingExamples()
-        limit = self.profile.max_seq_length
-        for row in rows:
-            prompt_ids = self.encode(self.prompt_for(row))
-            examples.add(
-                str(row.get(ID, len(examples.input_ids))), prompt_ids, self.answer_ids(row[TARGET].strip()), limit
-            )
-        total = len(examples.input_ids) + len(examples.dropped)
-        if examples.prompt_cut:
-            log.warning(
-                "%d of %d rows are longer than max_seq_length=%d: trained on with the middle of the prompt cut, "
-                "the answer whole (%s)",
-                len(examples.prompt_cut),
-                total,
-                limit,
-                ", ".join(examples.prompt_cut),
-            )
-        if examples.dropped:
-            log.warning(
-                "%d of %d rows left out: the answer alone leaves less than a quarter of max_seq_length=%d to the "
-                "prompt (%s)",
-                len(examples.dropped),
-                total,
-                limit,
-                ", ".join(examples.dropped),
-            )
-        return examples
 
     # --- loading ----------------------------------------------------------------------------
     @property
@@ -183,126 +148,6 @@ class BaseUnslothModel:
         total = sum(p.numel() for p in self.model.parameters())
         return trainable, total
 
-    # --- training ---------------------------------------------------------------------------
-    def fine_tune(
-        self,
-        train_rows: list[dict],
-        val_rows: list[dict],
-        training: TrainingConfig,
-        output_dir: str | Path,
-        callbacks: Iterable[Any] = (),
-    ) -> dict:
-        """LoRA fine-tuning with trl's SFTTrainer (core/train/sft.py); resumes from the last
-        checkpoint in `output_dir` if one is there. Returns the run's metrics; the trainer's log
-        history is in `training_log`."""
-        from transformers import set_seed
-
-        self._require_loaded()
-        set_seed(training.seed)  # before the LoRA weights are drawn
-        if not hasattr(self.model, "peft_config"):
-            self.attach_lora(training.seed, training.gradient_checkpointing)
-        train = self.training_examples(train_rows)
-        if not train.input_ids:
-            raise ConfigError(
-                f"params.yaml: models.{self.profile.key}.max_seq_length: no training row fits in "
-                f"{self.profile.max_seq_length} tokens with its whole answer; raise it"
-            )
-        val = self.training_examples(val_rows) if val_rows else None
-        self.backend.for_training(self.model)
-        metrics, self.training_log = sft.fine_tune(
-            self.model,
-            self.tokenizer,
-            train,
-            val,
-            training,
-            output_dir,
-            self.dtype,
-            self.profile.max_seq_length,
-            callbacks,
-        )
-        metrics["backend"] = self.backend.name
-        metrics["trainable_params"], metrics["total_params"] = self.parameter_counts()
-        return metrics
-
-    def align(
-        self, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig, output_dir: str | Path
-    ) -> dict:
-        """DPO of the loaded (trainable) adapter against a frozen copy of itself, on preference
-        pairs (core/train/dpo.py); resumes like fine_tune. Returns the run's metrics; the trainer's
-        log history is in `training_log`."""
-        from transformers import set_seed
-
-        self._require_loaded()
-        self.backend.prepare_preference_training()
-        set_seed(config.seed)
-        train, train_left_out = self.preference_examples(train_pairs)
-        val, val_left_out = self.preference_examples(val_pairs)
-        if not train["prompt_ids"]:
-            raise DataError(
-                f"no preference pair fits max_seq_length={self.profile.max_seq_length} with its whole chosen answer"
-            )
-        self.backend.for_training(self.model)
-        metrics, self.training_log = dpo.direct_preference_optimisation(
-            self.model, self.tokenizer, train, val, config, output_dir, self.dtype, self.profile.max_seq_length
-        )
-        metrics["pairs_left_out"] = {"train": train_left_out, "val": val_left_out}
-        return metrics
-
-    def preference_examples(self, pairs: list[dict]) -> tuple[dict[str, list], int]:
-        """Token ids of preference pairs, encoded as training_examples encodes SFT's: the prompt
-        predict feeds, each answer ending with the end-of-turn token (core.train.dpo.fit_pairs
-        fits them to the window). Returns the ids and the number of pairs left out."""
-        self._require_loaded()
-        encoded = [
-            (
-                self.encode(self.prompt_for(pair["row"])),
-                self.answer_ids(pair["chosen"]),
-                self.answer_ids(pair["rejected"]),
-            )
-            for pair in pairs
-        ]
-        return dpo.fit_pairs(encoded, self.profile.max_seq_length)
-
-    def own_answers(self, rows: list[dict], generation: GenerationConfig) -> dict[str, str]:
-        """The model's greedy answers to `rows`, by id: DPO's on-policy rejected answers. Only as
-        many tokens as the longest clinician's answer are generated, since a rejected answer is cut
-        to its chosen answer's length anyway (core.train.dpo.fit_pairs)."""
-        self._require_loaded()
-        longest = max(len(self.answer_ids(row[TARGET].strip())) for row in rows)
-        out = self.generate_responses(rows, dpo.on_policy_decoding(generation, longest))
-        return {row[ID]: text for row, text in zip(rows, out.texts, strict=True)}
-
-    # --- generation -------------------------------------------------------------------------
-    def generate_responses(self, rows: list[dict], generation: GenerationConfig) -> Generations:
-        """Answer `rows` with the prompt training used, batched (core/decode/generation.py): greedy,
-        sampled or beam search, with MBR selection among candidates if configured."""
-        self._require_loaded()
-        self.backend.for_inference(self.model)
-        prefix_texts = [answer_prefix(row, generation.answer_prefix) for row in rows]
-        # an answer's prefix is encoded apart from the prompt, as training encodes the answer; an
-        # over-long vignette is cut to the window the model was tuned in, as in training, rather
-        # than run past it (and for minutes on a CPU)
-        encoded, prefix_ids = fit_to_window(
-            [self.encode(self.prompt_for(row)) for row in rows],
-            [self.encode(text) if text else [] for text in prefix_texts],
-            generation.longest_answer,
-            self.profile.max_seq_length,
-            [str(row.get(ID, i + 1)) for i, row in enumerate(rows)],
-        )
-        prefixes = list(zip(prefix_texts, prefix_ids, strict=True))
-        stop_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
-        return generate(
-            self.model,
-            self.tokenizer,
-            encoded,
-            stop_id,
-            generation,
-            self.dtype,
-            self.decode,
-            transformers_forward=self.backend.name == "hf",
-            prefixes=prefixes,
-        )
-
     # --- adapters ---------------------------------------------------------------------------
     def save_adapter(self, path: str | Path) -> None:
         """Write the LoRA adapter, the tokenizer (with its chat template) and the resolved
@@ -315,9 +160,8 @@ class BaseUnslothModel:
             self.tokenizer.save_pretrained(str(tmp))
             # the settings the adapter was trained with; decoding is predict's business, and a
             # generation key in here would change the adapter's hash without changing the adapter
-            atomic.write_json(
-                tmp / "profile.json", {k: v for k, v in as_dict(self.profile).items() if k != "generation"}
-            )
+            settings = {k: v for k, v in as_dict(self.profile).items() if k not in ("generation", "base")}
+            atomic.write_json(tmp / "profile.json", {**as_dict(self.profile.base), **settings})
             # peft keeps target_modules as a set and writes it in the process's string-hash order,
             # which changes from run to run: sorted, the same adapter is the same file.
             config = atomic.read_json(tmp / "adapter_config.json")

@@ -118,14 +118,15 @@ def _check_hub(key: str, name: str) -> None:
             HfApi().auth_check(name)
     except GatedRepoError:
         raise CheckpointError(
-            f"params.yaml: models.{key}.name: {name!r} is gated on the Hugging Face hub and this machine's token "
+            f"params.yaml: models.{key}.base.name: {name!r} is gated on the Hugging Face hub and this machine's token "
             f"(if any) may not download it: accept its licence at https://huggingface.co/{name}, then log in "
             "(hf auth login, or set HF_TOKEN)"
         ) from None
     except Exception as err:  # no network, offline mode, an unknown id: all end the same way
         reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"params.yaml: models.{key}.name: {name!r} is neither a local directory nor in the Hugging Face cache, "
-            f"and the hub did not give it ({type(err).__name__}: {reason}); download it where there is a network "
-            f"(hf download {name}) or set models.{key}.name to a local directory holding its config.json and weights"
+            f"params.yaml: models.{key}.base.name: {name!r} is neither a local directory nor in the Hugging Face "
+            f"cache, and the hub did not give it ({type(err).__name__}: {reason}); download it where there is a "
+            f"network (hf download {name}) or set models.{key}.base.name to a local directory holding its "
+            "config.json and weights"
         ) from None

@@ -6,26 +6,35 @@ generic, formatted answers the clinicians' differ from) and/or the SFT model's o
 the train prompts (on-policy). DPO then moves the SFT adapter towards the chosen answers,
 against a frozen copy of the same SFT adapter as the reference.
 
-Pairs are encoded exactly as SFT encodes its examples (BaseUnslothModel.preference_examples,
-core/models/base.py): the prompt is the tokens predict feeds, and each answer ends with the
-family's end-of-turn token; the loss is on the answers only. trl's DPOTrainer would re-tokenise
-prompt and answer together; it is handed token ids instead (see `_pretokenized_dpo_trainer`).
-Like core/train/sft.py, the training here works on what it is handed (a module, its tokenizer,
-the ids): BaseUnslothModel.align prepares them and calls `direct_preference_optimisation`.
+Pairs are encoded exactly as SFT encodes its examples (`preference_examples`): the prompt is the
+tokens predict feeds, and each answer ends with the family's end-of-turn token; the loss is on
+the answers only. trl's DPOTrainer would re-tokenise prompt and answer together; it is handed
+token ids instead (see `_pretokenized_dpo_trainer`). `align` is the entry point: it takes a
+loaded BaseUnslothModel with its adapter trainable, encodes the pairs and calls
+`direct_preference_optimisation`, which works on the bare module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.config import AlignConfig, GenerationConfig
-from core.data import ID, LLM_COLUMNS, TARGET
+from tqdm.auto import tqdm
+
+from core.config import AlignConfig
+from core.data import ID, LLM_COLUMNS, TARGET, DataError
 from core.metrics.rouge import normalise
+from core.prompts import cut_middle, shortest_prompt
 from core.train.common import divergence_guard, fit, fit_example, trainer_arguments
+
+if TYPE_CHECKING:
+    from core.models.base import BaseUnslothModel
+
+# rows a batch of the SFT model's own answers (on a CPU, more rows only pad more)
+OWN_ANSWERS_BATCH = 8
 
 
 @dataclass
@@ -62,13 +71,80 @@ def build_pairs(
     return result
 
 
-def on_policy_decoding(generation: GenerationConfig, longest: int) -> GenerationConfig:
-    """The decoding of the SFT model's own answers (on-policy rejected answers): greedy, one
-    candidate, at most `longest` tokens (the longest chosen answer: a rejected answer is cut to its
-    chosen answer's length anyway, fit_pairs)."""
-    return dataclasses.replace(
-        generation, do_sample=False, num_beams=1, mbr_candidates=0, min_new_tokens=0, max_new_tokens=longest
+def own_answers(model: BaseUnslothModel, rows: list[dict]) -> dict[str, str]:
+    """The SFT model's greedy answers to `rows`, by id: DPO's on-policy rejected answers.
+
+    Plain greedy decoding through transformers' generate(), no answer prefix and no repetition
+    rules: the answer the adapter itself writes (predict's decoding is the answering package's, which
+    training does not depend on). Only as many tokens as the longest clinician's answer are generated,
+    since a rejected answer is cut to its chosen answer's length anyway (fit_pairs); a prompt too
+    long for the window loses its middle, as in training."""
+    import torch
+
+    model.load()
+    longest = max(len(model.answer_ids(row[TARGET].strip())) for row in rows)
+    limit = model.profile.max_seq_length
+    room = max(limit - longest, shortest_prompt(limit))
+    prompts = [cut_middle(model.encode(model.prompt_for(row)), room) for row in rows]
+    model.backend.for_inference(model.model)
+    device = next(model.model.parameters()).device
+    answers = {}
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(rows), OWN_ANSWERS_BATCH), desc="own answers", unit="batch"):
+            batch = model.tokenizer.pad({"input_ids": prompts[start : start + OWN_ANSWERS_BATCH]}, return_tensors="pt")
+            out = model.model.generate(
+                **batch.to(device),
+                max_new_tokens=longest,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=model.stop_id,
+                pad_token_id=model.tokenizer.pad_token_id,
+            )
+            new = out[:, batch["input_ids"].shape[1] :].tolist()
+            for row, ids in zip(rows[start : start + OWN_ANSWERS_BATCH], new, strict=True):
+                answers[row[ID]] = model.decode(ids[: ids.index(model.stop_id)] if model.stop_id in ids else ids)
+    return answers
+
+
+def preference_examples(model: BaseUnslothModel, pairs: list[dict]) -> tuple[dict[str, list], int]:
+    """Token ids of preference pairs, encoded as SFT's training examples are: the prompt predict
+    feeds, each answer ending with the end-of-turn token (fit_pairs fits them to the window).
+    Returns the ids and the number of pairs left out."""
+    model.load()
+    encoded = [
+        (
+            model.encode(model.prompt_for(pair["row"])),
+            model.answer_ids(pair["chosen"]),
+            model.answer_ids(pair["rejected"]),
+        )
+        for pair in pairs
+    ]
+    return fit_pairs(encoded, model.profile.max_seq_length)
+
+
+def align(
+    model: BaseUnslothModel, train_pairs: list[dict], val_pairs: list[dict], config: AlignConfig, output_dir: str | Path
+) -> dict:
+    """DPO of the loaded (trainable) adapter against a frozen copy of itself, on preference pairs;
+    resumes like fine-tuning. Returns the run's metrics; the trainer's log history is left in
+    `model.training_log`."""
+    from transformers import set_seed
+
+    model.load()
+    model.backend.prepare_preference_training()
+    set_seed(config.seed)
+    train, train_left_out = preference_examples(model, train_pairs)
+    val, val_left_out = preference_examples(model, val_pairs)
+    if not train["prompt_ids"]:
+        raise DataError(
+            f"no preference pair fits max_seq_length={model.profile.max_seq_length} with its whole chosen answer"
+        )
+    model.backend.for_training(model.model)
+    metrics, model.training_log = direct_preference_optimisation(
+        model.model, model.tokenizer, train, val, config, output_dir, model.dtype, model.profile.max_seq_length
     )
+    metrics["pairs_left_out"] = {"train": train_left_out, "val": val_left_out}
+    return metrics
 
 
 def sample_pairs(pairs: list[dict], limit: int, seed: int) -> list[dict]:

@@ -2,10 +2,10 @@
 layout (passes, padding), the trainer, the fit (resuming where a checkpoint is), the record of
 the run.
 
-It works on what it is handed: a module with LoRA attached and in training mode, its tokenizer,
-and the examples already encoded (BaseUnslothModel.fine_tune, core/models/base.py, prepares all
-three and calls `fine_tune` here). transformers and trl are imported inside functions (Unsloth
-must be imported before them).
+`fine_tune` is the entry point: it takes a loaded BaseUnslothModel (core/models/base.py),
+attaches LoRA, encodes the rows (`training_examples`) and trains (`train_lora`, which works on
+a bare module, its tokenizer and the encoded examples). transformers and trl are imported inside
+functions (Unsloth must be imported before them).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from core import distributed
-from core.config import TrainingConfig
+from core.config import ConfigError, TrainingConfig
+from core.data import ID, TARGET
 from core.train.common import (
     TrainingExamples,
     best_epoch,
@@ -28,6 +29,9 @@ from core.train.common import (
     resume_point,
     trainer_arguments,
 )
+
+if TYPE_CHECKING:
+    from core.models.base import BaseUnslothModel
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,87 @@ class Layout:
     padding_free: bool
 
 
+def training_examples(model: BaseUnslothModel, rows: Iterable[dict]) -> TrainingExamples:
+    """Token ids and labels for training: prompt tokens are masked out of the loss, the
+    response and its end-of-turn token are learned.
+
+    Prompt and response are encoded apart so the prompt's tokens are exactly those that
+    prediction feeds the model. A row longer than max_seq_length keeps its whole answer and
+    loses the middle of its prompt, or is dropped (core.train.common.fit_example); both are logged
+    by id.
+    """
+    model.load()
+    examples = TrainingExamples()
+    limit = model.profile.max_seq_length
+    for row in rows:
+        prompt_ids = model.encode(model.prompt_for(row))
+        examples.add(
+            str(row.get(ID, len(examples.input_ids))), prompt_ids, model.answer_ids(row[TARGET].strip()), limit
+        )
+    total = len(examples.input_ids) + len(examples.dropped)
+    if examples.prompt_cut:
+        log.warning(
+            "%d of %d rows are longer than max_seq_length=%d: trained on with the middle of the prompt cut, "
+            "the answer whole (%s)",
+            len(examples.prompt_cut),
+            total,
+            limit,
+            ", ".join(examples.prompt_cut),
+        )
+    if examples.dropped:
+        log.warning(
+            "%d of %d rows left out: the answer alone leaves less than a quarter of max_seq_length=%d to the "
+            "prompt (%s)",
+            len(examples.dropped),
+            total,
+            limit,
+            ", ".join(examples.dropped),
+        )
+    return examples
+
+
 def fine_tune(
+    model: BaseUnslothModel,
+    train_rows: list[dict],
+    val_rows: list[dict],
+    training: TrainingConfig,
+    output_dir: str | Path,
+    callbacks: Iterable[Any] = (),
+) -> dict:
+    """LoRA fine-tuning of `model` with trl's SFTTrainer; resumes from the last checkpoint in
+    `output_dir` if one is there. Returns the run's metrics; the trainer's log history is left in
+    `model.training_log`."""
+    from transformers import set_seed
+
+    model.load()
+    set_seed(training.seed)  # before the LoRA weights are drawn
+    if not hasattr(model.model, "peft_config"):
+        model.attach_lora(training.seed, training.gradient_checkpointing)
+    train = training_examples(model, train_rows)
+    if not train.input_ids:
+        raise ConfigError(
+            f"params.yaml: models.{model.profile.key}.max_seq_length: no training row fits in "
+            f"{model.profile.max_seq_length} tokens with its whole answer; raise it"
+        )
+    val = training_examples(model, val_rows) if val_rows else None
+    model.backend.for_training(model.model)
+    metrics, model.training_log = train_lora(
+        model.model,
+        model.tokenizer,
+        train,
+        val,
+        training,
+        output_dir,
+        model.dtype,
+        model.profile.max_seq_length,
+        callbacks,
+    )
+    metrics["backend"] = model.backend.name
+    metrics["trainable_params"], metrics["total_params"] = model.parameter_counts()
+    return metrics
+
+
+def train_lora(
     module,
     tokenizer,
     train: TrainingExamples,
