@@ -113,7 +113,8 @@ class TrainingConfig:
     weight_decay: Number
     lr_scheduler: Text
     logging_steps: PositiveInteger
-    save_steps: PositiveInteger
+    # a checkpoint to resume an interrupted run from: every N optimiser steps, or at each epoch's end
+    save_steps: PositiveInteger | Literal["epoch"]
     gradient_checkpointing: Flag
     optimizer: Text = "adamw_torch"
     # keep the weights of the epoch with the lowest validation loss, not those of the last epoch
@@ -198,7 +199,7 @@ class AlignConfig:
     weight_decay: Number = 0.0
     optimizer: Text = "adamw_torch_fused"
     logging_steps: PositiveInteger = 1
-    save_steps: PositiveInteger = 50
+    save_steps: PositiveInteger | Literal["epoch"] = "epoch"
 
 
 @section
@@ -518,8 +519,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory, not the params file") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        # one line: where and what, not PyYAML's several lines of context
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {what}") from None
     return parse_params(raw, str(path))
 
 

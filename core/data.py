@@ -91,6 +91,8 @@ def read_vignettes(path: str | Path, *, labelled: bool) -> list[dict]:
         where = f"{path}: row {number}"
         if not row[ID]:
             raise DataError(f"{where}, column {ID!r}: empty id")
+        if any(ch in row[ID] for ch in "\r\n"):  # the submission writes one row a line: an id must fit on one
+            raise DataError(f"{where}, column {ID!r}: the id {row[ID]!r} holds a line break")
         if row[ID] in seen:
             raise DataError(f"{where}, column {ID!r}: duplicate id {row[ID]!r} (first seen in row {seen[row[ID]]})")
         seen[row[ID]] = number

@@ -24,9 +24,3 @@ class ArtifactError(UserError, FileNotFoundError):
 
 class DiskFullError(UserError, OSError):
     """An output could not be written for want of space; what stood there before is unchanged."""
-
-
-def how_to_restore(output: object) -> str:
-    """The fix for a damaged output that DVC tracks: its cached copy, or running the pipeline again.
-    `--force`: DVC otherwise refuses to replace a file that differs from its record (the damaged one)."""
-    return f"restore it with: dvc checkout --force {output} (or rebuild it: dvc repro)"

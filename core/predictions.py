@@ -95,7 +95,13 @@ def build_submission(rows: list[dict], predictions: dict[str, Prediction]) -> tu
 
 
 def write_submission(path: str | Path, rows: list[dict], submission: list[list[str]]) -> None:
-    """Write the submission CSV after checking it: every test id exactly once, no empty text."""
+    """Write the submission CSV after checking it (`submission_csv`)."""
+    atomic.write_text(path, submission_csv(path, rows, submission))
+
+
+def submission_csv(path: str | Path, rows: list[dict], submission: list[list[str]]) -> str:
+    """The submission CSV's text, checked: every test id exactly once, no empty text (`path` names it in
+    the error)."""
     ids = [r[ID] for r in rows]
     got = [s[0] for s in submission]
     if sorted(got) != sorted(ids) or len(set(got)) != len(got):
@@ -107,4 +113,4 @@ def write_submission(path: str | Path, rows: list[dict], submission: list[list[s
     empty = [key for key, text in submission if not text.strip()]
     if empty:
         raise DataError(f"{path}: empty response for id {empty[0]!r}")
-    atomic.write_text(path, _csv_text(submission, SUBMISSION_COLUMNS))
+    return _csv_text(submission, SUBMISSION_COLUMNS)

@@ -6,6 +6,7 @@ import shutil
 from core import atomic
 from core.config import Params, as_dict, load_params
 from core.data import LLM_COLUMNS, DataError
+from core.models.base import check_adapter
 from core.models.families import model_for
 from core.paths import Paths, read_table
 from core.train import dpo
@@ -15,14 +16,14 @@ from stages import run
 MARGIN_PLOTS = ("rewards/margins", "eval/rewards/margins")  # dvc.yaml's DPO plot: present, empty without DPO
 
 
-def align(params: Params, paths: Paths) -> None:
+def align(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
     config = params.align
     if config.method == "none":
         # The same files under another name: the same DVC hash, so predict's inputs do not change.
-        with atomic.atomic_path(paths.aligned) as tmp:
-            shutil.copytree(paths.adapter, tmp)
-        write_training_log(paths.align_log, [], always=MARGIN_PLOTS)
-        atomic.write_json(paths.align_metrics, {"align_method": "none"})
+        check_adapter(paths.adapter)  # a damaged adapter is named here, not copied on under another name
+        shutil.copytree(paths.adapter, outputs.path(paths.aligned))
+        write_training_log(outputs.path(paths.align_log), [], always=MARGIN_PLOTS)
+        outputs.write_json(paths.align_metrics, {"align_method": "none"})
         logging.info("align.method is none: %s is the SFT adapter", paths.aligned)
         return
 
@@ -54,10 +55,10 @@ def align(params: Params, paths: Paths) -> None:
     )
     run_dir = f"{paths.checkpoints}/align-{atomic.fingerprint(as_dict(config), as_dict(params.profile), train, val)}"
     metrics = dpo.align(model, pairs, val_sample, config, run_dir)
-    model.save_adapter(paths.aligned)
-    write_training_log(paths.align_log, model.training_log, always=MARGIN_PLOTS)
+    model.save_adapter(outputs.path(paths.aligned))
+    write_training_log(outputs.path(paths.align_log), model.training_log, always=MARGIN_PLOTS)
     # under "dpo": names like train_loss would otherwise clash with finetune's in `dvc exp show`
-    atomic.write_json(
+    outputs.write_json(
         paths.align_metrics,
         {
             "align_method": config.method,
@@ -75,8 +76,8 @@ def align(params: Params, paths: Paths) -> None:
     model.cleanup_model()
 
 
-def main() -> None:
-    align(load_params(), read_table())
+def main(outputs: atomic.Outputs) -> None:
+    align(load_params(), read_table(), outputs)
 
 
 if __name__ == "__main__":

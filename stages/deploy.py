@@ -153,7 +153,7 @@ def model_tokens(answered: dict) -> dict:
     return {"mean": sum(counts) / max(len(counts), 1), "answers_without": sum(n == 0 for n in counts)}
 
 
-def deploy(params: Params, paths: Paths) -> None:
+def deploy(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
     g = params.profile.generation
     rows = atomic.read_jsonl(paths.val)
     rows_file = paths.val if rows else paths.test  # data.val_fraction 0: timed on the test rows, not scored
@@ -206,7 +206,7 @@ def deploy(params: Params, paths: Paths) -> None:
         name: {"value": value, "limit": limit, "pass": ok} for name, (value, limit, ok) in limits.items()
     }
     report["all_limits_pass"] = all_limits_pass([ok for _, _, ok in limits.values()])
-    atomic.write_json(paths.deploy_metrics, report)
+    outputs.write_json(paths.deploy_metrics, report)
     logging.info(
         "%s: %s (timed at %d new tokens, %.1f a row)",
         paths.deploy_metrics,
@@ -263,8 +263,8 @@ def judge(report: dict, info: dict, rows: list[dict], compared: dict | None) -> 
     return limits
 
 
-def main() -> None:
-    deploy(load_params(), read_table())
+def main(outputs: atomic.Outputs) -> None:
+    deploy(load_params(), read_table(), outputs)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,20 @@ from core.predictions import read_predictions
 from stages import run
 
 
-def evaluate(paths: Paths) -> None:
+def evaluate(paths: Paths, outputs: atomic.Outputs) -> None:
     rows = atomic.read_jsonl(paths.val)
     if not rows:  # data.val_fraction: 0, every labelled row went into training
-        atomic.write_json(
+        outputs.write_json(
             paths.eval_metrics, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"}
         )
-        atomic.write_json(paths.rouge_by_panel, [])
+        outputs.write_json(paths.rouge_by_panel, [])
         logging.warning("no validation rows (data.val_fraction is 0): nothing scored")
         return
     predictions = read_predictions(paths.val_predictions, rows)
     prefix_kind = atomic.read_json(paths.predict_metrics).get("answer_prefix", "none")
     summary, per_panel = validation_report(rows, predictions, prefix_kind)
-    atomic.write_json(paths.eval_metrics, summary)
-    atomic.write_json(paths.rouge_by_panel, per_panel)
+    outputs.write_json(paths.eval_metrics, summary)
+    outputs.write_json(paths.rouge_by_panel, per_panel)
     logging.info(
         "val ROUGE-L: model %.4f, answer prefix alone (%s) %.4f, prompt echo %.4f; the model's own tokens add %+.4f",
         summary["model"]["rougeL"],
@@ -36,8 +36,8 @@ def evaluate(paths: Paths) -> None:
         logging.warning("no validation answer holds a model token: every answer is the prefix alone")
 
 
-def main() -> None:
-    evaluate(read_table())
+def main(outputs: atomic.Outputs) -> None:
+    evaluate(read_table(), outputs)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def run_card(params) -> dict:
     }
 
 
-def finetune(params: Params, paths: Paths) -> None:
+def finetune(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
     train = atomic.read_jsonl(paths.train)
     val = atomic.read_jsonl(paths.val)
     # One checkpoint directory per (training settings, data): a resumed run never picks up another
@@ -61,9 +61,9 @@ def finetune(params: Params, paths: Paths) -> None:
     metrics = fine_tune(model, train, val, params.profile.training, run_dir)
     distributed.barrier()  # every rank is done with the checkpoints
     if distributed.is_main_process():
-        model.save_adapter(paths.adapter)
-        write_training_log(paths.finetune_log, model.training_log)
-        atomic.write_json(
+        model.save_adapter(outputs.path(paths.adapter))
+        write_training_log(outputs.path(paths.finetune_log), model.training_log)
+        outputs.write_json(
             paths.finetune_metrics, {**run_card(params), **{key: metrics[key] for key in RECORDED if key in metrics}}
         )
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -76,8 +76,8 @@ def finetune(params: Params, paths: Paths) -> None:
     model.cleanup_model()
 
 
-def main() -> None:
-    finetune(load_params(), read_table())
+def main(outputs: atomic.Outputs) -> None:
+    finetune(load_params(), read_table(), outputs)
 
 
 if __name__ == "__main__":

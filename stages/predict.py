@@ -47,7 +47,7 @@ def split_record(out: Generations, predictions: list[Prediction]) -> dict:
     }
 
 
-def predict(params: Params, paths: Paths) -> None:
+def predict(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
     g = params.profile.generation
     if g.engine == "onnx":
         from core.export.runtime import ExportedModel
@@ -103,12 +103,12 @@ def predict(params: Params, paths: Paths) -> None:
         logging.warning(
             "answer length: max_new_tokens %d from params.yaml (%s)", length.max_new_tokens, length.chosen_by
         )
-    atomic.write_files(paths.predictions, files)
-    atomic.write_json(paths.predict_metrics, report)
+    outputs.write_files(paths.predictions, files)
+    outputs.write_json(paths.predict_metrics, report)
 
 
-def main() -> None:
-    predict(load_params(), read_table())
+def main(outputs: atomic.Outputs) -> None:
+    predict(load_params(), read_table(), outputs)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,19 @@ from core.paths import Paths, read_table
 from stages import run
 
 
-def prepare(params: Params, paths: Paths) -> None:
+def prepare(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
     # the base weights too, so that a profile that cannot run fails here, before DVC records its params
     check_available(params.profile)
     labelled = read_vignettes(params.data.train_csv, labelled=True)
     test = read_vignettes(params.data.test_csv, labelled=False)
     train, val = split_train_val(labelled, params.data.val_fraction, params.data.seed)
     splits = {paths.train: train, paths.val: val, paths.test: test}  # inside paths.prepared
-    atomic.write_files(paths.prepared, {Path(path).name: atomic.jsonl_text(rows) for path, rows in splits.items()})
+    outputs.write_files(paths.prepared, {Path(path).name: atomic.jsonl_text(rows) for path, rows in splits.items()})
     logging.info("wrote %s: %d train, %d val, %d test rows", paths.prepared, len(train), len(val), len(test))
 
 
-def main() -> None:
-    prepare(load_params(), read_table())
+def main(outputs: atomic.Outputs) -> None:
+    prepare(load_params(), read_table(), outputs)
 
 
 if __name__ == "__main__":

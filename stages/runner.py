@@ -1,8 +1,10 @@
 """The runner every stage goes through (`stages.run`): logging, signals, one line per problem.
 
-Every stage does its work first and writes its outputs last, each in one atomic rename, and
-dvc.yaml marks the outputs `persist` so DVC does not delete them before the stage runs: a stage
-that fails, or is stopped, leaves the outputs of its last good run as they were. A stage that
+A stage writes its outputs through `core.atomic.Outputs`, staged beside their targets; the runner
+runs every check (the settings guard included) once the work is done and only then swaps all the
+outputs in together, and dvc.yaml marks the outputs `persist` so DVC does not delete them before
+the stage runs: a stage that fails, is stopped or is refused by a check leaves every output of its
+last good run as it was. A stage that
 DVC started ends when that `dvc` process ends (`_end_with_dvc`), so it never writes behind
 dvc.lock's back. Processes are looked up through psutil.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from core import distributed
+from core import atomic, distributed
 from core.errors import UserError
 from stages import settings_guard
 
@@ -123,9 +125,10 @@ def _note_if_run_by_hand() -> None:
         )
 
 
-def run(main: Callable[[], None]) -> None:
-    """Run a stage; a problem the user can fix ends it with one clear line (a line per problem),
-    not a traceback."""
+def run(work: Callable[[atomic.Outputs], None]) -> None:
+    """Run a stage's `work`, which writes its outputs into the `Outputs` it is handed; they replace the
+    last run's together, after every check. A problem the user can fix ends it with one clear line (a
+    line per problem), not a traceback."""
     # In a data-parallel run only rank 0 reports progress; the others speak up only on trouble.
     # KCR_LOG_LEVEL=DEBUG: the libraries' own chatter too (the export builder's, core/export/build.py)
     asked = os.environ.get("KCR_LOG_LEVEL", "INFO").upper()
@@ -139,8 +142,11 @@ def run(main: Callable[[], None]) -> None:
     _end_with_dvc()
     try:
         settings = settings_guard.start(dvc_process())
-        main()
-        settings_guard.finish(settings)
+        with atomic.Outputs() as outputs:
+            work(outputs)
+            # the last check, before the first output is replaced: the settings the stage ran with
+            settings_guard.finish(settings)
+            outputs.commit()
         _note_if_run_by_hand()
     except (UserError, FileNotFoundError) as err:
         # (a FileNotFoundError names its file whoever raised it)
@@ -157,3 +163,6 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(1)
     finally:
         distributed.shut_down()
+        # the stage is over: a SIGTERM from here on (dvc stopping, a second kill) ends the process as it is,
+        # rather than raise SystemExit inside the interpreter's own shutdown ("Exception ignored in threading")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -211,6 +211,19 @@ def test_missing_and_broken_files(tmp_path):
         load_params(bad)
 
 
+def test_a_broken_or_misplaced_params_file_is_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("model: smollm2\ndata:\n  seed: [1\n  val_fraction: 0.2\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(bad)
+    [line] = str(err.value).splitlines()
+    assert line.startswith(f"{bad}: not valid YAML at line ") and "column" in line, line
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"folder.yaml: a directory, not the params file$"):
+        load_params(folder)
+
+
 def test_every_problem_is_listed_one_line_each(repo_params):
     raw = copy.deepcopy(repo_params)
     raw["models"]["smollm2"]["lora"].update(r=0, alpha=0)

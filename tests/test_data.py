@@ -101,8 +101,17 @@ def _bad_years(rows, path):
     write_csv(path, rows)
 
 
+def _id_with_a_line_break(rows, path):
+    rows[2]["Master_Index"] = "ID_A\nID_B"
+    write_csv(path, rows)
+
+
 BAD_INPUTS = {
     "missing column": (_drop_column, r"column 'Prompt' is missing"),
+    "line break in an id": (
+        _id_with_a_line_break,
+        r"row 3, column 'Master_Index': the id 'ID_A\\nID_B' holds a line break",
+    ),
     "duplicate id": (_duplicate_id, r"row 6, column 'Master_Index': duplicate id '.*' \(first seen in row 3\)"),
     "empty prompt": (_empty_prompt, r"row 4, column 'Prompt': empty prompt"),
     "unreadable encoding": (_bad_encoding, r"line \d+: not valid UTF-8"),

@@ -128,7 +128,11 @@ def keys_in_code(path: Path) -> set[str]:
     return {
         node.attr
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "paths"
+        if isinstance(node, ast.Attribute)
+        and (
+            (isinstance(node.value, ast.Name) and node.value.id == "paths")
+            or (isinstance(node.value, ast.Attribute) and node.value.attr == "paths")  # device.paths.<name>
+        )
     }
 
 

@@ -81,7 +81,7 @@ def stage_runner(monkeypatch):
 
 @pytest.mark.parametrize("error", project_error_classes(), ids=lambda cls: cls.__name__)
 def test_a_stage_reports_each_user_error_in_one_line_per_problem(error, stage_runner, caplog):
-    def main():
+    def main(outputs):
         raise error("params.yaml: first problem\nparams.yaml: second problem")
 
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
@@ -95,7 +95,7 @@ def test_a_stage_reports_each_user_error_in_one_line_per_problem(error, stage_ru
 
 
 def test_a_bug_keeps_its_traceback(stage_runner):
-    def main():
+    def main(outputs):
         raise KeyError("not the user's doing")
 
     with pytest.raises(KeyError):
@@ -107,11 +107,10 @@ CHILD = textwrap.dedent("""
     from core import atomic
     from stages import run
 
-    def main():
-        with atomic.atomic_path(sys.argv[1]) as tmp:
-            tmp.write_text("written only if the stage finished")
-            print(os.getpid(), flush=True)
-            time.sleep(120)
+    def main(outputs):
+        outputs.write_text(sys.argv[1], "written only if the stage finished")
+        print(os.getpid(), flush=True)
+        time.sleep(120)
 
     run(main)
 """)
@@ -152,7 +151,37 @@ def test_a_stage_ends_when_the_dvc_that_started_it_ends(tmp_path, how):
     while process_alive(stage) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not process_alive(stage), "the stage outlived the dvc that started it"
-    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not out.exists() and not [*tmp_path.glob(".*.tmp"), *tmp_path.glob(".*.staged")]
+
+
+LINGERING = textwrap.dedent("""
+    import threading, time
+    from stages import run
+
+    def main(outputs):
+        # a thread the interpreter waits for at exit (as a library's may be), so that a second SIGTERM lands
+        # during the interpreter's own shutdown
+        threading.Thread(target=time.sleep, args=(3,)).start()
+        print("working", flush=True)
+        time.sleep(60)
+
+    run(main)
+""")
+
+
+def test_a_second_sigterm_during_shutdown_prints_no_traceback(tmp_path):
+    """A stopped stage's interpreter shutting down, SIGTERM again (dvc stopping, a second kill): the process
+    ends without 'Exception ignored in: <module threading>' and SystemExit's traceback."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", LINGERING], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "working"
+    child.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # the stage has stopped; the interpreter waits for the lingering thread
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=30)
+    assert child.returncode in (143, -signal.SIGTERM), stderr
+    assert "Exception ignored" not in stderr and "Traceback" not in stderr, stderr
 
 
 def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(stage_runner, tmp_path, monkeypatch, caplog):
@@ -170,7 +199,8 @@ def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(stage_r
 
     monkeypatch.setattr(Path, "write_text", disk_full_after)
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
-        stage_runner(lambda: atomic.write_files(predictions, {"val.csv": "new answers\n" * 100, "test.csv": "more\n"}))
+        new = {"val.csv": "new answers\n" * 100, "test.csv": "more\n"}
+        stage_runner(lambda outputs: outputs.write_files(predictions, new))
     monkeypatch.undo()
     assert stopped.value.code == 1
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
@@ -184,7 +214,7 @@ def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(stage_r
     # a write outside core.atomic (a library's own file): the file it names, in one line
     caplog.clear()
 
-    def main():
+    def main(outputs):
         raise OSError(errno.ENOSPC, "No space left on device", "models/checkpoints/abc/optimizer.pt")
 
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit):

@@ -3,6 +3,7 @@ stand-ins; the toy tokenizer where many optimiser steps run)."""
 
 import copy
 import dataclasses
+import os
 import sys
 import types
 from types import SimpleNamespace
@@ -124,6 +125,12 @@ def test_fine_tune_lowers_the_loss_and_the_adapter_reloads(toy, tmp_path, repo_p
     expected = generate_responses(model, ROWS[20:26], generation)
     model.save_adapter(tmp_path / "adapter")
     model.cleanup_model()
+    # every file of the adapter readable as the others (safetensors writes its own 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in (tmp_path / "adapter").iterdir()} == {
+        f.name: oct(0o666 & ~umask) for f in (tmp_path / "adapter").iterdir()
+    }
 
     reloaded = model_for(params.profile, params.prompt.system)
     reloaded.load_adapter(tmp_path / "adapter")

@@ -238,7 +238,9 @@ def test_predict_answers_the_test_rows_at_the_length_chosen_and_not_at_all_at_le
     model = CountingModel()
     monkeypatch.setattr(core.models.families, "model_for", lambda *args, **kwargs: model)
     monkeypatch.setattr(core.decode.answer, "generate_responses", lambda m, rows, g: m.generate_responses(rows, g))
-    predict.predict(parse_params(params), read_table().under(tmp_path))
+    with atomic.Outputs() as outputs:
+        predict.predict(parse_params(params), read_table().under(tmp_path), outputs)
+        outputs.commit()
     report = json.loads((tmp_path / "metrics/predict.json").read_text())
     assert report["length"]["max_new_tokens"] == best
     # validation at the grid's longest; the test rows at the chosen length, or not asked at all

@@ -47,7 +47,7 @@ def snapshot(workspace: Path) -> dict[str, str]:
 
 def leftovers(workspace: Path) -> list[str]:
     """Temporaries of unfinished writes (core.atomic.atomic_path), anywhere in the workspace."""
-    return [str(p) for p in workspace.rglob(".*.tmp")]
+    return [str(p) for pattern in (".*.tmp", ".*.staged") for p in workspace.rglob(pattern)]
 
 
 def errors(done: subprocess.CompletedProcess) -> list[str]:
@@ -88,7 +88,7 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     assert snapshot(workspace) == good
     git(
         workspace, "checkout", "HEAD", "--", "params.yaml"
-    )  # README's way back: `dvc exp run -S` wrote model: gpt5 there
+    )  # docs/usage.md's way back: `dvc exp run -S` wrote model: gpt5 there
     assert git(workspace, "status", "--porcelain", "params.yaml") == ""
 
     # 3. Bad settings stop the first stage that reads them, before any model is loaded, one line each.
@@ -173,9 +173,11 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
 
 def test_settings_changed_under_a_running_pipeline_stop_it_and_nothing_is_recorded_under_them(finished_workspace):
     """`dvc repro` answering; meanwhile `dvc exp run -S ...` is refused by DVC's lock, but has already written its
-    value into params.yaml: the running stage stops with one line, and dvc.lock keeps the settings that ran."""
+    value into params.yaml: the running stage stops with one line, dvc.lock keeps the settings that ran, and
+    every output of the stage is as it was (the check comes before any output is replaced)."""
     workspace = finished_workspace
     lock = (workspace / "dvc.lock").read_text()
+    before = snapshot(workspace)
     # long answers: predict still answering when the second run comes
     edit_params(workspace, lambda raw: raw["models"]["qwen3"]["generation"].update(max_new_tokens=100, length_grid=[]))
     ran = (workspace / "params.yaml").read_text()
@@ -205,6 +207,7 @@ def test_settings_changed_under_a_running_pipeline_stop_it_and_nothing_is_record
     assert len(stopped) == 1 and "params.yaml: changed while this stage was running" in stopped[0], "".join(seen)
     assert (workspace / "dvc.lock").read_text() == lock  # nothing recorded under num_beams 2
     assert "num_beams: 2" not in (workspace / "dvc.lock").read_text()
+    assert snapshot(workspace) == before and leftovers(workspace) == []  # predictions and metrics untouched
 
     # the next stage of the same dvc process would stop at once, before any work, in one line
     from stages import settings_guard
@@ -251,6 +254,48 @@ def test_the_restore_command_printed_for_a_damaged_output_restores_it(finished_w
     assert run_dvc(workspace, "status").stdout.strip().startswith("Data and pipelines are up to date")
 
 
+def printed_command(line: str) -> str:
+    """The way back an error line ends with: `restore it with: <command>` or `rebuild it from its inputs: <command>`."""
+    found = re.search(r"(?:restore it with|rebuild it from its inputs): (dvc [^(]+?)(?: \(|$)", line)
+    assert found, line
+    return found.group(1)
+
+
+def test_a_damaged_adapter_is_named_first_and_the_printed_commands_rebuild_the_chain(finished_workspace):
+    """The QA round's loop: a truncated models/adapter was copied on by align, `dvc commit -f align` recorded the
+    damage, and every printed `dvc checkout --force` put the same bad bytes back. Now align names the adapter
+    before copying it, and where dvc.lock records damaged bytes the line says to rebuild the stage instead: the
+    printed commands, run as printed, end with the pipeline whole."""
+    workspace, env = finished_workspace, tools_env()
+    adapter = workspace / "models/adapter/adapter_model.safetensors"
+    good = adapter.read_bytes()
+    os.truncate(adapter, 10_000_000)
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.align"], cwd=workspace, env=env, capture_output=True, text=True
+    )
+    [line] = errors(done)
+    assert done.returncode == 1 and line.startswith("ERROR stages: models/adapter/adapter_model.safetensors: ")
+    assert printed_command(line) == "dvc checkout --force models/adapter"
+    # the state the QA round reached: the damaged adapter copied to models/aligned and recorded there
+    aligned = workspace / "models/aligned/adapter_model.safetensors"
+    aligned.write_bytes(adapter.read_bytes())
+    run_dvc(workspace, "commit", "-f", "align")
+    subprocess.run(printed_command(line), shell=True, cwd=workspace, env=env, check=True, capture_output=True)
+    assert adapter.read_bytes() == good
+    commands = []
+    for _ in range(3):
+        done = run_dvc(workspace, "repro", check=False)
+        if done.returncode == 0:
+            break
+        [line] = [x for x in (done.stdout + done.stderr).splitlines() if x.startswith("ERROR stages:")]
+        commands.append(printed_command(line))
+        subprocess.run(commands[-1], shell=True, cwd=workspace, env=env, check=True, capture_output=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert commands == ["dvc repro --force --single-item align"]  # a checkout would have put the damage back
+    assert aligned.read_bytes() == good
+    assert run_dvc(workspace, "status").stdout.strip().startswith("Data and pipelines are up to date")
+
+
 def test_a_stage_run_by_hand_says_how_to_keep_its_outputs_through_dvc_exp_run(workspace, tmp_path):
     """`dvc exp run` checks out dvc.lock's outputs first: one a stage wrote when run by hand is not in
     DVC's cache and would be deleted. The stage says so and names the command that keeps it."""
@@ -293,7 +338,7 @@ def test_a_hub_model_out_of_reach_stops_at_once_in_one_line_naming_the_key(works
 
 
 def test_the_way_back_from_a_killed_dvc_exp_run_works_as_printed(tmp_path):
-    """A `dvc exp run -S` killed mid-stage leaves a detached HEAD and its value in params.yaml; README's
+    """A `dvc exp run -S` killed mid-stage leaves a detached HEAD and its value in params.yaml; docs/usage.md's
     command, run as printed in that state, puts the branch and its settings back."""
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -327,8 +372,8 @@ def test_the_way_back_from_a_killed_dvc_exp_run_works_as_printed(tmp_path):
     psutil.wait_procs(family, timeout=30)
     assert git(repo, "branch", "--show-current").strip() == ""  # detached
     assert "x: 2" in (repo / "params.yaml").read_text()
-    readme = (REPO / "README.md").read_text()
-    command = re.search(r"the way back to your branch and its\s+settings: `([^`]+)`", readme, re.I).group(1)
+    usage = (REPO / "docs/usage.md").read_text()  # what the docs tell a user to type
+    command = re.search(r"the way back to your branch and its\s+settings: `([^`]+)`", usage, re.I).group(1)
     done = subprocess.run(command, shell=True, cwd=repo, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert git(repo, "branch", "--show-current").strip() == "main"

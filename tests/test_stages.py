@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core import atomic
 from core.config import parse_params
 from core.paths import read_table
 from tests.dvc_helpers import run_dvc
@@ -36,6 +37,13 @@ def changed_outputs(repo: Path) -> dict[str, set[str]]:
     return found
 
 
+def run_stage(work, *inputs) -> None:
+    """A stage's function, its outputs swapped in as the runner does once every check has passed."""
+    with atomic.Outputs() as outputs:
+        work(*inputs, outputs)
+        outputs.commit()
+
+
 def test_each_stage_is_a_function_of_its_settings_and_paths(finished_workspace):
     from stages import align, deploy, evaluate, export, finetune, predict, prepare, submit
 
@@ -44,14 +52,11 @@ def test_each_stage_is_a_function_of_its_settings_and_paths(finished_workspace):
     raw["data"].update({key: str(repo / raw["data"][key]) for key in ("train_csv", "test_csv")})
     params, paths = parse_params(raw), read_table(repo / "paths.yaml").under(repo)
     assert Path.cwd() != repo  # the stages read and write only through `paths`
-    prepare.prepare(params, paths)
-    finetune.finetune(params, paths)
-    align.align(params, paths)
-    export.export(params, paths)
-    predict.predict(params, paths)
-    evaluate.evaluate(paths)
-    submit.submit(paths)
-    deploy.deploy(params, paths)
+    for stage in (prepare.prepare, finetune.finetune, align.align, export.export, predict.predict):
+        run_stage(stage, params, paths)
+    run_stage(evaluate.evaluate, paths)
+    run_stage(submit.submit, paths)
+    run_stage(deploy.deploy, params, paths)
     # the cached outputs are those dvc.lock records (the export's ONNX files are not bit-stable run to run)
     changed = {
         stage: {out for out in outs if not out.startswith(UNCACHED)}

@@ -101,6 +101,29 @@ def test_a_resumed_run_logs_continuous_steps_and_times_the_whole_run(tiny_qwen, 
     again.cleanup_model()
 
 
+def test_a_default_run_checkpoints_each_epoch_resumes_and_leaves_no_empty_directory(tiny_qwen, tmp_path):
+    """params.yaml's default (`save_steps: epoch`): a checkpoint at each epoch's end, so that a default run, whatever
+    its few steps, can resume; a run stopped before its first checkpoint leaves no directory behind."""
+    training = dataclasses.replace(tiny_qwen.profile.training, epochs=2, max_steps=-1, logging_steps=1)
+    assert training.save_steps == "epoch"  # the repository's default, not set by this test
+    run_dir = tmp_path / "run"
+    early = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
+    with pytest.raises(KeyboardInterrupt):  # 8 rows, 4 a step: 2 steps an epoch; stopped in the first
+        fine_tune(early, ROWS[:8], ROWS[8:10], training, run_dir, callbacks=[StopAfter(1).callback])
+    early.cleanup_model()
+    assert not run_dir.exists()
+    first = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
+    with pytest.raises(KeyboardInterrupt):  # stopped in the second epoch: the first epoch's checkpoint is there
+        fine_tune(first, ROWS[:8], ROWS[8:10], training, run_dir, callbacks=[StopAfter(3).callback])
+    first.cleanup_model()
+    BaseUnslothModel.clear_cache()
+    assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-2"]
+    again = model_for(tiny_qwen.profile, tiny_qwen.prompt.system)
+    metrics = fine_tune(again, ROWS[:8], ROWS[8:10], training, run_dir)
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 4
+    again.cleanup_model()
+
+
 def test_the_best_epochs_weights_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     """A crash while the best weights are written leaves the last good file for a resumed run
     (a bare torch.save would leave half a file that the resumed run cannot load)."""

@@ -117,8 +117,9 @@ def _run_builder(merged_dir: str | Path, out_dir: Path, precision: str, cache: s
             create_model(str(merged_dir), str(merged_dir), str(out_dir), precision, "cpu", cache, **options)
     except Exception as err:  # whatever the builder raises, the stage says it in one line
         last = (str(err).strip().splitlines() or [""])[-1]
+        where = atomic.shown(Path(merged_dir))
         raise ExportError(
-            f"{merged_dir}: the ONNX Runtime GenAI model builder failed: {type(err).__name__}: {last}"
+            f"{where}: the ONNX Runtime GenAI model builder failed: {type(err).__name__}: {last}"
         ) from None
 
 
@@ -130,7 +131,7 @@ def build_onnx(
     tokenizer = model.tokenizer
     end_of_turn_id = tokenizer.convert_tokens_to_ids(model.end_of_turn)
     with atomic.atomic_path(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="ort-build-") as cache:
-        log.info("converting %s to ONNX (%s weights)", merged_dir, precision)
+        log.info("converting %s to ONNX (%s weights)", atomic.shown(Path(merged_dir)), precision)
         _run_builder(merged_dir, tmp, precision, cache)
         config_path = tmp / "genai_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))

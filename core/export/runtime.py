@@ -29,9 +29,9 @@ from core import atomic
 from core.config import GenerationConfig
 from core.data import ID, PROMPT, require_vignette
 from core.decode.results import Generations, trim_at_stop
-from core.errors import ArtifactError, how_to_restore
+from core.errors import ArtifactError
 from core.export.beams import BeamChoice, beam_search
-from core.lock_record import files_unlike_record
+from core.lock_record import files_unlike_record, how_to_restore
 from core.metrics.echo import answer_prefix, readable_prefix
 from core.prompts import (
     chat_messages,

@@ -26,7 +26,8 @@ import torch
 
 from core import atomic
 from core.config import ConfigError, ModelProfile, as_dict
-from core.errors import ArtifactError, CheckpointError, how_to_restore
+from core.errors import ArtifactError, CheckpointError
+from core.lock_record import how_to_restore
 from core.models.backends import cuda_available, resolve_backend, resolve_dtype
 from core.models.weights import resolve_checkpoint
 from core.prompts import chat_messages, tidy_answer, user_message
@@ -36,6 +37,18 @@ log = logging.getLogger(__name__)
 # Base models loaded in this process, keyed by what was loaded. peft edits a model in place
 # when an adapter is attached, so a model leaves the cache at that moment.
 _BASE_CACHE: dict[tuple, tuple[Any, Any]] = {}
+
+
+def check_adapter(path: str | Path) -> None:
+    """An ArtifactError naming `path` and its way back unless it holds a whole LoRA adapter: a stage that
+    reads an adapter, or passes it on, checks it first (a damaged file is named, not copied on)."""
+    path = Path(path)
+    if not (path / "adapter_config.json").exists():
+        raise ArtifactError(
+            f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first"
+        )
+    # a damaged file gets one line naming it, not a traceback from deep in safetensors
+    atomic.check_safetensors(path / "adapter_model.safetensors", how_to_restore(path))
 
 
 class BaseUnslothModel:
@@ -168,17 +181,13 @@ class BaseUnslothModel:
             if isinstance(config.get("target_modules"), list):
                 config["target_modules"] = sorted(config["target_modules"])
             atomic.write_json(tmp / "adapter_config.json", config)
+            atomic.readable_by_all(tmp)  # safetensors writes its file 0600; every other file here is 0644
 
     def load_adapter(self, path: str | Path, trainable: bool = False) -> None:
         """Load the base model and put the adapter saved at `path` on it (its weights trainable
         if `trainable`: the align stage tunes the SFT adapter further)."""
         path = Path(path)
-        if not (path / "adapter_config.json").exists():
-            raise ArtifactError(
-                f"{path}: no LoRA adapter here (adapter_config.json is missing); run the finetune stage first"
-            )
-        # a damaged file gets one line naming it, not a traceback from deep in safetensors
-        atomic.check_safetensors(path / "adapter_model.safetensors", how_to_restore(path))
+        check_adapter(path)
         saved = atomic.read_json(path / "profile.json") if (path / "profile.json").exists() else {}
         if saved and (saved.get("name"), saved.get("family")) != (self.profile.name, self.profile.family):
             raise ConfigError(

@@ -124,8 +124,12 @@ def trainer_arguments(
         logging_steps=settings.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the filter logs a NaN loss as a number; the guard must see it
-        save_strategy="steps",
-        save_steps=settings.save_steps,
+        # "epoch": a checkpoint at each epoch's end, so that a default run (18 steps on the sample) has one
+        **(
+            {"save_strategy": "epoch"}
+            if settings.save_steps == "epoch"
+            else {"save_strategy": "steps", "save_steps": settings.save_steps}
+        ),
         save_total_limit=1,
         eval_strategy="epoch" if evaluate else "no",
         seed=settings.seed,
@@ -167,8 +171,19 @@ def fit(trainer, output_dir, resume: tuple[str | None, int] | None = None) -> Fi
         log.info("resuming from %s", checkpoint)
     clock = run_clock(checkpoint)
     trainer.add_callback(clock)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException:
+        _forget_if_no_checkpoint(output_dir)
+        raise
     return Fit(result, clock.seconds, resumed_from_step)
+
+
+def _forget_if_no_checkpoint(output_dir) -> None:
+    """A run stopped before its first checkpoint leaves nothing to resume from: its directory goes, rather
+    than pile up empty under models/checkpoints."""
+    if not any(Path(output_dir).glob("checkpoint-*")):
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def run_clock(resume_from: str | None):
