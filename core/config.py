@@ -1,9 +1,11 @@
 """The params.yaml contract: load, validate and type the configuration.
 
 Every stage reads params.yaml through `load_params`, so a typo, a missing key, a wrong
-type or a value out of range fails before any work starts. Each section is a frozen dataclass
-whose fields carry their rules as pydantic annotations (strict types, bounds, Literal choices);
-pydantic validates params.yaml against them, unknown keys refused, and its errors are rewritten
+type or a value out of range fails before any work starts. Each section is a frozen pydantic
+dataclass: its fields carry their rules as annotations (strict types, bounds, Literal choices),
+its rules across fields are model validators, unknown keys are refused, and it is validated
+wherever it is made: from params.yaml, merged with a profile's overrides (`merge_overrides`), or
+derived from another (`derive`, as the chosen answer length is). pydantic's errors are rewritten
 here as one line each, naming the key, the value and what is allowed (for example
 ``params.yaml: models.qwen3.lora.r: expected an integer, got 'sixteen'``), and every problem
 of every section is listed in one run.
@@ -70,12 +72,17 @@ def fraction(meaning: str = "") -> Any:
 
 
 def section(cls: type) -> type:
-    """A params.yaml section: a frozen dataclass that pydantic validates (`_build`), refusing unknown
-    keys. Validation is at the boundary, where params.yaml is read: the code derives settings from
-    it with `dataclasses.replace` (say, 0 new tokens for the answer prefix alone) unchecked, as before."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    cls.__pydantic_config__ = ConfigDict(extra="forbid")
-    return cls
+    """A params.yaml section: a frozen pydantic dataclass, refusing unknown keys and validated whenever one
+    is made (`dataclasses.replace` included: a derived setting is checked as params.yaml's are)."""
+    return pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+
+
+def _problems(*found: str | None) -> None:
+    """A model validator's way to report the rules across fields that are broken: one line each,
+    `<key>: <what is wrong>`, which the error rewriting prefixes with the section's place."""
+    lines = [line for line in found if line]
+    if lines:
+        raise ValueError("\n".join(lines))
 
 
 Family = Literal["smollm2", "qwen3", "llama32"]
@@ -129,10 +136,22 @@ class TrainingConfig:
     # (with sdpa the mask costs more than the padding: docs/benchmarks.md)
     padding_free: Flag | Literal["auto"] = "auto"
 
+    @pydantic.model_validator(mode="after")
+    def _some_training(self) -> TrainingConfig:
+        _problems(_no_training(self))
+        return self
+
+
+def _no_training(t: TrainingConfig | AlignConfig) -> str | None:
+    if t.max_steps <= 0 and t.epochs <= 0:
+        return f"epochs: expected a number above 0 (or max_steps above 0), got {t.epochs:g}"
+    return None
+
 
 @section
 class GenerationConfig:
-    max_new_tokens: PositiveInteger
+    # new tokens the model writes; 0: the answer prefix alone, no model call (it needs answer_prefix: echo)
+    max_new_tokens: Count
     batch_size: PositiveInteger | Literal["auto"]  # rows per batch, or "auto": as many as the GPU's free memory holds
     do_sample: Flag
     temperature: PositiveNumber
@@ -176,6 +195,35 @@ class GenerationConfig:
             return self.mbr_candidates if self.do_sample else max(self.num_beams, self.mbr_candidates)
         return self.num_beams
 
+    @pydantic.model_validator(mode="after")
+    def _settings_that_go_together(self) -> GenerationConfig:
+        """What no single key can say: settings that only make sense together."""
+        beams, sampled, mbr = self.num_beams > 1, self.do_sample, self.mbr_candidates
+        _problems(
+            self.min_new_tokens > self.longest_answer
+            and f"min_new_tokens: {self.min_new_tokens} is more than the longest answer "
+            f"({self.longest_answer} tokens: max_new_tokens and length_grid)",
+            mbr == 1 and "mbr_candidates: expected 0 (off) or at least 2 candidates to choose among, got 1",
+            beams
+            and sampled
+            and not mbr
+            and "num_beams: beam search with do_sample: true is not supported; set do_sample: false or num_beams: 1",
+            beams
+            and mbr
+            and sampled
+            and "mbr_candidates: candidates are either beams (do_sample: false) or samples (num_beams: 1), not both",
+            0 in self.length_grid
+            and self.answer_prefix == "none"
+            and "length_grid: 0 (none of the model's tokens) leaves an empty answer without answer_prefix: echo",
+            self.max_new_tokens == 0
+            and self.answer_prefix == "none"
+            and "max_new_tokens: 0 (none of the model's tokens) leaves an empty answer without answer_prefix: echo",
+            self.engine == "onnx"
+            and mbr
+            and "mbr_candidates: the onnx engine does not do MBR selection; set mbr_candidates: 0 or engine: torch",
+        )
+        return self
+
 
 @section
 class AlignConfig:
@@ -200,6 +248,11 @@ class AlignConfig:
     optimizer: Text = "adamw_torch_fused"
     logging_steps: PositiveInteger = 1
     save_steps: PositiveInteger | Literal["epoch"] = "epoch"
+
+    @pydantic.model_validator(mode="after")
+    def _some_training(self) -> AlignConfig:
+        _problems(_no_training(self))
+        return self
 
 
 @section
@@ -304,6 +357,11 @@ def _describe(cls: type, errors: list[dict], where: str) -> list[str]:
         by_key.setdefault(key, []).append((error, field, section))
     lines = []
     for key, found in by_key.items():
+        broken_rules = [error for error, _, _ in found if error["type"] == "value_error"]
+        lines += [f"{key}.{line}" for error in broken_rules for line in str(error["ctx"]["error"]).splitlines()]
+        found = [item for item in found if item[0]["type"] != "value_error"]
+        if not found:
+            continue
         if len(found) > 1 and all(_is_member_error(error) for error, _, _ in found):
             lines.append(_describe_union(key, [error for error, _, _ in found]))
         else:
@@ -390,7 +448,9 @@ def _yaml_hint(kind: str, value: Any) -> str:
     return f" (YAML 1.1 reads {value} as text: write it with a dot and a signed exponent, e.g. 1.0e-3)"
 
 
-def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, where: str) -> Any:
+def merge_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, where: str) -> Any:
+    """Section `cls` from params.yaml's shared mapping with a profile's overrides on top (a key the
+    shared section lacks is refused: an override of nothing is a typo), validated as one section."""
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
@@ -403,41 +463,15 @@ def _with_overrides(shared: Any, overrides: Any, cls: type, shared_where: str, w
     return _build(cls, {**shared, **overrides}, f"{shared_where} (with {where})")
 
 
-def _check_generation(g: GenerationConfig, where: str) -> None:
-    """What no single key can say: settings that only make sense together."""
-    problems = []
-    if g.min_new_tokens > g.longest_answer:
-        problems.append(
-            f"{where}.min_new_tokens: {g.min_new_tokens} is more than the longest answer "
-            f"({g.longest_answer} tokens: max_new_tokens and length_grid)"
-        )
-    if g.mbr_candidates == 1:
-        problems.append(f"{where}.mbr_candidates: expected 0 (off) or at least 2 candidates to choose among, got 1")
-    if g.num_beams > 1 and g.do_sample and g.mbr_candidates == 0:
-        problems.append(
-            f"{where}.num_beams: beam search with do_sample: true is not "
-            "supported; set do_sample: false or num_beams: 1"
-        )
-    if g.num_beams > 1 and g.mbr_candidates and g.do_sample:
-        problems.append(
-            f"{where}.mbr_candidates: candidates are either beams "
-            "(do_sample: false) or samples (num_beams: 1), not both"
-        )
-    if 0 in g.length_grid and g.answer_prefix == "none":
-        problems.append(
-            f"{where}.length_grid: 0 (none of the model's tokens) leaves an empty answer without answer_prefix: echo"
-        )
-    if g.engine == "onnx" and g.mbr_candidates:
-        problems.append(
-            f"{where}.mbr_candidates: the onnx engine does not do MBR selection; set mbr_candidates: 0 or engine: torch"
-        )
-    if problems:
-        raise ConfigError(*problems)
-
-
-def _check_training(t: TrainingConfig | AlignConfig, where: str) -> None:
-    if t.max_steps <= 0 and t.epochs <= 0:
-        raise ConfigError(f"{where}.epochs: expected a number above 0 (or max_steps above 0), got {t.epochs:g}")
+def derive(config: Any, where: str, **changes: Any) -> Any:
+    """`config` with `changes`, validated as params.yaml's sections are (a derived setting breaks no rule
+    either); a problem is one line a change, named by `where` (what derived it: a flag, a stage)."""
+    try:
+        return dataclasses.replace(config, **changes)
+    except pydantic.ValidationError as err:
+        raise ConfigError(
+            *(f"{where}: {line.lstrip('.')}" for line in _describe(type(config), err.errors(), ""))
+        ) from None
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
@@ -463,7 +497,6 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         data = _build(DataConfig, raw["data"], "data")
     with problems.check():
         align = _build(AlignConfig, raw["align"], "align")
-        _check_training(align, "align")
     with problems.check():
         export = _build(ExportConfig, raw["export"], "export")
     with problems.check():
@@ -489,15 +522,13 @@ def _build_profile(raw: dict) -> ModelProfile:
     problems = _Problems()
     training = generation = None
     with problems.check():
-        training = _with_overrides(
+        training = merge_overrides(
             raw["training"], section.get("training"), TrainingConfig, "training", f"{where}.training"
         )
-        _check_training(training, f"training (with {where}.training)")
     with problems.check():
-        generation = _with_overrides(
+        generation = merge_overrides(
             raw["generation"], section.get("generation"), GenerationConfig, "generation", f"{where}.generation"
         )
-        _check_generation(generation, f"generation (with {where}.generation)")
     profile_raw = {k: v for k, v in section.items() if k not in ("training", "generation")}
     with problems.check():
         # built even when the sections above failed, so that its own problems are listed too
@@ -508,9 +539,7 @@ def _build_profile(raw: dict) -> ModelProfile:
 
 def parse_generation(raw: Any, where: str) -> GenerationConfig:
     """A generation section on its own (a decoding file handed to `ask`), validated as params.yaml's is."""
-    generation = _build(GenerationConfig, raw, where)
-    _check_generation(generation, where)
-    return generation
+    return _build(GenerationConfig, raw, where)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -9,14 +9,14 @@ its length). The export must be the one made from the current adapter: `dvc repr
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from core import atomic
-from core.config import ConfigError, GenerationConfig, load_params, parse_generation
+from core.config import GenerationConfig, derive, load_params, parse_generation
 from core.data import ID, PROMPT, TARGET, read_csv_records, require_vignette
 from core.export.runtime import ExportedModel
 from core.metrics.echo import readable_answer
@@ -42,10 +42,8 @@ def generation_settings(
         generation = parse_generation(atomic.read_json(decoding), str(decoding))
     else:
         generation = load_params(params_path).profile.generation
-    if max_new_tokens == 0 and generation.answer_prefix == "none":
-        raise ConfigError("--max-new-tokens 0 leaves an empty answer: it needs generation.answer_prefix: echo")
     length = generation.max_new_tokens if max_new_tokens is None else max_new_tokens
-    return replace(generation, max_new_tokens=length, length_grid=[])
+    return derive(generation, "ask --max-new-tokens", max_new_tokens=length, length_grid=[])
 
 
 def ask(model: ExportedModel, vignette: str, generation: GenerationConfig, stream=None) -> str:
@@ -68,7 +66,8 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(outputs: atomic.Outputs) -> None:
+    """The command line; the answers file and the report (--out, --report) are written together."""
     parser = argparse.ArgumentParser(prog="python -m stages.ask", description=__doc__.split("\n\n")[0])
     parser.add_argument("vignette", nargs="?", help="the vignette's text (or use --file)")
     parser.add_argument(
@@ -111,13 +110,14 @@ def main() -> None:
         [row[ID], readable_answer(row, text, generation.answer_prefix)]
         for row, text in zip(rows, out.texts, strict=True)
     ]
+    table = io.StringIO()
+    csv.writer(table, lineterminator="\n").writerows([[ID, TARGET], *lines])
     if args.out:
-        with atomic.atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows([[ID, TARGET], *lines])
+        outputs.write_text(args.out, table.getvalue())
     else:
-        csv.writer(sys.stdout, lineterminator="\n").writerows([[ID, TARGET], *lines])
+        sys.stdout.write(table.getvalue())
     if args.report:
-        atomic.write_text(
+        outputs.write_text(
             args.report,
             json.dumps(
                 {

@@ -1,5 +1,7 @@
 import copy
+import dataclasses
 
+import pydantic
 import pytest
 
 from core.config import ConfigError, load_params, parse_params
@@ -130,7 +132,7 @@ G = "generation (with models.smollm2.generation)"
         ),
         ("mbr_candidates", 1, f"{G}.mbr_candidates: expected 0 (off) or at least 2 candidates"),
         ("mbr_candidates", -2, f"{G}.mbr_candidates: expected at least 0, got -2"),
-        ("max_new_tokens", 0, f"{G}.max_new_tokens: expected at least 1, got 0"),
+        ("max_new_tokens", -1, f"{G}.max_new_tokens: expected at least 0, got -1"),
         ("repetition_penalty", 0, f"{G}.repetition_penalty: expected a number above 0, got 0"),
         ("top_p", 1.5, f"{G}.top_p: expected at most 1, got 1.5"),
         ("do_sample", True, f"{G}.num_beams: beam search with do_sample: true is not supported"),
@@ -227,7 +229,7 @@ def test_a_broken_or_misplaced_params_file_is_one_line(tmp_path):
 def test_every_problem_is_listed_one_line_each(repo_params):
     raw = copy.deepcopy(repo_params)
     raw["models"]["smollm2"]["lora"].update(r=0, alpha=0)
-    raw["models"]["smollm2"]["generation"].update(max_new_tokens=0)
+    raw["models"]["smollm2"]["generation"].update(max_new_tokens=0, answer_prefix="none", length_grid=[5])
     raw["models"]["smollm2"]["training"].update(learning_rate="1e-3")
     raw["data"].update(val_fraction=2)
     with pytest.raises(ConfigError) as err:
@@ -239,7 +241,8 @@ def test_every_problem_is_listed_one_line_each(repo_params):
             "every labelled row) up to but not including 1, got 2",
             "params.yaml: models.smollm2.lora.r: expected at least 1, got 0",
             "params.yaml: models.smollm2.lora.alpha: expected a number above 0, got 0",
-            "params.yaml: generation (with models.smollm2.generation).max_new_tokens: expected at least 1, got 0",
+            "params.yaml: generation (with models.smollm2.generation).max_new_tokens: 0 (none of the model's tokens) "
+            "leaves an empty answer without answer_prefix: echo",
             "params.yaml: training (with models.smollm2.training).learning_rate: expected a number, got '1e-3' "
             "(YAML 1.1 reads 1e-3 as text: write it with a dot and a signed exponent, e.g. 1.0e-3)",
         ]
@@ -261,3 +264,34 @@ def test_the_families_params_yaml_accepts_are_those_the_code_defines():
     from core.models.families import FAMILIES
 
     assert FAMILY_NAMES == tuple(FAMILIES)
+
+
+def test_a_profiles_overrides_are_merged_over_the_shared_section_and_checked_as_one(repo_params):
+    from core.config import TrainingConfig, merge_overrides
+
+    merged = merge_overrides(repo_params["training"], {"epochs": 3}, TrainingConfig, "training", "models.x.training")
+    assert merged.epochs == 3 and merged.learning_rate == repo_params["training"]["learning_rate"]
+    with pytest.raises(ConfigError, match=r"^models.x.training.lr: unknown key \(it must be a key of training\)$"):
+        merge_overrides(repo_params["training"], {"lr": 1}, TrainingConfig, "training", "models.x.training")
+    with pytest.raises(ConfigError, match=r"^training \(with m.x\).epochs: expected a number above 0"):
+        merge_overrides(repo_params["training"], {"epochs": 0, "max_steps": -1}, TrainingConfig, "training", "m.x")
+
+
+def test_a_derived_setting_is_checked_as_params_yaml_is(repo_params):
+    """A setting the code derives (the chosen answer length, ask's --max-new-tokens) breaks no rule either: one
+    line naming what derived it and the key."""
+    from core.config import derive
+
+    generation = parse_params(repo_params).profile.generation
+    assert derive(generation, "ask --max-new-tokens", max_new_tokens=0).max_new_tokens == 0  # the prefix alone
+    without_prefix = derive(generation, "test", answer_prefix="none", length_grid=[5])
+    with pytest.raises(ConfigError) as err:
+        derive(without_prefix, "ask --max-new-tokens", max_new_tokens=0)
+    assert str(err.value) == (
+        "ask --max-new-tokens: max_new_tokens: 0 (none of the model's tokens) leaves an empty answer without "
+        "answer_prefix: echo"
+    )
+    with pytest.raises(ConfigError, match=r"^the length chosen on validation: max_new_tokens: expected at least 0"):
+        derive(generation, "the length chosen on validation", max_new_tokens=-3)
+    with pytest.raises(pydantic.ValidationError):  # replace() itself validates: nothing derived goes unchecked
+        dataclasses.replace(generation, top_p=2.0)

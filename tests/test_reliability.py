@@ -94,14 +94,14 @@ def test_failed_or_stopped_stages_keep_the_last_good_outputs(finished_workspace)
     # 3. Bad settings stop the first stage that reads them, before any model is loaded, one line each.
     def bad(raw):
         raw["models"]["qwen3"]["lora"]["r"] = 0
-        raw["models"]["qwen3"]["generation"]["max_new_tokens"] = 0
+        raw["models"]["qwen3"]["generation"]["max_new_tokens"] = -1
 
     edit_params(workspace, bad)
     done = run_dvc(workspace, "repro", check=False)
     assert done.returncode != 0 and "loading" not in done.stderr
     assert sorted(errors(done)) == [
         "ERROR stages: params.yaml: generation (with "
-        "models.qwen3.generation).max_new_tokens: expected at least 1, got 0",
+        "models.qwen3.generation).max_new_tokens: expected at least 0, got -1",
         "ERROR stages: params.yaml: models.qwen3.lora.r: expected at least 1, got 0",
     ], done.stderr
     assert snapshot(workspace) == good

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from core.config import GenerationConfig
 from core.data import ID
 from core.decode.generation import generate
+from core.decode.length import prefix_alone
 from core.decode.results import Generations
 from core.metrics.echo import answer_prefix
 from core.prompts import fit_to_window
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 def generate_responses(model: BaseUnslothModel, rows: list[dict], generation: GenerationConfig) -> Generations:
     """Answer `rows` with the prompt training used, batched (core/decode/generation.py): greedy,
     sampled or beam search, with MBR selection among candidates if configured."""
+    if generation.longest_answer == 0:  # the answer prefix alone: nothing for the model to write
+        return prefix_alone(rows, generation.answer_prefix)
     model.load()
     model.backend.for_inference(model.model)
     prefix_texts = [answer_prefix(row, generation.answer_prefix) for row in rows]

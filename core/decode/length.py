@@ -13,12 +13,11 @@ or an empty grid, the length is `generation.max_new_tokens`, and the record says
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.config import GenerationConfig
+from core.config import GenerationConfig, derive
 from core.decode.results import Generations
 from core.metrics.echo import answer_prefix
 from core.metrics.rouge import rouge
@@ -78,12 +77,12 @@ def choose_length(
 def for_answering(generation: GenerationConfig, validation_rows: int) -> GenerationConfig:
     """The decoding to generate with: up to the grid's longest length where a choice will be made,
     else only up to max_new_tokens (no need to generate what would be cut)."""
-    return generation if validation_rows else dataclasses.replace(generation, length_grid=[])
+    return generation if validation_rows else derive(generation, "no validation rows", length_grid=[])
 
 
 def for_test(decoding: GenerationConfig, length: int) -> GenerationConfig:
     """The decoding for the test rows: up to the chosen length, no further."""
-    return dataclasses.replace(decoding, length_grid=[], max_new_tokens=length)
+    return derive(decoding, "the length chosen on validation", length_grid=[], max_new_tokens=length)
 
 
 def prefix_alone(rows: list[dict], prefix_kind: str) -> Generations:
