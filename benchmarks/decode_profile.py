@@ -72,6 +72,7 @@ def step_ms(
 
     from core.decode.attention import decode_attention
     from core.decode.batch_state import DecodeBatch
+    from core.decode.request import DecodeRequest
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -86,16 +87,14 @@ def step_ms(
         DecodeBatch._copy_forks = answers_only
     try:
         with torch.inference_mode():
-            batch = DecodeBatch(
-                model,
+            request = DecodeRequest(
                 prompts,
-                [prefix_tokens] * len(prompts),
-                pad_id,
+                [("", prompt[len(prompt) - prefix_tokens :]) for prompt in prompts],
+                dataclasses.replace(generation, max_new_tokens=max_new_tokens, length_grid=[]),
                 stop_id,
-                generation,
-                max_new_tokens,
-                torch.device("cuda"),
+                pad_id,
             )
+            batch = DecodeBatch(model, request, torch.device("cuda"))
         # beams: a step halfway through the answer (graphs are captured per GENERATED_BUCKET)
         generated = max_new_tokens // 2 if batch.beams > 1 else 0
         with torch.inference_mode(), decode_attention(model, beams=batch.beams > 1):
@@ -213,6 +212,7 @@ def whole_calls(args, model, prompts, generation, stop: int, pad: int) -> None:
     import torch
 
     from core.decode import static_cache
+    from core.decode.request import DecodeRequest
 
     if args.bucket:
         static_cache.GENERATED_BUCKET = args.bucket
@@ -221,9 +221,14 @@ def whole_calls(args, model, prompts, generation, stop: int, pad: int) -> None:
         with phase_clock() as phases:
             torch.cuda.synchronize()
             start = time.perf_counter()
-            _, steps = static_cache.decode(
-                model, prompts, [args.prefix_tokens] * len(prompts), stop, pad, generation, args.max_new_tokens
+            request = DecodeRequest(
+                prompts,
+                [("", prompt[len(prompt) - args.prefix_tokens :]) for prompt in prompts],
+                dataclasses.replace(generation, max_new_tokens=args.max_new_tokens, length_grid=[]),
+                stop,
+                pad,
             )
+            _, steps = static_cache.decode(model, request)
             torch.cuda.synchronize()
         total = time.perf_counter() - start
         parts = ", ".join(

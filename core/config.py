@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 import yaml
 from pydantic import ConfigDict, Field, Strict
+from pydantic_core import PydanticCustomError
 
 from core.errors import UserError
 
@@ -77,12 +78,15 @@ def section(cls: type) -> type:
     return pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
 
 
+RULES_BROKEN = "rules_across_fields"  # the error type of a section's own model validator
+
+
 def _problems(*found: str | None) -> None:
     """A model validator's way to report the rules across fields that are broken: one line each,
     `<key>: <what is wrong>`, which the error rewriting prefixes with the section's place."""
     lines = [line for line in found if line]
     if lines:
-        raise ValueError("\n".join(lines))
+        raise PydanticCustomError(RULES_BROKEN, "{lines}", {"lines": "\n".join(lines)})
 
 
 Family = Literal["smollm2", "qwen3", "llama32"]
@@ -357,9 +361,9 @@ def _describe(cls: type, errors: list[dict], where: str) -> list[str]:
         by_key.setdefault(key, []).append((error, field, section))
     lines = []
     for key, found in by_key.items():
-        broken_rules = [error for error, _, _ in found if error["type"] == "value_error"]
-        lines += [f"{key}.{line}" for error in broken_rules for line in str(error["ctx"]["error"]).splitlines()]
-        found = [item for item in found if item[0]["type"] != "value_error"]
+        broken_rules = [error for error, _, _ in found if error["type"] == RULES_BROKEN]
+        lines += [f"{key}.{line}" for error in broken_rules for line in error["ctx"]["lines"].splitlines()]
+        found = [item for item in found if item[0]["type"] != RULES_BROKEN]
         if not found:
             continue
         if len(found) > 1 and all(_is_member_error(error) for error, _, _ in found):

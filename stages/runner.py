@@ -6,13 +6,12 @@ outputs in together, and dvc.yaml marks the outputs `persist` so DVC does not de
 the stage runs: a stage that fails, is stopped or is refused by a check leaves every output of its
 last good run as it was. A stage that
 DVC started ends when that `dvc` process ends (`_end_with_dvc`), so it never writes behind
-dvc.lock's back. Processes are looked up through psutil.
+dvc.lock's back. Processes are looked up and waited for through psutil.
 """
 
 import errno
 import logging
 import os
-import select
 import signal
 import sys
 import threading
@@ -63,19 +62,10 @@ def _wait_for_exit(pid: int, started: str) -> None:
     """Block until process `pid` (started at `started`) has ended."""
     try:
         process = psutil.Process(pid)
-        if settings_guard.started_at(process) != started:  # the pid already belongs to another process
-            return
-        fd = os.pidfd_open(pid)
-    except psutil.Error:
+        if settings_guard.started_at(process) == started:  # not a later process under the same pid
+            process.wait()
+    except psutil.Error:  # already gone
         return
-    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): psutil polls
-        process.wait()
-        return
-    try:
-        if process.is_running():  # still the same process (psutil checks its start time) once opened
-            select.select([fd], [], [])
-    finally:
-        os.close(fd)
 
 
 def _end_with_dvc() -> None:

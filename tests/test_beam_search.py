@@ -1,12 +1,16 @@
 """Beam search's row bookkeeping (core/decode/beam_search.py) and the cache copy it drives
 (core/decode/kernels.py), on hand-made cases; the whole search against generate() is in test_model.py."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from core.config import parse_params
 from core.decode.beam_search import BeamState, assign_rows
 from core.decode.kernels import copy_rows
+from core.decode.request import plain_request
 from core.export.beams import BeamChoice, log_softmax
 
 
@@ -45,15 +49,26 @@ def toy_log_probs(history: list[int], vocab: int = 12, stop_id: int = 0) -> np.n
 
 
 @pytest.mark.parametrize("length_penalty,early_stopping", [(1.0, False), (1.0, True), (0.5, False), (2.0, False)])
-def test_the_exports_beam_choice_picks_the_answers_of_the_pytorch_beam_state(length_penalty, early_stopping):
+def test_the_exports_beam_choice_picks_the_answers_of_the_pytorch_beam_state(
+    length_penalty, early_stopping, repo_params
+):
     """core/export/beams.py (NumPy, one prompt) against core/decode/beam_search.py (torch, tested
     against generate()): the same toy model, the same best answer, on 40 searches each."""
     beams, max_new, stop = 4, 10, 0
+    decoding = dict(num_beams=beams, max_new_tokens=max_new, length_grid=[], mbr_candidates=0, min_new_tokens=0)
+    generation = dataclasses.replace(
+        parse_params(repo_params).profile.generation,
+        **decoding,
+        do_sample=False,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+    )
+    request = plain_request([[0]], generation, stop_id=stop, pad_id=-1)
     lengths = set()
     for seed in range(40):
         prefix = [seed]
         choice = BeamChoice(beams, max_new, stop, length_penalty, early_stopping)
-        state = BeamState(1, beams, max_new, stop, -1, length_penalty, early_stopping, torch.device("cpu"))
+        state = BeamState(1, request, torch.device("cpu"))
         for step in range(max_new):
             ours = np.stack([toy_log_probs(prefix + beam) for beam in choice.running])
             theirs = np.stack([toy_log_probs(prefix + state.running[0, j, :step].tolist()) for j in range(beams)])

@@ -3,7 +3,6 @@ stages/ask.py), on tiny checkpoints."""
 
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -196,23 +195,15 @@ def test_a_missing_or_stale_export_names_the_rebuild_command(exported, tmp_path)
         ExportedModel(root / "int8", adapter=changed)
 
 
-def record_in_lock(workspace, output, recorded_from):
-    """A dvc.lock and DVC cache manifest recording `output` with the files of `recorded_from`, as DVC writes them."""
-    entries = [
-        {"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.name} for f in sorted(recorded_from.iterdir())
-    ]
-    text = json.dumps(entries)
-    digest = hashlib.md5(text.encode()).hexdigest() + ".dir"
-    manifest = workspace / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(text)
-    lock = {
-        "schema": "2.0",
-        "stages": {
-            "align": {"cmd": "python -m stages.align", "outs": [{"path": output, "hash": "md5", "md5": digest}]}
-        },
-    }
-    (workspace / "dvc.lock").write_text(yaml.safe_dump(lock))
+def record_in_lock(workspace, output: str) -> None:
+    """dvc.lock and DVC's cache recording `output` as it is now, as `dvc commit` records a stage's output (a
+    DVC project of one stage that makes it)."""
+    from tests.dvc_helpers import run_dvc
+
+    if not (workspace / ".dvc").exists():
+        run_dvc(workspace, "init", "--no-scm", "-q")
+    (workspace / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"align": {"cmd": "true", "outs": [output]}}}))
+    run_dvc(workspace, "commit", "-f", "-q", "align")
 
 
 def test_an_adapter_changed_behind_dvcs_back_is_named_not_called_a_stale_export(exported, tmp_path, monkeypatch):
@@ -226,14 +217,15 @@ def test_an_adapter_changed_behind_dvcs_back_is_named_not_called_a_stale_export(
     weights = aligned / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-8:] = bytes(8)  # the last weights' bytes: still a valid file, other weights
-    record_in_lock(tmp_path, "models/aligned", root / "adapter")
+    record_in_lock(tmp_path, "models/aligned")  # the adapter the pipeline wrote
+    weights.chmod(0o644)  # DVC's cache may leave it read-only
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtifactError) as caught:
         ExportedModel(root / "int8", adapter="models/aligned")
     assert not isinstance(caught.value, StaleExport)
     assert str(caught.value).startswith("models/aligned/adapter_model.safetensors: not what dvc.lock records")
     assert "dvc checkout --force models/aligned" in str(caught.value)
-    record_in_lock(tmp_path, "models/aligned", aligned)  # the pipeline wrote this adapter: the export is stale
+    record_in_lock(tmp_path, "models/aligned")  # the pipeline wrote this adapter: the export is stale
     with pytest.raises(StaleExport, match=r"stale.*dvc repro export"):
         ExportedModel(root / "int8", adapter="models/aligned")
 

@@ -198,6 +198,34 @@ def test_no_function_is_longer_than_seventy_lines():
     assert long_functions([*PRODUCTION, *BENCHMARKS]) == []
 
 
+# signatures that are not ours to choose: transformers' attention interface, a Triton kernel's arguments
+FIXED_SIGNATURES = {"decode_step_attention", "_grouped_attention", "_copy_rows"}
+
+
+def many_parameters(paths, most: int = 5, root: Path = REPO) -> list[str]:
+    """Functions taking more than `most` parameters (self and cls aside), as `path: name (count)`."""
+    found = []
+    for path in paths:
+        for node in ast.walk(tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in FIXED_SIGNATURES:
+                names = [a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]]
+                count = len([name for name in names if name not in ("self", "cls")])
+                if count > most:
+                    found.append(f"{path.relative_to(root).as_posix()}: {node.name} ({count})")
+    return found
+
+
+def test_the_decoder_hands_one_request_down_no_function_takes_more_than_five_parameters():
+    """What a batch is asked for travels as one DecodeRequest (core/decode/request.py), not as loose arguments."""
+    assert many_parameters(sorted(REPO.glob("core/decode/*.py"))) == []
+
+
+def test_the_parameter_check_finds_a_long_signature(tmp_path):
+    source = tmp_path / "loose.py"
+    source.write_text("def decode(model, prompts, lengths, stop, pad, generation, longest):\n    return 1\n")
+    assert many_parameters([source], root=tmp_path) == ["loose.py: decode (7)"]
+
+
 def test_the_length_check_finds_a_long_function(tmp_path):
     source = tmp_path / "long.py"
     source.write_text("def short():\n    return 1\n\n\ndef long():\n" + "    x = 1\n" * 70 + "    return x\n")

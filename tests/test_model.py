@@ -16,6 +16,7 @@ from core.data import read_vignettes
 from core.decode import static_cache
 from core.decode.answer import generate_responses
 from core.decode.generation import AUTO_MEMORY_SHARE, answer_only_rules, generate_kwargs, mbr_choice, rows_per_batch
+from core.decode.request import DecodeRequest, plain_request
 from core.models.backends import BackendError
 from core.models.base import BaseUnslothModel
 from core.models.families import FAMILIES, model_for
@@ -239,16 +240,14 @@ def static_against_generate(
         return ids[: ids.index(stop) + 1] if stop in ids else ids
 
     expected = [upto_stop(ids) for ids in plain(stop)]
-    fast, steps = static_cache.decode(
-        model.model,
+    request = DecodeRequest(
         prompts,
-        prefix_lengths,
+        [("", prompt[len(prompt) - m :]) for prompt, m in zip(prompts, prefix_lengths, strict=True)],
+        dataclasses.replace(generation, max_new_tokens=max_new_tokens, length_grid=[]),
         stop,
         model.tokenizer.pad_token_id,
-        generation,
-        max_new_tokens,
-        graphs=graphs,
     )
+    fast, steps = static_cache.decode(model.model, request, graphs=graphs)
     if generation.sequences_per_row == 1:  # greedy stops at the first look after the last row's stop token
         assert steps == max(map(len, expected)) or steps % static_cache.CHECK_EVERY == 0
     assert len({len(ids) for ids in expected}) >= 3  # rows stopped at different lengths
@@ -377,27 +376,33 @@ def test_mbr_picks_the_consensus_candidate():
     assert mbr_choice(["only one"]) == 0
 
 
-def test_auto_batch_size_follows_free_memory_and_splits_evenly():
+def test_auto_batch_size_follows_free_memory_and_splits_evenly(repo_params):
     # 2 layers x (keys + values) x 2 KV heads x head_dim 4 x 4 bytes = 128 bytes a token
     config = SimpleNamespace(
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=16, vocab_size=100
     )
+    shared = parse_params(repo_params).profile.generation
+    greedy = dict(max_new_tokens=6, length_grid=[], num_beams=1, mbr_candidates=0, min_new_tokens=0, do_sample=False)
+
+    def request(rows: int, batch_size="auto", beams: int = 1) -> DecodeRequest:
+        """`rows` prompts of 10 tokens, answers of up to 6."""
+        generation = dataclasses.replace(shared, **{**greedy, "batch_size": batch_size, "num_beams": beams})
+        return plain_request([[1] * 10] * rows, generation, stop_id=0)
+
     per_row = 2 * (10 + 6) * 128 + 3 * 4 * 100  # the cache counted twice, plus the logits buffers
     free = int(per_row * 10 / AUTO_MEMORY_SHARE) + 1  # room for 10 rows
-    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free) == 9  # 3 batches of 9, 8, 8, not 10, 10, 5
-    assert rows_per_batch("auto", 7, 10, 6, config, torch.float32, free) == 7
-    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, 1) == 1  # never below one row
-    assert rows_per_batch("auto", 25, 10, 6, config, torch.bfloat16, free) == 13  # half the bytes: 2 batches
-    assert rows_per_batch("auto", 40, 10, 6, config, torch.float32, None) == 14  # no GPU: up to 16, evenly
-    assert rows_per_batch(5, 40, 10, 6, config, torch.float32, 1) == 5  # a number is taken as given
-    assert (
-        rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=2) == 5
-    )  # 2 beams a row: 5 rows fit
+    assert rows_per_batch(request(25), config, torch.float32, free) == 9  # 3 batches of 9, 8, 8, not 10, 10, 5
+    assert rows_per_batch(request(7), config, torch.float32, free) == 7
+    assert rows_per_batch(request(25), config, torch.float32, 1) == 1  # never below one row
+    assert rows_per_batch(request(25), config, torch.bfloat16, free) == 13  # half the bytes: 2 batches
+    assert rows_per_batch(request(40), config, torch.float32, None) == 14  # no GPU: up to 16, evenly
+    assert rows_per_batch(request(40, batch_size=5), config, torch.float32, 1) == 5  # a number is taken as given
+    assert rows_per_batch(request(25, beams=2), config, torch.float32, free) == 5  # 2 beams a row: 5 rows fit
     # a cache allocated whole (core/decode/static_cache.py) is counted once: 16 * 128 + 1200 bytes a row
     # instead of 2 * 16 * 128 + 1200, so 16 rows fit where 10 did: 2 batches of 13 and 12
-    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, prompt_shared=True) == 13
+    assert rows_per_batch(request(25), config, torch.float32, free, prompt_shared=True) == 13
     # and a row's beams share its prompt there: (10 + 4 x 6) x 128 + 4 x 1200 bytes a row with 4 beams, so 5 rows fit
-    assert rows_per_batch("auto", 25, 10, 6, config, torch.float32, free, sequences_per_row=4, prompt_shared=True) == 5
+    assert rows_per_batch(request(25, beams=4), config, torch.float32, free, prompt_shared=True) == 5
 
 
 def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatch):
@@ -407,11 +412,11 @@ def test_auto_batch_halves_on_out_of_memory_and_keeps_row_order(tiny, monkeypatc
     decode = static_cache.decode
     tried = []
 
-    def decode_within_two_rows(model, prompts, *args, **kwargs):
-        tried.append(len(prompts))
-        if len(prompts) > 2:
+    def decode_within_two_rows(model, request, *args, **kwargs):
+        tried.append(len(request.prompts))
+        if len(request.prompts) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return decode(model, prompts, *args, **kwargs)
+        return decode(model, request, *args, **kwargs)
 
     monkeypatch.setattr(static_cache, "decode", decode_within_two_rows)
     auto = generate_responses(model, rows, dataclasses.replace(params.profile.generation, batch_size="auto"))

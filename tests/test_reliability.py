@@ -276,12 +276,15 @@ def test_a_damaged_adapter_is_named_first_and_the_printed_commands_rebuild_the_c
     [line] = errors(done)
     assert done.returncode == 1 and line.startswith("ERROR stages: models/adapter/adapter_model.safetensors: ")
     assert printed_command(line) == "dvc checkout --force models/adapter"
-    # the state the QA round reached: the damaged adapter copied to models/aligned and recorded there
-    aligned = workspace / "models/aligned/adapter_model.safetensors"
-    aligned.write_bytes(adapter.read_bytes())
-    run_dvc(workspace, "commit", "-f", "align")
     subprocess.run(printed_command(line), shell=True, cwd=workspace, env=env, check=True, capture_output=True)
     assert adapter.read_bytes() == good
+    # the state the QA round reached (an align of the time copied the damaged adapter on): the adapter restored,
+    # then `dvc commit -f align` recording a damaged models/aligned
+    aligned = workspace / "models/aligned/adapter_model.safetensors"
+    damaged = bytearray(good)
+    damaged.extend(bytes(10_000_000 - len(good)))
+    aligned.write_bytes(bytes(damaged))
+    run_dvc(workspace, "commit", "-f", "align")
     commands = []
     for _ in range(3):
         done = run_dvc(workspace, "repro", check=False)
@@ -291,7 +294,8 @@ def test_a_damaged_adapter_is_named_first_and_the_printed_commands_rebuild_the_c
         commands.append(printed_command(line))
         subprocess.run(commands[-1], shell=True, cwd=workspace, env=env, check=True, capture_output=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert commands == ["dvc repro --force --single-item align"]  # a checkout would have put the damage back
+    # a checkout would have put the damage back
+    assert commands == ["dvc repro --force --single-item align"], done.stdout[-3000:] + done.stderr[-3000:]
     assert aligned.read_bytes() == good
     assert run_dvc(workspace, "status").stdout.strip().startswith("Data and pipelines are up to date")
 

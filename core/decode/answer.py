@@ -13,6 +13,7 @@ from core.config import GenerationConfig
 from core.data import ID
 from core.decode.generation import generate
 from core.decode.length import prefix_alone
+from core.decode.request import DecodeRequest
 from core.decode.results import Generations
 from core.metrics.echo import answer_prefix
 from core.prompts import fit_to_window
@@ -39,14 +40,11 @@ def generate_responses(model: BaseUnslothModel, rows: list[dict], generation: Ge
         model.profile.max_seq_length,
         [str(row.get(ID, i + 1)) for i, row in enumerate(rows)],
     )
-    return generate(
-        model.model,
-        model.tokenizer,
-        encoded,
-        model.stop_id,
-        generation,
-        model.dtype,
-        model.decode,
-        transformers_forward=model.backend.name == "hf",
+    request = DecodeRequest(
+        prompts=[ids + prefix for ids, prefix in zip(encoded, prefix_ids, strict=True)],
         prefixes=list(zip(prefix_texts, prefix_ids, strict=True)),
+        generation=generation,
+        stop_id=model.stop_id,
+        pad_id=model.tokenizer.pad_token_id,
     )
+    return generate(model, request)

@@ -20,6 +20,7 @@ model back its own after; prompts (more than one query token) still go through s
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 
@@ -46,9 +47,8 @@ def decode_step_attention(module, query, key, value, attention_mask, dropout=0.0
     beams, generated = kwargs.pop("decode_beams", 1), kwargs.pop("decode_generated", 0)
     if prompt_keys is not None and query.shape[2] == 1:
         layer = module.layer_idx
-        return _beam_attention(
-            query, key, value, attention_mask, prompt_keys[layer], prompt_values[layer], beams, generated, scaling
-        )
+        read = BeamRead(prompt_keys[layer], prompt_values[layer], beams, generated, scaling)
+        return _beam_attention(query, key, value, attention_mask, read)
     return _grouped_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
@@ -79,13 +79,25 @@ def _float_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.float(), b.float())
 
 
-def _beam_attention(query, key, value, attention_mask, prompt_keys, prompt_values, beams, generated, scaling=None):
-    """A one-token query of every beam [prompts x beams, heads, 1, dim] against its prompt
-    (`prompt_keys`, `prompt_values` [prompts, kv heads, width, dim], read once for all beams of the
-    prompt, their query heads side by side) and its own first `generated` generated keys (`key`,
+class BeamRead(NamedTuple):
+    """What a beam step's attention reads besides the layer's own: the prompts' keys and values
+    [prompts, kv heads, width, dim] (one copy a prompt, read by all its beams), the beams a prompt,
+    the generated columns to read, and the scaling of the scores (None: 1/sqrt(dim))."""
+
+    prompt_keys: torch.Tensor
+    prompt_values: torch.Tensor
+    beams: int
+    generated: int
+    scaling: float | None = None
+
+
+def _beam_attention(query, key, value, attention_mask, read: BeamRead):
+    """A one-token query of every beam [prompts x beams, heads, 1, dim] against its prompt (`read`,
+    their query heads side by side) and its own first `read.generated` generated keys (`key`,
     `value`: [rows, kv heads, new tokens, dim]); one softmax over both. `attention_mask`
     [rows, 1, 1, prompt width + new tokens]: the prompt's real tokens, then the generated ones
     written so far."""
+    prompt_keys, prompt_values, beams, generated, scaling = read
     rows, heads, _, dim = query.shape
     new, width = generated, prompt_keys.shape[2]
     key, value, kv_heads = key[:, :, :new], value[:, :, :new], key.shape[1]

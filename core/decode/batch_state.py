@@ -20,31 +20,22 @@ from __future__ import annotations
 
 import torch
 
-from core.config import GenerationConfig
 from core.decode.attention import step_inputs
 from core.decode.beam_search import BeamState, assign_rows
 from core.decode.kernels import copy_rows
 from core.decode.repetition import penalise, repeated_ngram_bans
+from core.decode.request import DecodeRequest
 
 
 class DecodeBatch:
     """The decoding state of the prompts still going (`beams` rows each, consecutive): fixed-address
     buffers that the graph reads and writes."""
 
-    def __init__(
-        self,
-        model,
-        prompts: list[list[int]],
-        prefix_lengths: list[int],
-        pad_id: int,
-        stop_id: int,
-        generation: GenerationConfig,
-        max_new_tokens: int,
-        device: torch.device,
-    ) -> None:
+    def __init__(self, model, request: DecodeRequest, device: torch.device) -> None:
         from transformers import StaticCache
 
-        g = generation
+        g, prompts, prefix_lengths = request.generation, request.prompts, request.prefix_lengths
+        stop_id, pad_id, max_new_tokens = request.stop_id, request.pad_id, request.longest_answer
         self.model, self.stop_id, self.max_new_tokens = model, stop_id, max_new_tokens
         self.penalty, self.ngram_size = g.repetition_penalty, g.no_repeat_ngram_size
         self.beams = g.sequences_per_row
@@ -90,11 +81,7 @@ class DecodeBatch:
                 torch.zeros((n * k, vocab), device=device).scatter_add_(1, self.answer[:, : self.prefix_width], inside)
                 > 0
             )
-        self.search = (
-            BeamState(n, k, max_new_tokens, stop_id, pad_id, g.length_penalty, g.early_stopping, device)
-            if k > 1
-            else None
-        )
+        self.search = BeamState(n, request, device) if k > 1 else None
         # beams: the row (of its prompt's K) that holds each beam (generate()'s beam order is the search's)
         self.beam_rows = torch.arange(k, device=device).repeat(n, 1)
         self.finished = torch.zeros(n, dtype=torch.bool, device=device)  # greedy: the stop token written

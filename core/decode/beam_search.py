@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from core.decode.request import DecodeRequest
+
 # transformers' stand-in for minus infinity in beam scores: sums of it stay finite and ordered
 NEVER = -1.0e9
 
@@ -25,20 +27,12 @@ NEVER = -1.0e9
 class BeamState:
     """Running and finished beams of `prompts` prompts, `beams` each."""
 
-    def __init__(
-        self,
-        prompts: int,
-        beams: int,
-        max_new_tokens: int,
-        stop_id: int,
-        pad_id: int,
-        length_penalty: float,
-        early_stopping: bool,
-        device: torch.device,
-    ) -> None:
-        self.max_new_tokens, self.stop_id = max_new_tokens, stop_id
-        self.length_penalty, self.early_stopping = length_penalty, early_stopping
-        k = beams
+    def __init__(self, prompts: int, request: DecodeRequest, device: torch.device) -> None:
+        """`prompts` of the request's still going (a batch shrinks), its decoding's beams each."""
+        g, max_new_tokens, pad_id = request.generation, request.longest_answer, request.pad_id
+        self.max_new_tokens, self.stop_id = max_new_tokens, request.stop_id
+        self.length_penalty, self.early_stopping = g.length_penalty, g.early_stopping
+        k = g.sequences_per_row
         self.running = torch.full((prompts, k, max_new_tokens), pad_id, dtype=torch.long, device=device)
         self.finished = self.running.clone()
         # only the first beam counts at the first step (the others are its copies)

@@ -1,7 +1,8 @@
 """Batched generation: batch sizing against GPU memory, greedy, sampled or beam decoding over
 left-padded batches, and minimum-Bayes-risk (MBR) selection among candidates.
 
-BaseUnslothModel.generate_responses prepares the model and the prompts and calls `generate`.
+core/decode/answer.py (`generate_responses`) prepares the prompts as one DecodeRequest
+(core/decode/request.py) and calls `generate`, which hands it, batch by batch, to the decoder.
 Greedy and beam search are deterministic; sampling is seeded once per call (`generation.seed`),
 so a rerun with the same rows and batch size gives the same answers.
 """
@@ -12,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -19,9 +21,13 @@ from tqdm.auto import tqdm
 from core.config import GenerationConfig
 from core.decode import static_cache
 from core.decode.repetition import AnswerOnlyRepetition
+from core.decode.request import DecodeRequest
 from core.decode.results import Generations, trim_at_stop
 from core.metrics.rouge import rouge_l_matrix
 from core.prompts import join_answer
+
+if TYPE_CHECKING:
+    from core.models.base import BaseUnslothModel
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +45,17 @@ def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 
 def rows_per_batch(
-    batch_size: int | str,
-    n_rows: int,
-    longest_prompt: int,
-    max_new_tokens: int,
-    config,
-    dtype: torch.dtype,
-    free_bytes: int | None,
-    sequences_per_row: int = 1,
-    prompt_shared: bool = False,
+    request: DecodeRequest, config, dtype: torch.dtype, free_bytes: int | None, prompt_shared: bool = False
 ) -> int:
-    """Rows to generate at once: `batch_size` if it is a number; for "auto", as many as
+    """Rows to generate at once: the decoding's `batch_size` if it is a number; for "auto", as many as
     `free_bytes` of GPU memory hold (AUTO_BATCH_ON_CPU without a GPU), spread evenly over the
     batches so that the last is not a small remainder. A row carries `sequences_per_row`
     sequences (its beams or MBR candidates), each with its own cache; `prompt_shared`: the static
     cache's layout, one copy of a prompt for all its sequences, allocated whole."""
-    if batch_size != "auto":
-        return batch_size
+    g, n_rows, sequences_per_row = request.generation, len(request.prompts), request.generation.sequences_per_row
+    longest_prompt, max_new_tokens = request.longest_prompt, request.longest_answer
+    if g.batch_size != "auto":
+        return g.batch_size
     if free_bytes is None:
         fit = AUTO_BATCH_ON_CPU
     else:
@@ -120,55 +120,32 @@ def generate_kwargs(generation: GenerationConfig) -> dict:
 
 
 @torch.inference_mode()
-def generate(
-    model,
-    tokenizer,
-    encoded: list[list[int]],
-    stop_id: int,
-    generation: GenerationConfig,
-    dtype: torch.dtype,
-    decode: Callable[[list[int]], str],
-    transformers_forward: bool = False,
-    prefixes: list[tuple[str, list[int]]] | None = None,
-) -> Generations:
-    """Answer every prompt in `encoded` (token ids, no padding), in batches of similar length.
-    `prefixes` (text, token ids), one a row: the start of each answer, written for the model
-    (generation.answer_prefix); the model writes on from there and the repetition rules count it.
+def generate(model: BaseUnslothModel, request: DecodeRequest) -> Generations:
+    """Answer every row of `request` with the loaded `model`, in batches of similar length. Each prompt
+    ends with its answer's prefix (generation.answer_prefix); the model writes on from there and the
+    repetition rules count it.
 
     With ``batch_size: auto`` the batch is sized to the GPU's free memory, and a batch that
     still runs out of memory is halved and retried; a pinned batch size is never changed.
     Greedy and beam-search decoding go through core/decode/static_cache.py (a static cache, each prompt run
     once whatever its beams; each step a CUDA graph on a GPU) where its `chosen_for` says so
-    (`transformers_forward`: the model runs transformers' own forward, as with the hf backend)."""
-    prefixes = prefixes or [("", [])] * len(encoded)
-    encoded = [ids + prefix for ids, (_, prefix) in zip(encoded, prefixes, strict=True)]
+    (the hf backend: the model runs transformers' own forward)."""
+    g, n = request.generation, len(request.prompts)
     # Similar lengths in one batch waste less on padding; results go back in input order.
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    device = next(model.parameters()).device
-    fast = static_cache.chosen_for(generation, transformers_forward)
-    settings = generate_kwargs(generation)
-    per_row, auto = settings["num_return_sequences"], generation.batch_size == "auto"
-    size = _first_batch_size(model, encoded, generation, dtype, device, fast)
-    n = len(encoded)
+    order = sorted(range(n), key=lambda i: -len(request.prompts[i]))
+    device = next(model.model.parameters()).device
+    fast = static_cache.chosen_for(g, model.backend.name == "hf")
+    per_row, auto = g.mbr_candidates or 1, g.batch_size == "auto"
+    size = _first_batch_size(model, request, fast)
     answers: list[tuple[str, list[int], bool]] = [("", [], False)] * n  # text, new token ids, stopped
     largest = decoded = done = 0
-    torch.manual_seed(generation.seed)
+    torch.manual_seed(g.seed)
     start = time.perf_counter()
     with tqdm(total=n, desc="generating", unit="row") as bar:
         while done < n:
             index = order[done : done + size]
             try:
-                new, steps = _answer_batch(
-                    model,
-                    tokenizer,
-                    [encoded[i] for i in index],
-                    [len(prefixes[i][1]) for i in index],
-                    stop_id,
-                    generation,
-                    settings,
-                    device,
-                    fast,
-                )
+                new, steps = _answer_batch(model, request.subset(index), fast)
             except torch.cuda.OutOfMemoryError:
                 if not auto or size == 1:  # a pinned batch size is the user's: never changed
                     raise
@@ -176,13 +153,24 @@ def generate(
                 size = max(1, size // 2)
                 log.warning("out of GPU memory; trying again with %d rows a batch", size)
                 continue
-            decoded += len(index) * generation.sequences_per_row * steps
+            decoded += len(index) * g.sequences_per_row * steps
             for k, i in enumerate(index):
-                answers[i] = _chosen_answer(new[k * per_row : (k + 1) * per_row], prefixes[i][0], stop_id, decode)
+                candidates = new[k * per_row : (k + 1) * per_row]
+                answers[i] = _chosen_answer(candidates, request.prefixes[i][0], request.stop_id, model.decode)
             largest = max(largest, len(index))
             done += len(index)
             bar.update(len(index))
-    return _as_generations(answers, prefixes, time.perf_counter() - start, largest, _peak_gb(device), decoded)
+    return Generations(
+        [text for text, _, _ in answers],
+        [len(ids) for _, ids, _ in answers],
+        [end for _, _, end in answers],
+        time.perf_counter() - start,
+        largest,
+        _peak_gb(device),
+        decoded,
+        token_ids=[ids for _, ids, _ in answers],
+        prefixes=[text for text, _ in request.prefixes],
+    )
 
 
 def _peak_gb(device: torch.device) -> float:
@@ -193,47 +181,14 @@ def _peak_gb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def _as_generations(
-    answers: list[tuple[str, list[int], bool]],
-    prefixes: list[tuple[str, list[int]]],
-    seconds: float,
-    largest: int,
-    peak: float,
-    decoded: int,
-) -> Generations:
-    return Generations(
-        [text for text, _, _ in answers],
-        [len(ids) for _, ids, _ in answers],
-        [end for _, _, end in answers],
-        seconds,
-        largest,
-        peak,
-        decoded,
-        token_ids=[ids for _, ids, _ in answers],
-        prefixes=[text for text, _ in prefixes],
-    )
-
-
-def _first_batch_size(
-    model, encoded: list[list[int]], generation: GenerationConfig, dtype: torch.dtype, device: torch.device, fast: bool
-) -> int:
+def _first_batch_size(model: BaseUnslothModel, request: DecodeRequest, fast: bool) -> int:
     """Rows a batch: generation.batch_size, or for auto as many as the GPU's free memory holds."""
+    generation, device = request.generation, next(model.model.parameters()).device
     if device.type == "cuda":
         torch.cuda.empty_cache()  # memory the allocator keeps but nothing uses counts as free
         torch.cuda.reset_peak_memory_stats(device)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    longest = max((len(ids) for ids in encoded), default=0)
-    size = rows_per_batch(
-        generation.batch_size,
-        len(encoded),
-        longest,
-        generation.longest_answer,
-        model.config,
-        dtype,
-        free,
-        generation.sequences_per_row,
-        prompt_shared=fast,
-    )
+    size = rows_per_batch(request, model.model.config, model.dtype, free, prompt_shared=fast)
     if generation.batch_size == "auto":
         log.info(
             "batch_size auto: %d rows a batch of %d sequences each (%s)",
@@ -260,37 +215,27 @@ def _chosen_answer(
     return texts[best], *trimmed[best]
 
 
-def _answer_batch(
-    model,
-    tokenizer,
-    prompts: list[list[int]],
-    prefix_lengths: list[int],
-    stop_id: int,
-    generation: GenerationConfig,
-    settings: dict,
-    device: torch.device,
-    fast: bool,
-) -> tuple[list[list[int]], int]:
+def _answer_batch(model: BaseUnslothModel, batch: DecodeRequest, fast: bool) -> tuple[list[list[int]], int]:
     """One batch: the new token ids of each sequence (num_return_sequences a row, in row order)
-    and the number of decoding steps run. Each prompt ends with its answer's prefix (`prefix_lengths` tokens)."""
+    and the number of decoding steps run."""
     if fast:
-        return static_cache.decode(
-            model, prompts, prefix_lengths, stop_id, tokenizer.pad_token_id, generation, generation.longest_answer
-        )
+        return static_cache.decode(model.model, batch)
     from transformers import LogitsProcessorList
 
     # left: every row's new tokens start at the same column (the side is named here, per call,
     # rather than set on a tokenizer others share)
-    batch = tokenizer.pad({"input_ids": prompts}, padding=True, padding_side="left", return_tensors="pt")
-    batch = {k: v.to(device) for k, v in batch.items()}
-    width = batch["input_ids"].shape[1]
-    output = model.generate(
-        **batch,
-        max_new_tokens=generation.longest_answer,
-        eos_token_id=[stop_id],
-        pad_token_id=tokenizer.pad_token_id,
+    padded = model.tokenizer.pad({"input_ids": batch.prompts}, padding=True, padding_side="left", return_tensors="pt")
+    device = next(model.model.parameters()).device
+    padded = {k: v.to(device) for k, v in padded.items()}
+    width = padded["input_ids"].shape[1]
+    begins = [width - n for n in batch.prefix_lengths]
+    output = model.model.generate(
+        **padded,
+        max_new_tokens=batch.longest_answer,
+        eos_token_id=[batch.stop_id],
+        pad_token_id=batch.pad_id,
         use_cache=True,
-        logits_processor=LogitsProcessorList(answer_only_rules(generation, [width - n for n in prefix_lengths])),
-        **settings,
+        logits_processor=LogitsProcessorList(answer_only_rules(batch.generation, begins)),
+        **generate_kwargs(batch.generation),
     )
     return output[:, width:].tolist(), output.shape[1] - width

@@ -27,6 +27,7 @@ import torch
 from core.config import GenerationConfig
 from core.decode.attention import decode_attention
 from core.decode.batch_state import DecodeBatch
+from core.decode.request import DecodeRequest
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +53,17 @@ def chosen_for(generation: GenerationConfig, transformers_forward: bool) -> bool
 
 
 @torch.inference_mode()
-def decode(
-    model,
-    prompts: list[list[int]],
-    prefix_lengths: list[int],
-    stop_id: int,
-    pad_id: int,
-    generation: GenerationConfig,
-    max_new_tokens: int,
-    graphs: bool | None = None,
-) -> tuple[list[list[int]], int]:
-    """Answers to `prompts` (token ids, unpadded; each ends with its answer's prefix,
-    `prefix_lengths` tokens) in one batch, greedy or by beam search as `generation` says:
-    num_return_sequences lists of new token ids a prompt, best first (each up to its stop token;
-    after that, anything), and the number of steps run. `graphs`: capture the decode step as a
-    CUDA graph (default: on a CUDA device)."""
+def decode(model, request: DecodeRequest, graphs: bool | None = None) -> tuple[list[list[int]], int]:
+    """Answers to the request's prompts (token ids, unpadded; each ends with its answer's prefix) in one
+    batch, greedy or by beam search as its decoding says: num_return_sequences lists of new token ids a
+    prompt, best first (each up to its stop token; after that, anything), and the number of steps run.
+    `model`: the torch module. `graphs`: capture the decode step as a CUDA graph (default: on a CUDA device)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers live in it
     device = next(inner.parameters()).device
     graphs = device.type == "cuda" if graphs is None else graphs
-    batch = DecodeBatch(inner, prompts, prefix_lengths, pad_id, stop_id, generation, max_new_tokens, device)
+    batch = DecodeBatch(inner, request, device)
     with decode_attention(inner, beams=batch.beams > 1):
-        return _run(batch, generation.mbr_candidates or 1, graphs, device)
+        return _run(batch, request.generation.mbr_candidates or 1, graphs, device)
 
 
 def _run(batch: DecodeBatch, returned: int, graphs: bool, device: torch.device):
