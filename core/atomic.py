@@ -38,8 +38,25 @@ STAGED = ".staged"  # the suffix of the directory an output is written in before
 
 
 def shown(path: Path) -> Path:
-    """The path a person knows: an output being staged (`dir/.name.xyz.staged/name`) is `dir/name`."""
-    return path.parent.parent / path.name if path.parent.name.endswith(STAGED) else path
+    """The path a person knows: anything inside an output being staged (`dir/.name.xyz.staged/...`) is
+    that output, `dir/name`."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        if part.startswith(".") and part.endswith(STAGED):
+            return Path(*parts[:i], part[1:].rsplit(".", 2)[0])
+    return Path(path)
+
+
+def full_disk_path(err: OSError) -> Path | None:
+    """The output a write that found its disk full was for (as a person knows it), or None if `err` is
+    something else. shutil.copytree gathers its files' errors into one shutil.Error, without an errno."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return shown(Path(err.filename)) if err.filename else Path("a file")
+    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list):
+        for _source, target, why in err.args[0]:
+            if "[Errno 28]" in why or "[Errno 122]" in why:
+                return shown(Path(target))
+    return None
 
 
 @contextlib.contextmanager
@@ -47,7 +64,7 @@ def _naming_a_full_disk(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if full_disk_path(err) is not None:
             path = shown(path)
             raise DiskFullError(
                 f"{path}: could not be written, no space left on its disk ({path.parent.resolve()}); "

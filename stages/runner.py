@@ -9,7 +9,6 @@ DVC started ends when that `dvc` process ends (`_end_with_dvc`), so it never wri
 dvc.lock's back. Processes are looked up and waited for through psutil.
 """
 
-import errno
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ import psutil
 
 from core import atomic, distributed
 from core.errors import UserError
-from stages import settings_guard
+from stages import git_view, settings_guard
 
 log = logging.getLogger("stages")
 
@@ -73,6 +72,12 @@ def _end_with_dvc() -> None:
     closed): the stage gets SIGTERM, so it exits as if stopped, writing nothing more."""
     parent = dvc_process()
     if parent is None:
+        if "DVC_STAGE" in os.environ:  # DVC started it, and no ancestor is that `dvc` any more: it ended first
+            # (killed while this process was still importing)
+            log.error(
+                "the dvc that started this stage has ended: stopping before any work; its outputs stay as they were"
+            )
+            sys.exit(128 + signal.SIGTERM)
         return
 
     def watch():
@@ -115,6 +120,15 @@ def _note_if_run_by_hand() -> None:
         )
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars a failure left open (the trainer's, say), so that the error line starts a line
+    of its own rather than follow a bar's last redraw."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def run(work: Callable[[atomic.Outputs], None]) -> None:
     """Run a stage's `work`, which writes its outputs into the `Outputs` it is handed; they replace the
     last run's together, after every check. A problem the user can fix ends it with one clear line (a
@@ -139,19 +153,22 @@ def run(work: Callable[[atomic.Outputs], None]) -> None:
             outputs.commit()
         _note_if_run_by_hand()
     except (UserError, FileNotFoundError) as err:
+        _end_progress_bars()
         # (a FileNotFoundError names its file whoever raised it)
         for line in str(err).splitlines() or [type(err).__name__]:
             log.error("%s", line)
         sys.exit(1)
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        where = atomic.full_disk_path(err)
+        if where is None:
             raise
-        # a write outside core.atomic (a library's checkpoint, a cache): the file it names
-        log.error(
-            "%s: could not be written, no space left on its disk; free some and run again", err.filename or "a file"
-        )
+        _end_progress_bars()
+        # a write outside core.atomic (a library's checkpoint, a copy of a folder): the file or output it was for
+        log.error("%s: could not be written, no space left on its disk; free some and run again", where)
         sys.exit(1)
     finally:
+        if distributed.is_main_process():
+            git_view.repair()
         distributed.shut_down()
         # the stage is over: a SIGTERM from here on (dvc stopping, a second kill) ends the process as it is,
         # rather than raise SystemExit inside the interpreter's own shutdown ("Exception ignored in threading")

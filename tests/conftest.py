@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
     # the rest fill in around them, rather than the longest file starting last; the notebook needs the
     # experiments that test_experiments.py's worker builds, and taken third it held the other worker
     # idle for two minutes waiting for them.
-    longest = ["test_pipeline.py", "test_experiments.py"]
+    longest = ["test_pipeline.py", "test_experiments.py", "test_faults.py"]
 
     def order(item) -> int:
         if item.path.name in longest:

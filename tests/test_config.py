@@ -28,6 +28,7 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
     assert parse_params(raw).profile.training.batch_size == 3
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -117,6 +118,7 @@ def test_bad_params_name_the_key(repo_params, edit, message):
 G = "generation (with models.smollm2.generation)"
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     "key, value, message",
     [
@@ -204,6 +206,7 @@ def test_rows_per_pass_keeps_the_effective_batch(monkeypatch):
         passes(8, 2, 16, on_gpu=True)
 
 
+@pytest.mark.faults
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_params(tmp_path / "nope.yaml")
@@ -213,6 +216,7 @@ def test_missing_and_broken_files(tmp_path):
         load_params(bad)
 
 
+@pytest.mark.faults
 def test_a_broken_or_misplaced_params_file_is_one_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("model: smollm2\ndata:\n  seed: [1\n  val_fraction: 0.2\n")
@@ -226,6 +230,7 @@ def test_a_broken_or_misplaced_params_file_is_one_line(tmp_path):
         load_params(folder)
 
 
+@pytest.mark.faults
 def test_every_problem_is_listed_one_line_each(repo_params):
     raw = copy.deepcopy(repo_params)
     raw["models"]["smollm2"]["lora"].update(r=0, alpha=0)
@@ -249,6 +254,7 @@ def test_every_problem_is_listed_one_line_each(repo_params):
     ), lines
 
 
+@pytest.mark.faults
 def test_an_unknown_profile_names_the_known_ones(repo_params):
     raw = copy.deepcopy(repo_params)
     raw["model"] = "gpt5"

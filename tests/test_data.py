@@ -122,6 +122,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_csv_gets_a_clear_error(tmp_path, case):
     damage, message = BAD_INPUTS[case]
@@ -132,6 +133,7 @@ def test_bad_csv_gets_a_clear_error(tmp_path, case):
     assert str(err.value).startswith(str(path))
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("case", ["duplicate id", "wrong delimiter", "empty file"])
 def test_prepare_stage_refuses_bad_input_and_keeps_earlier_output(workspace, case):
     env = {**os.environ, "PYTHONPATH": str(workspace)}

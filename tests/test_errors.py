@@ -81,6 +81,7 @@ def stage_runner(monkeypatch):
     return run
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("error", project_error_classes(), ids=lambda cls: cls.__name__)
 def test_a_stage_reports_each_user_error_in_one_line_per_problem(error, stage_runner, caplog):
     def main(outputs):
@@ -132,6 +133,7 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.faults
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_stage_ends_when_the_dvc_that_started_it_ends(tmp_path, how):
@@ -171,6 +173,7 @@ LINGERING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.faults
 def test_a_second_sigterm_during_shutdown_prints_no_traceback(tmp_path):
     """A stopped stage's interpreter shutting down, SIGTERM again (dvc stopping, a second kill): the process
     ends without 'Exception ignored in: <module threading>' and SystemExit's traceback."""
@@ -186,6 +189,7 @@ def test_a_second_sigterm_during_shutdown_prints_no_traceback(tmp_path):
     assert "Exception ignored" not in stderr and "Traceback" not in stderr, stderr
 
 
+@pytest.mark.faults
 def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(stage_runner, tmp_path, monkeypatch, caplog):
     import errno
 

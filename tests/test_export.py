@@ -183,6 +183,7 @@ def test_streamed_text_is_the_answer(exported):
     assert "".join(pieces) == text and len(pieces) > 1 and len(ids) == 10
 
 
+@pytest.mark.faults
 def test_a_missing_or_stale_export_names_the_rebuild_command(exported, tmp_path):
     _, _, root = exported
     with pytest.raises(StaleExport, match="dvc repro export"):
@@ -206,6 +207,7 @@ def record_in_lock(workspace, output: str) -> None:
     run_dvc(workspace, "commit", "-f", "-q", "align")
 
 
+@pytest.mark.faults
 def test_an_adapter_changed_behind_dvcs_back_is_named_not_called_a_stale_export(exported, tmp_path, monkeypatch):
     """The export's adapter digest differs: where dvc.lock records other bytes for the adapter's
     files, the cause is the adapter (named, with the command that restores it), not the export,
@@ -308,6 +310,7 @@ def test_ask_answers_a_vignette_and_a_file_and_refuses_an_empty_one(exported, tm
     assert not done.stdout
 
 
+@pytest.mark.faults
 def test_a_damaged_adapter_is_named_with_its_fix_by_both_engines(exported, tmp_path):
     """A truncated adapter_model.safetensors: one line naming the file and `dvc checkout`, from the
     engine (ask, deploy) and from the PyTorch model (predict, export) alike, not 'stale export'."""

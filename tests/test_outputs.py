@@ -13,6 +13,8 @@ import pytest
 from core import atomic
 from stages import run, settings_guard
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def stage_runner(monkeypatch):

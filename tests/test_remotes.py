@@ -108,6 +108,7 @@ def test_ssh_remote_round_trip_and_experiments_travel(finished, ssh_server, tmp_
     assert "Data and pipelines are up to date" in run_dvc(clone, "status").stdout
 
 
+@pytest.mark.faults
 def test_push_to_an_unreachable_remote_fails_clearly_and_changes_nothing(finished, tmp_path):
     root, repo = finished
     run_dvc(repo, "remote", "add", "--local", "gone", "ssh://nobody@127.0.0.1:9/store")  # port 9: nothing listens
@@ -118,6 +119,7 @@ def test_push_to_an_unreachable_remote_fails_clearly_and_changes_nothing(finishe
     assert snapshot(repo) == before
 
 
+@pytest.mark.faults
 def test_pull_of_missing_objects_fails_clearly_and_changes_nothing(finished, tmp_path):
     root, repo = finished
     clone = tmp_path / "clone"
@@ -131,6 +133,7 @@ def test_pull_of_missing_objects_fails_clearly_and_changes_nothing(finished, tmp
     assert snapshot(clone) == before
 
 
+@pytest.mark.faults
 def test_a_damaged_object_in_the_default_remote_is_never_checked_out_and_repro_rebuilds_it(finished, tmp_path):
     """8 bytes of the adapter overwritten inside the remote, its size unchanged: with the project's
     `verify = true` the pull fails naming the output, nothing damaged reaches the cache or the work tree,

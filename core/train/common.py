@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import atomic
-from core.errors import UserError
+from core.errors import DiskFullError, UserError
 from core.prompts import cut_middle, shortest_prompt
 
 log = logging.getLogger(__name__)
@@ -173,10 +173,26 @@ def fit(trainer, output_dir, resume: tuple[str | None, int] | None = None) -> Fi
     trainer.add_callback(clock)
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
+    except RuntimeError as err:
+        _forget_if_no_checkpoint(output_dir)
+        # torch.save on a full disk says only "[enforce fail at inline_container.cc] unexpected pos": the
+        # checkpoint directory's disk says why
+        if _nearly_full(Path(output_dir)):
+            raise DiskFullError(
+                f"{output_dir}: a checkpoint could not be written, no space left on its disk; free some and run again"
+            ) from err
+        raise
     except BaseException:
         _forget_if_no_checkpoint(output_dir)
         raise
     return Fit(result, clock.seconds, resumed_from_step)
+
+
+def _nearly_full(path: Path) -> bool:
+    """Less than 1 MiB free on the disk that holds `path` (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free < 1 << 20
 
 
 def _forget_if_no_checkpoint(output_dir) -> None:
