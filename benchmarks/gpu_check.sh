@@ -37,7 +37,7 @@ p = yaml.safe_load(open("params.yaml"))
 p["model"] = family
 p["data"].update(train_csv="data/scaled/train.csv", test_csv="data/scaled/test.csv", val_fraction=0.1)
 profile = p["models"][family]
-profile.update(name=checkpoint, backend=backend, load_in_4bit=backend == "unsloth")
+profile["base"].update(name=checkpoint, backend=backend, load_in_4bit=backend == "unsloth")
 profile["training"].update(epochs=1)
 profile.setdefault("generation", {}).update(max_new_tokens=256)  # the profile's batch size: auto
 for setting in settings:

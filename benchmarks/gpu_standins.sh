@@ -14,7 +14,7 @@
 # Then, in a device run carrying .whl, .ranks and .realdata:
 #   FAMILIES=qwen3 MODES="bf16 t4" bash benchmarks/gpu_standins.sh
 # Knobs: FAMILIES, MODES (bf16, t4), STAGES (deploy runs on the CPU: the same in both modes), SETTINGS (more KEY=YAML profile settings, space-separated), SIZE
-# (full; tiny with SETTINGS="backend=hf load_in_4bit=false" checks the plumbing on a CPU).
+# (full; tiny with SETTINGS="base.backend=hf base.load_in_4bit=false" checks the plumbing on a CPU).
 set -uo pipefail
 # Every record goes to $WORK, packed into $OUT/results.tgz after each stage (the device tool returns
 # at most 8 files, and a run cut short by its time limit still returns what it measured).

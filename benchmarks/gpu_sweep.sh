@@ -30,7 +30,7 @@ python3 - <<'PY'
 import os
 import yaml
 p = yaml.safe_load(open("params.yaml"))
-p["models"]["smollm2"].update(backend="hf", dtype="float32")  # as on a CPU
+p["models"]["smollm2"]["base"].update(backend="hf", dtype="float32")  # as on a CPU
 p["models"]["smollm2"]["generation"]["batch_size"] = 32
 if os.environ.get("TRAIN_CSV"):  # real rows, carried in a git-ignored folder (../shared/real/README.md)
     # and the real rows' split (the sample's 0.5 is for its 64 rows): VAL_FRACTION, 0.2 unless set

@@ -29,6 +29,8 @@ COLUMNS = [
     "train_loss",
     "val_loss",
     "val_rougeL",
+    "val_rougeL_low",
+    "val_rougeL_high",
     "answer_prefix_rougeL",
     "prompt_echo_rougeL",
     "model_minus_prefix",
@@ -107,6 +109,9 @@ def experiments_table(exp_show_json: list[dict]) -> pd.DataFrame:
             train_loss=finetune.get("train_loss"),
             val_loss=finetune.get("val_loss"),
             val_rougeL=(evaluation.get("model") or {}).get("rougeL"),
+            # its 95 % interval over resampled validation rows (core/metrics/uncertainty.py; none before 2026-12-07)
+            val_rougeL_low=(evaluation.get("model") or {}).get("rougeL_low"),
+            val_rougeL_high=(evaluation.get("model") or {}).get("rougeL_high"),
             answer_prefix_rougeL=(evaluation.get("answer_prefix") or {}).get("rougeL"),
             prompt_echo_rougeL=(evaluation.get("prompt_echo") or {}).get("rougeL"),
             model_minus_prefix=(evaluation.get("model_minus_prefix") or {}).get("rougeL"),

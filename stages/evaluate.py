@@ -24,13 +24,19 @@ def evaluate(paths: Paths, outputs: atomic.Outputs) -> None:
     summary, per_panel = validation_report(rows, predictions, prefix_kind)
     outputs.write_json(paths.eval_metrics, summary)
     outputs.write_json(paths.rouge_by_panel, per_panel)
+    model, gain = summary["model"], summary["model_minus_prefix"]
     logging.info(
-        "val ROUGE-L: model %.4f, answer prefix alone (%s) %.4f, prompt echo %.4f; the model's own tokens add %+.4f",
-        summary["model"]["rougeL"],
+        "val ROUGE-L: model %.4f (95%% interval %.4f to %.4f), answer prefix alone (%s) %.4f, prompt echo %.4f; "
+        "the model's own tokens add %+.4f (paired 95%% interval %+.4f to %+.4f)",
+        model["rougeL"],
+        model["rougeL_low"],
+        model["rougeL_high"],
         prefix_kind,
         summary["answer_prefix"]["rougeL"],
         summary["prompt_echo"]["rougeL"],
-        summary["model_minus_prefix"]["rougeL"],
+        gain["rougeL"],
+        gain["rougeL_low"],
+        gain["rougeL_high"],
     )
     if summary["model_tokens"]["answers_without"] == len(rows):
         logging.warning("no validation answer holds a model token: every answer is the prefix alone")

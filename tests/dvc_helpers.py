@@ -26,6 +26,19 @@ def run_dvc(cwd: Path, *args: str, check: bool = True, env: dict | None = None) 
     return done
 
 
+def start_dvc(cwd: Path, *args: str) -> subprocess.Popen:
+    """`dvc <args>` started in the background, its standard error kept to read (a test waits for, or stops, it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        env=tools_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def git(cwd: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, capture_output=True, text=True

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.dvc_helpers import git, run_dvc, tools_env
+from tests.dvc_helpers import git, run_dvc, start_dvc
 from tests.test_reliability import errors, leftovers, snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -63,15 +62,7 @@ def stage_process(dvc: psutil.Process, stage: str) -> psutil.Process | None:
 def test_a_stage_whose_dvc_is_killed_at_work_changes_nothing(finished_workspace, stage, how):
     workspace = finished_workspace
     good, lock = snapshot(workspace), (workspace / "dvc.lock").read_text()
-    dvc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", stage],
-        cwd=workspace,
-        env=tools_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    dvc = start_dvc(workspace, "repro", "--force", "--single-item", stage)
     deadline, found = time.monotonic() + 120, None
     while time.monotonic() < deadline and dvc.poll() is None:
         found = stage_process(psutil.Process(dvc.pid), stage)
@@ -128,24 +119,9 @@ def test_after_a_refused_dvc_exp_run_git_still_sees_dvc_lock_change(finished_wor
     """The QA round's sequence: a `dvc exp run` retraining and answering; during its predict a second
     `dvc exp run -S` is refused by DVC (after it stashed and put back the work tree). The first run stops
     (its settings changed), and `git status` lists dvc.lock, which its earlier stages rewrote."""
-    workspace, env = finished_workspace, tools_env()
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dvc",
-            "exp",
-            "run",
-            "-S",
-            "training.max_steps=3",
-            "-S",
-            "++models.qwen3.generation.max_new_tokens=200",
-        ],
-        cwd=workspace,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    workspace = finished_workspace
+    first = start_dvc(
+        workspace, "exp", "run", "-S", "training.max_steps=3", "-S", "++models.qwen3.generation.max_new_tokens=200"
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:

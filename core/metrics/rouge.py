@@ -31,16 +31,21 @@ def _scorer(types: tuple[str, ...] = ROUGE_TYPES):
     return rouge_scorer.RougeScorer(list(types), use_stemmer=False)
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measures over pairs of texts, both normalised as the host does."""
+def rouge_by_row(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
+    """ROUGE-1/2/L F-measures of each pair of texts, both normalised as the host does."""
     scorer = _scorer()
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    by_row: dict[str, list[float]] = {name: [] for name in ROUGE_TYPES}
     for prediction, reference in zip(predictions, references, strict=True):
         scores = scorer.score(normalise(reference), normalise(prediction))
         for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
+            by_row[name].append(scores[name].fmeasure)
+    return by_row
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures over pairs of texts, both normalised as the host does."""
     n = max(len(predictions), 1)
-    return {name: total / n for name, total in totals.items()}
+    return {name: sum(values) / n for name, values in rouge_by_row(predictions, references).items()}
 
 
 def rouge_l_matrix(texts: list[str]) -> list[list[float]]:
