@@ -1,9 +1,9 @@
 """BaseUnslothModel: one family's model and prompts, loaded, with LoRA adapters: the bottom layer
 that training and answering stand on. It loads a causal LM (through a backend), renders prompts,
 encodes answers, attaches, saves and loads adapters. It imports neither training nor answering:
-`core.train.fine_tune` / `core.train.align` (core/train/) and `core.decode.generate_responses`
-(core/decode/) take a loaded model, so an edit to one side never reruns the stages of the other
-(the import contract in pyproject.toml holds the layers).
+`core.train.sft.fine_tune` / `core.train.dpo.align` (core/train/) and
+`core.decode.answer.generate_responses` (core/decode/) take a loaded model, so an edit to one side never
+reruns the stages of the other (the import contracts in pyproject.toml hold the layers).
 
 The backends (Unsloth on CUDA, transformers + peft anywhere) live in core/models/backends.py.
 transformers, peft and trl are imported inside functions, not at module level, on purpose:
@@ -67,7 +67,7 @@ class BaseUnslothModel:
         self.dtype = resolve_dtype(profile.dtype)
         self.model = None
         self.tokenizer = None
-        self.training_log: list[dict] = []  # the trainer's log history of the last fine_tune
+        self.training_log: list[dict] = []  # the trainer's log history of the last fine_tune or align
 
     # --- prompts ------------------------------------------------------------------------
     def _create_input_prompt(self, row: dict) -> str:
