@@ -183,7 +183,7 @@ def decoding_record(tuned, val_rows: list[dict], g, keep_texts: bool) -> dict:
         for row, p in zip(val_rows, cut(out_gen, length.max_new_tokens, tuned.decode), strict=True)
     }
     at_params = [p.text for p in cut(out_gen, g.max_new_tokens, tuned.decode)]
-    summary, _ = validation_report(val_rows, predictions)
+    summary = validation_report(val_rows, predictions).summary
     texts = [predictions[row["Master_Index"]].text for row in val_rows]
     record = {
         "val_rows": len(val_rows),

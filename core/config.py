@@ -104,6 +104,19 @@ class DataConfig:
     test_csv: Text
     val_fraction: fraction("train on every labelled row")
     seed: Integer
+    # K-fold cross-validation: 0, the val_fraction split; K >= 2, fold `fold` (0 to K-1) of K held out
+    folds: Count = 0
+    fold: Count = 0
+
+    @pydantic.model_validator(mode="after")
+    def _fold_of_folds(self) -> DataConfig:
+        _problems(
+            self.folds == 1 and "folds: expected 0 (the val_fraction split) or 2 or more folds, got 1",
+            self.folds >= 2
+            and self.fold >= self.folds
+            and f"fold: expected a fold from 0 to {self.folds - 1} (folds: {self.folds}), got {self.fold}",
+        )
+        return self
 
 
 @section
@@ -265,6 +278,8 @@ class ExportConfig:
 
     # the exported model's weights (MatMul weights; see docs/deploy.md)
     precision: Literal["int8", "int4", "fp32"]
+    # the GGUF files (the gguf stage; docs/deploy.md): one a precision, the last the Modelfile's
+    gguf: list[Literal["f16", "q8_0"]] = dataclasses.field(default_factory=lambda: ["f16", "q8_0"])
 
 
 @section

@@ -125,6 +125,37 @@ def panel_of(row: dict) -> str:
     return " ".join(row.get(PANEL, "").upper().split()) or "UNKNOWN"
 
 
+def split_labelled(rows: list[dict], data) -> tuple[list[dict], list[dict]]:
+    """The train and validation rows `data` (params.yaml's data section) asks for: fold `data.fold` of
+    `data.folds` held out where folds are set, else a `data.val_fraction` share."""
+    if data.folds:
+        return split_fold(rows, data.folds, data.fold, data.seed)
+    return split_train_val(rows, data.val_fraction, data.seed)
+
+
+def split_fold(rows: list[dict], folds: int, fold: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Fold `fold` of a seeded K-fold split stratified by clinical panel, held out for validation.
+
+    Each panel's rows are shuffled (seeded) and the panels, in name order, are laid end to end; the i-th
+    row of that order goes to fold i mod K. Every panel is spread over the folds as evenly as its size
+    allows, fold sizes differ by one row at most, and the K folds' validation rows together are every
+    labelled row once. Both parts keep the input order.
+    """
+    rng = random.Random(seed)
+    order = []
+    for _, members in sorted(_by_panel(rows).items()):
+        order.extend(rng.sample(members, len(members)))
+    val_idx = {index for position, index in enumerate(order) if position % folds == fold}
+    return [r for i, r in enumerate(rows) if i not in val_idx], [r for i, r in enumerate(rows) if i in val_idx]
+
+
+def _by_panel(rows: list[dict]) -> dict[str, list[int]]:
+    by_panel: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_panel.setdefault(panel_of(row), []).append(i)
+    return by_panel
+
+
 def split_train_val(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """A seeded split stratified by clinical panel.
 
@@ -135,9 +166,7 @@ def split_train_val(rows: list[dict], val_fraction: float, seed: int) -> tuple[l
     """
     if val_fraction == 0:
         return list(rows), []
-    by_panel: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_panel.setdefault(panel_of(row), []).append(i)
+    by_panel = _by_panel(rows)
     rng = random.Random(seed)
     val_idx: set[int] = set()
     for panel in sorted(by_panel):

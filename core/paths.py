@@ -31,6 +31,7 @@ class Paths:
     align_metrics: str
     merged: str
     export: str
+    gguf: str
     predictions: str
     val_predictions: str
     test_predictions: str
@@ -38,6 +39,7 @@ class Paths:
     predict_metrics: str
     eval_metrics: str
     rouge_by_panel: str
+    rouge_by_row: str
     deploy_metrics: str
     submission: str
     submit_metrics: str

@@ -1,5 +1,6 @@
 """evaluate: ROUGE of the validation predictions against the clinicians, beside the prompt echo and the
-answer prefix alone (the prefix predict wrote before the model's tokens, as metrics/predict.json records it)."""
+answer prefix alone (the prefix predict wrote before the model's tokens, as metrics/predict.json records it):
+overall with intervals, by panel, and by row (what notebooks/compare.py pairs runs and pools folds with)."""
 
 import logging
 
@@ -17,13 +18,15 @@ def evaluate(paths: Paths, outputs: atomic.Outputs) -> None:
             paths.eval_metrics, {"rows": 0, "validation": "none: data.val_fraction is 0, so there is nothing to score"}
         )
         outputs.write_json(paths.rouge_by_panel, [])
+        outputs.write_json(paths.rouge_by_row, [])
         logging.warning("no validation rows (data.val_fraction is 0): nothing scored")
         return
     predictions = read_predictions(paths.val_predictions, rows)
     prefix_kind = atomic.read_json(paths.predict_metrics).get("answer_prefix", "none")
-    summary, per_panel = validation_report(rows, predictions, prefix_kind)
+    summary, per_panel, per_row = validation_report(rows, predictions, prefix_kind)
     outputs.write_json(paths.eval_metrics, summary)
     outputs.write_json(paths.rouge_by_panel, per_panel)
+    outputs.write_json(paths.rouge_by_row, per_row)
     model, gain = summary["model"], summary["model_minus_prefix"]
     logging.info(
         "val ROUGE-L: model %.4f (95%% interval %.4f to %.4f), answer prefix alone (%s) %.4f, prompt echo %.4f; "

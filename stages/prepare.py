@@ -5,7 +5,7 @@ from pathlib import Path
 
 from core import atomic
 from core.config import Params, load_params
-from core.data import read_vignettes, split_train_val
+from core.data import read_vignettes, split_labelled
 from core.models.weights import check_available
 from core.paths import Paths, read_table
 from stages import run
@@ -16,10 +16,13 @@ def prepare(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
     check_available(params.profile)
     labelled = read_vignettes(params.data.train_csv, labelled=True)
     test = read_vignettes(params.data.test_csv, labelled=False)
-    train, val = split_train_val(labelled, params.data.val_fraction, params.data.seed)
+    train, val = split_labelled(labelled, params.data)
     splits = {paths.train: train, paths.val: val, paths.test: test}  # inside paths.prepared
     outputs.write_files(paths.prepared, {Path(path).name: atomic.jsonl_text(rows) for path, rows in splits.items()})
-    logging.info("wrote %s: %d train, %d val, %d test rows", paths.prepared, len(train), len(val), len(test))
+    held_out = f"fold {params.data.fold} of {params.data.folds}" if params.data.folds else "val_fraction"
+    logging.info(
+        "wrote %s: %d train, %d val (%s), %d test rows", paths.prepared, len(train), len(val), held_out, len(test)
+    )
 
 
 def main(outputs: atomic.Outputs) -> None:

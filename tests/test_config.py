@@ -57,6 +57,8 @@ def test_profile_overrides_apply_on_top_of_shared_sections(repo_params):
             "labelled row) up to but not including 1, got 1.5",
         ),
         (lambda r: r["data"].update(val_fraction=-0.1), "data.val_fraction: expected a number from 0"),
+        (lambda r: r["data"].update(folds=1), "data.folds: expected 0 (the val_fraction split) or 2 or more"),
+        (lambda r: r["data"].update(folds=5, fold=5), "data.fold: expected a fold from 0 to 4 (folds: 5), got 5"),
         (lambda r: r.pop("generation"), "generation: missing key"),
         (
             lambda r: r["training"].update(weight_decay=True),

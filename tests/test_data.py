@@ -188,3 +188,26 @@ def test_prompt_echo_drops_the_nurse_introduction():
     assert strip_nurse_intro(short) == "Child, 3, cough?"
     assert strip_nurse_intro("A woman, 30, bleeding.") == "A woman, 30, bleeding."
     assert prompt_echo({"Prompt": long}) == "a 2 year old with fever"
+
+
+def test_k_folds_hold_out_every_labelled_row_once_each_panel_spread_over_the_folds():
+    from collections import Counter
+
+    from core.data import panel_of, split_fold
+
+    rows = read_vignettes(TRAIN, labelled=True)
+    held_out = []
+    for fold in range(5):
+        train, val = split_fold(rows, 5, fold, seed=42)
+        assert len(train) + len(val) == len(rows) and not {r["Master_Index"] for r in train} & {
+            r["Master_Index"] for r in val
+        }
+        held_out += [r["Master_Index"] for r in val]
+        assert len(val) in (len(rows) // 5, len(rows) // 5 + 1)  # fold sizes differ by one row at most
+        assert split_fold(rows, 5, fold, seed=42) == (train, val)  # seeded: the same folds every time
+    assert sorted(held_out) == sorted(r["Master_Index"] for r in rows)  # every row validated exactly once
+    # stratified: each panel's rows spread over the folds as evenly as its size allows
+    for panel, count in Counter(panel_of(r) for r in rows).items():
+        per_fold = [sum(panel_of(r) == panel for r in split_fold(rows, 5, k, 42)[1]) for k in range(5)]
+        assert max(per_fold) - min(per_fold) <= 1, (panel, count, per_fold)
+    assert split_fold(rows, 5, 0, seed=1) != split_fold(rows, 5, 0, seed=42)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from core.data import read_vignettes
+from core.metrics.uncertainty import bootstrap
 from notebooks.experiments import experiments_table
 from tests.checkpoints import REPO
 from tests.conftest import copy_repo
@@ -116,13 +117,16 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(
     table_lines = [line for line in lines if not line.startswith("also differ")]
     assert max(len(line) for line in table_lines) <= 160 and "…" not in done.stdout, done.stdout
     headers = table_lines[0].split()
-    assert headers[:10] == [
+    assert headers[:13] == [
         "experiment",
         "profile",
+        "rows",
         "rougeL",
+        "ci95",
         "prefix",
         "echo",
         "+model",
+        "vs_ref",
         "loops",
         "length",
         "train_s",
@@ -135,7 +139,7 @@ def test_exp_run_switches_profile_and_checkpoint_and_exp_show_compares_them(
     assert {"tiny-qwen3", "tiny-llama32", "tiny-all-rows"} <= set(rows), done.stdout
     assert rows["tiny-qwen3"][1] == "qwen3" and rows["tiny-llama32"][1] == "llama32"
     for name in ("tiny-qwen3", "tiny-llama32"):
-        model_l, prefix_l, echo_l, gain = (float(x) for x in rows[name][2:6])
+        model_l, prefix_l, echo_l, gain = (float(rows[name][i]) for i in (3, 5, 6, 7))
         assert 0 < echo_l < 1 and 0 < prefix_l < 1 and abs(model_l - prefix_l - gain) < 2e-3
 
 
@@ -176,23 +180,55 @@ def test_deploy_compares_the_engines_where_the_model_wrote(tiny_experiments):
     assert deploy["limits"]["rougeL_loss"]["pass"] is (deploy["rougeL"]["loss"] <= 0.01)  # judged, not left open
 
 
-def test_queued_sweep_runs_every_value(workspace, toy_checkpoints):
-    # the queue runs from a commit: the tiny profile must be in it. Each queued run stops at finetune (what
-    # the sweep compares: the losses); the whole pipeline under `dvc exp run` is the test above.
-    run_dvc(
-        workspace,
-        "exp",
-        "run",
-        "--queue",
-        "-S",
-        "model=llama32",
-        "-S",
-        f"models.llama32.base.name={toy_checkpoints['llama32']}",
-        *short_run("llama32"),
-        "-S",
-        "models.llama32.lora.r=4,8",
-        "finetune",
+def compare(workspace, *args: str) -> dict[str, list[str]]:
+    """`python -m notebooks.compare` in `workspace` (a terminal wide enough for every column): each row's cells."""
+    done = subprocess.run(
+        [sys.executable, "-m", "notebooks.compare", *args],
+        cwd=workspace,
+        env=tools_env(COLUMNS="400"),
+        capture_output=True,
+        text=True,
+        check=True,
     )
+    lines = done.stdout.splitlines()
+    headers = lines[0].split()
+    assert headers[:9] == ["experiment", "profile", "rows", "rougeL", "ci95", "prefix", "echo", "+model", "vs_ref"]
+    table_lines = [line for line in lines[1:] if line.split() and ": final run" not in line]
+    return {line.split()[0]: dict(zip(headers, line.split(), strict=False)) for line in table_lines} | {
+        "final": [line for line in lines if ": final run" in line]
+    }
+
+
+def test_compare_pairs_two_experiments_on_the_same_rows(tiny_experiments):
+    # tiny-qwen3 and tiny-llama32 answered the same validation split: their difference is paired on its rows
+    rows = compare(tiny_experiments, "--reference", "tiny-qwen3")
+    by_row = {
+        name: {row["id"]: row for row in json.loads(exp_file(tiny_experiments, name, "metrics/rouge_by_row.json"))}
+        for name in ("tiny-qwen3", "tiny-llama32")
+    }
+    ids = sorted(by_row["tiny-qwen3"])
+    assert ids == sorted(by_row["tiny-llama32"])
+    scores = {name: [found[i]["model"] for i in ids] for name, found in by_row.items()}
+    spread = bootstrap(scores, {"d": ("tiny-llama32", "tiny-qwen3")})["d"]
+    difference = (sum(scores["tiny-llama32"]) - sum(scores["tiny-qwen3"])) / len(ids)
+    mark = "~" if spread["low"] <= 0 <= spread["high"] else ""
+    assert rows["tiny-llama32"]["vs_ref"] == f"{difference:+.3f}[{spread['low']:+.3f},{spread['high']:+.3f}]{mark}"
+    assert rows["tiny-qwen3"]["vs_ref"] == "ref" and rows["tiny-qwen3"]["rows"] == str(len(ids))
+    low, high = (float(x) for x in rows["tiny-qwen3"]["ci95"].split("-"))
+    assert low <= float(rows["tiny-qwen3"]["rougeL"]) <= high
+    evaluation = json.loads(exp_file(tiny_experiments, "tiny-qwen3", "metrics/eval.json"))
+    model = evaluation["model"]
+    assert rows["tiny-qwen3"]["ci95"] == f"{model['rougeL_low']:.3f}-{model['rougeL_high']:.3f}"
+
+
+def test_cross_validation_queues_the_folds_and_compare_pools_them(tiny_pipeline, tmp_path):
+    # docs/usage.md's one-liner with K=2, each run up to evaluate (what the folds are for); tiny_pipeline's
+    # commit names the toy Qwen3. The queue sweeps the fold: one configuration, two runs
+    workspace = copy_repo(tiny_pipeline, tmp_path / "repo")
+    command = re.search(r"^(dvc exp run --queue -S data\.folds=5 .*)$", (REPO / "docs/usage.md").read_text(), re.M)
+    assert command, "docs/usage.md: the cross-validation command"
+    queue = command.group(1).replace("folds=5", "folds=2").replace("range(0,5)", "range(0,2)").split(" && ")[0]
+    run_dvc(workspace, *[word.strip("'") for word in queue.split()[1:]])
     run_dvc(workspace, "queue", "start", "-j", "1")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -201,7 +237,12 @@ def test_queued_sweep_runs_every_value(workspace, toy_checkpoints):
             break
         time.sleep(3)
     assert status.count("Success") == 2, status
-    rows = table(workspace)
-    swept = rows[rows["model"] == "llama32"]
-    assert sorted(swept["lora_r"]) == [4, 8]
-    assert swept["val_loss"].notna().all()
+    rows = compare(workspace)
+    (pooled,) = [name for name in rows if name.startswith("cv2/2:")]
+    labelled = len(read_vignettes(REPO / "data/sample/train.csv", labelled=True))
+    assert rows[pooled]["rows"] == str(labelled)  # every labelled row once, scored by the fold that held it out
+    folds = [name for name, row in rows.items() if name != "final" and row.get("rows") == str(labelled // 2)]
+    assert len(folds) == 2 and all(rows[name]["vs_ref"] == "other-rows" for name in folds)  # not the workspace's rows
+    assert len(rows[pooled]["length"].split(",")) == 2
+    (final,) = rows["final"]
+    assert "-S data.folds=0 -S data.val_fraction=0 -S ++models.qwen3.generation.max_new_tokens=" in final

@@ -34,7 +34,7 @@ def test_rouge_agrees_with_a_hand_computed_example():
 
 def test_validation_report_has_model_baseline_and_panels():
     predictions = {r["Master_Index"]: Prediction(r["Clinician"], 10, True) for r in ROWS}
-    summary, per_panel = validation_report(ROWS, predictions)
+    summary, per_panel, _ = validation_report(ROWS, predictions)
     assert summary["model"]["rougeL"] == pytest.approx(1.0)
     assert 0 < summary["prompt_echo"]["rougeL"] < 1
     assert [p["panel"] for p in per_panel] == ["PAEDIATRICS", "SURGERY"]  # case and spaces folded
@@ -57,7 +57,7 @@ def test_answers_that_are_the_prefix_alone_are_reported_as_adding_nothing():
 
     # every answer "summary" + the echo and not one model token: what validation's length 0 gives
     predictions = {r["Master_Index"]: Prediction(answer_prefix(r, "echo"), 0, False) for r in ROWS}
-    summary, per_panel = validation_report(ROWS, predictions, "echo")
+    summary, per_panel, _ = validation_report(ROWS, predictions, "echo")
     assert summary["answer_prefix"]["kind"] == "echo" and summary["model"] == {
         k: summary["answer_prefix"][k] for k in summary["model"]
     }

@@ -36,7 +36,7 @@ def test_the_report_carries_each_score_with_its_interval_and_a_rerun_writes_the_
     predictions = {
         row["Master_Index"]: Prediction(answer_prefix(row, "echo") + " give fluids", 2, True) for row in rows
     }
-    first, _ = validation_report(rows, predictions, "echo")
+    first, *_ = validation_report(rows, predictions, "echo")
     for system in ("model", "answer_prefix", "prompt_echo"):
         for kind in ("rouge1", "rouge2", "rougeL"):
             assert first[system][f"{kind}_low"] <= first[system][kind] <= first[system][f"{kind}_high"], system
@@ -44,5 +44,5 @@ def test_the_report_carries_each_score_with_its_interval_and_a_rerun_writes_the_
     assert gain["rougeL_low"] <= gain["rougeL"] <= gain["rougeL_high"] and 0 <= gain["rougeL_share_above_0"] <= 1
     # the paired interval is the narrower: the same rows are hard for the model and for its own prefix
     assert gain["rougeL_high"] - gain["rougeL_low"] < first["model"]["rougeL_high"] - first["model"]["rougeL_low"]
-    again, _ = validation_report(rows, predictions, "echo")
+    again, *_ = validation_report(rows, predictions, "echo")
     assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)

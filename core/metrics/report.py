@@ -8,6 +8,8 @@ is often within them.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from core.data import ID, TARGET, panel_of
 from core.metrics import uncertainty
 from core.metrics.echo import answer_prefix, prompt_echo
@@ -16,12 +18,23 @@ from core.metrics.rouge import normalise, rouge, rouge_by_row
 from core.predictions import Prediction
 
 
+class ValidationReport(NamedTuple):
+    summary: dict  # overall, for `dvc metrics`
+    per_panel: list[dict]  # one record a clinical panel, for a plot
+    # one record a validation row: its id, panel and each system's ROUGE-L, for pairing runs on the same
+    # rows (notebooks/compare.py) and pooling cross-validation folds
+    per_row: list[dict]
+
+
+SYSTEMS = ("model", "answer_prefix", "prompt_echo")
+
+
 def validation_report(
     rows: list[dict], predictions: dict[str, Prediction], prefix_kind: str = "none"
-) -> tuple[dict, list[dict]]:
+) -> ValidationReport:
     """Scores of the model, the prompt echo and the answer prefix alone (`generation.answer_prefix`:
-    `prefix_kind`) on the same rows: overall (a dict for `dvc metrics`) and per clinical panel (one
-    record a panel, for a plot). `model_minus_prefix` is what the model's own tokens add."""
+    `prefix_kind`) on the same rows: overall, per clinical panel and per row. `model_minus_prefix` is
+    what the model's own tokens add."""
     references = [row[TARGET] for row in rows]
     answers = [predictions[row[ID]] for row in rows]
     model = [p.text for p in answers]
@@ -58,7 +71,11 @@ def validation_report(
             panel_scores = rouge([texts[i] for i in index], [references[i] for i in index])
             record.update({f"{system}_{name}": value for name, value in panel_scores.items()})
         per_panel.append(record)
-    return summary, per_panel
+    per_row = [
+        {"id": row[ID], "panel": panel_of(row), **{name: by_row[name]["rougeL"][i] for name in SYSTEMS}}
+        for i, row in enumerate(rows)
+    ]
+    return ValidationReport(summary, per_panel, per_row)
 
 
 def _means(by_row: dict[str, list[float]], rows: int) -> dict[str, float]:
