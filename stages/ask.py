@@ -1,7 +1,10 @@
-"""ask: answer vignettes with the exported model on this CPU (ONNX Runtime GenAI; no torch needed).
+"""ask: answer vignettes with an exported model on this CPU: the ONNX export (ONNX Runtime GenAI), or with
+--engine llamacpp the gguf stage's GGUF file through llama.cpp (optional: one line says how to install it).
+No torch is needed.
 
     python -m stages.ask "I am a nurse in ... What should I do?"   # streams the answer
     python -m stages.ask --file vignettes.csv --out answers.csv      # a CSV with a Prompt column, or a .jsonl
+    python -m stages.ask --engine llamacpp "I am a nurse in ..."    # the GGUF file (--gguf: which one)
 
 Decoding follows the selected profile's `generation` in params.yaml (--max-new-tokens overrides
 its length). The export must be the one made from the current adapter: `dvc repro export`.
@@ -18,6 +21,7 @@ from pathlib import Path
 from core import atomic
 from core.config import GenerationConfig, derive, load_params, parse_generation
 from core.data import ID, PROMPT, TARGET, read_csv_records, require_vignette
+from core.errors import UserError
 from core.export.runtime import ExportedModel
 from core.metrics.echo import readable_answer
 from core.paths import read_table
@@ -29,6 +33,22 @@ def load(export: str | Path, adapter: str | Path | None) -> ExportedModel:
     """The exported model, checked against the adapter it should come from (skipped on a device
     that has only the export)."""
     return ExportedModel(export, adapter=adapter if adapter and Path(adapter).exists() else None)
+
+
+def load_engine(args: argparse.Namespace, params_path: str):
+    """The model `--engine` names: the ONNX export, or a GGUF file through llama.cpp (the gguf stage's
+    Modelfile's file, unless --gguf names another)."""
+    paths = read_table()
+    if args.engine == "onnx":
+        return load(args.export or paths.export, args.adapter or paths.aligned)
+    from core.export.llamacpp import GgufModel
+
+    if args.gguf:
+        return GgufModel(args.gguf)
+    precisions = load_params(params_path).export.gguf
+    if not precisions:
+        raise UserError(f"{params_path}: export.gguf is empty: there is no GGUF file to answer with")
+    return GgufModel(Path(paths.gguf) / f"model-{precisions[-1]}.gguf")
 
 
 def generation_settings(
@@ -83,6 +103,10 @@ def main(outputs: atomic.Outputs) -> None:
     parser.add_argument(
         "--adapter", help="the adapter the export must come from, checked where present (default: paths.yaml's aligned)"
     )
+    parser.add_argument(
+        "--engine", choices=["onnx", "llamacpp"], default="onnx", help="the ONNX export, or the GGUF file via llama.cpp"
+    )
+    parser.add_argument("--gguf", help="with --engine llamacpp: the GGUF file (default: the gguf stage's q8_0)")
     parser.add_argument("--params", default="params.yaml", help="where the decoding settings are read")
     parser.add_argument("--decoding", help="a JSON file of generation settings, instead of --params' profile")
     parser.add_argument(
@@ -97,8 +121,7 @@ def main(outputs: atomic.Outputs) -> None:
         require_vignette(args.vignette)
     generation = generation_settings(args.params, args.max_new_tokens, args.decoding)
     rows = read_rows(args.file) if args.file else None
-    paths = read_table()
-    model = load(args.export or paths.export, args.adapter or paths.aligned)
+    model = load_engine(args, args.params)
 
     if rows is None:
         ask(model, args.vignette, generation, stream=lambda piece: print(piece, end="", flush=True))

@@ -10,6 +10,7 @@ are compared at the longest length predict generated (at 0 they would be the pre
 the report says which answers each figure was measured on.
 """
 
+import importlib.util
 import logging
 import statistics
 import subprocess
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from core import atomic
-from core.config import GenerationConfig, Params, as_dict, load_params
+from core.config import GenerationConfig, Params, as_dict, derive, load_params
 from core.data import ID, TARGET
+from core.export.llamacpp import INSTALL
 from core.export.runtime import EDGE_FILE
 from core.metrics.echo import prompt_echo
 from core.metrics.rouge import rouge
@@ -56,6 +58,7 @@ class Device(NamedTuple):
 
     paths: Paths
     generation: GenerationConfig
+    engine: str = "onnx"  # or llamacpp: the gguf stage's file through llama.cpp
 
 
 def answer_in_own_process(device: Device, rows_file: str, max_new_tokens: int) -> dict:
@@ -82,6 +85,8 @@ def answer_in_own_process(device: Device, rows_file: str, max_new_tokens: int) -
             str(report),
             "--max-new-tokens",
             str(max_new_tokens),
+            "--engine",
+            device.engine,
         ]
         # the child's own error line, if any, reaches the console as it is
         if subprocess.run(command).returncode != 0:
@@ -148,6 +153,29 @@ def compared_answers(
     return dict(answers="uncut", max_new_tokens=longest, rows=part, export=export, torch=uncut)
 
 
+def gguf_report(device: Device, rows: list[dict], length: int, precisions: list[str]) -> dict:
+    """The GGUF files' sizes and, where llama.cpp's binding is installed, the Modelfile's file answering the
+    timed rows greedily beside the ONNX export on the same rows and length (llama.cpp has no beam search here)."""
+    folder = Path(device.paths.gguf)
+    report = {"files_mb": {p: (folder / f"model-{p}.gguf").stat().st_size / 2**20 for p in precisions}}
+    if not precisions:
+        return report
+    if importlib.util.find_spec("llama_cpp") is None:
+        return report | {"llamacpp": f"not measured: {INSTALL}"}
+    greedy = derive(device.generation, "deploy (greedy, both engines)", num_beams=1, do_sample=False)
+    for engine in ("llamacpp", "onnx"):
+        answered = answer_rows(device._replace(generation=greedy, engine=engine), rows, length)
+        ms = [s * 1000 for s in answered["row_seconds"]]
+        report[engine] = {
+            "ms_per_vignette": {"median": statistics.median(ms), "p90": percentile(ms, 0.9)},
+            "tokens_per_s": sum(answered["new_tokens"]) / max(sum(answered["row_seconds"]), 1e-9),
+            "peak_rss_mb": answered["peak_rss_mb"],
+            "model_tokens": model_tokens(answered),
+        }
+    report["compared_on"] = {"rows": len(rows), "max_new_tokens": length, "decoding": "greedy"}
+    return report
+
+
 def model_tokens(answered: dict) -> dict:
     counts = answered["new_tokens"]
     return {"mean": sum(counts) / max(len(counts), 1), "answers_without": sum(n == 0 for n in counts)}
@@ -197,6 +225,7 @@ def deploy(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
         "tokens_per_s": tokens / seconds if seconds else 0.0,
         "batch_size": 1,
     }
+    report["gguf"] = gguf_report(device, rows[:TIMED_ROWS], timed_length, params.export.gguf)
     scored = rows_file == paths.val  # the test rows have no answers to score
     engine = predicted.get("engine", "torch")
     submitted, timed_run = (max_new_tokens, answered), (timed_length, timed)

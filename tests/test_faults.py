@@ -25,13 +25,14 @@ from tests.test_reliability import errors, leftovers, snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
-STAGES = ("prepare", "finetune", "align", "export", "predict", "evaluate", "submit", "deploy")
+STAGES = ("prepare", "finetune", "align", "export", "gguf", "predict", "evaluate", "submit", "deploy")
 # the folders each stage writes its outputs in (mounted full one at a time)
 OUTPUT_FOLDERS = {
     "prepare": ("data",),
     "finetune": ("models", "dvclive", "metrics"),
     "align": ("models", "dvclive", "metrics"),
     "export": ("models",),
+    "gguf": ("models",),
     "predict": ("data", "metrics"),
     "evaluate": ("metrics", "plots"),
     "submit": ("submissions", "metrics"),

@@ -27,6 +27,7 @@ OUTPUTS = (
     "dvclive/finetune",
     "models/merged",
     "models/export",
+    "models/gguf",
     "data/predictions",
     "submissions",
     "metrics",

@@ -45,14 +45,14 @@ def run_stage(work, *inputs) -> None:
 
 
 def test_each_stage_is_a_function_of_its_settings_and_paths(finished_workspace):
-    from stages import align, deploy, evaluate, export, finetune, predict, prepare, submit
+    from stages import align, deploy, evaluate, export, finetune, gguf, predict, prepare, submit
 
     repo = finished_workspace
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["data"].update({key: str(repo / raw["data"][key]) for key in ("train_csv", "test_csv")})
     params, paths = parse_params(raw), read_table(repo / "paths.yaml").under(repo)
     assert Path.cwd() != repo  # the stages read and write only through `paths`
-    for stage in (prepare.prepare, finetune.finetune, align.align, export.export, predict.predict):
+    for stage in (prepare.prepare, finetune.finetune, align.align, export.export, gguf.gguf_files, predict.predict):
         run_stage(stage, params, paths)
     run_stage(evaluate.evaluate, paths)
     run_stage(submit.submit, paths)
@@ -74,6 +74,7 @@ def test_each_stage_is_a_function_of_its_settings_and_paths(finished_workspace):
         ("core/decode/generation.py", {"predict"}),
         ("core/decode/repetition.py", {"predict"}),
         ("core/export/runtime.py", {"export", "predict", "deploy"}),
+        ("core/export/gguf_file.py", {"gguf"}),
         ("core/train/sft.py", {"finetune"}),
         ("core/train/common.py", {"finetune", "align"}),
         ("core/train/dpo.py", {"align"}),
