@@ -188,6 +188,24 @@ def test_the_stage_writes_nothing_when_a_file_fails_its_check(tiny_checkpoints, 
     assert json.dumps(params.prompt.system)[1:-1] in modelfile or params.prompt.system in modelfile
 
 
+def test_ask_without_llama_cpp_says_in_one_line_how_to_install_it():
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llama_cpp") is not None:
+        pytest.skip("llama.cpp's binding is installed here")
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.ask", "--engine", "llamacpp", "A child of 4 with fever and cough."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert "pip install llama-cpp-python" in lines[0] and "Traceback" not in done.stderr
+
+
 def test_llama_cpp_tokenizes_as_training_and_answers_as_pytorch(written):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed")
     family, checkpoint, tokenizer, files = written

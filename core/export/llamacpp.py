@@ -51,6 +51,7 @@ class GgufModel:
     """A GGUF file of the gguf stage, ready to answer one vignette at a time on `threads` CPU threads."""
 
     def __init__(self, path: str | Path, threads: int | None = None, context: int = 2048) -> None:
+        llama_cpp = import_llama_cpp()  # first: without the binding nothing else matters
         path = Path(path)
         if not path.exists():
             raise UserError(f"{path}: no GGUF file here; build it with: dvc repro gguf")
