@@ -60,7 +60,8 @@ def full_disk_path(err: OSError) -> Path | None:
 
 
 @contextlib.contextmanager
-def _naming_a_full_disk(path: Path) -> Iterator[None]:
+def naming_a_full_disk(path: Path) -> Iterator[None]:
+    """A full disk met while writing `path` (an output written in pieces, by a library) as one error naming it."""
     try:
         yield
     except OSError as err:
@@ -85,7 +86,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name  # the caller writes a file or makes a directory here
     try:
-        with _naming_a_full_disk(path):
+        with naming_a_full_disk(path):
             yield target
         if not target.exists():
             raise ArtifactError(f"nothing was written for {path}")
@@ -129,7 +130,7 @@ class Outputs:
         return self._staged[target] / target.name
 
     def write_text(self, target: str | Path, text: str) -> None:
-        with _naming_a_full_disk(Path(target)):
+        with naming_a_full_disk(Path(target)):
             self.path(target).write_text(text, encoding="utf-8")
 
     def write_json(self, target: str | Path, obj: object) -> None:
@@ -138,7 +139,7 @@ class Outputs:
     def write_files(self, directory: str | Path, files: dict[str, str]) -> None:
         """`directory` holding exactly `files` (name -> text): no file of an earlier version lingers."""
         staged = self.path(directory)
-        with _naming_a_full_disk(Path(directory)):
+        with naming_a_full_disk(Path(directory)):
             staged.mkdir()
             for name, text in files.items():
                 (staged / name).write_text(text, encoding="utf-8")

@@ -3,6 +3,7 @@ llama.cpp, Ollama and LM Studio. Each file is read back and checked before any l
 template renders training's prompt byte for byte, and its stop token is the end of turn."""
 
 import logging
+from pathlib import Path
 
 from core import atomic
 from core.config import Params, load_params
@@ -28,24 +29,19 @@ def gguf_files(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
     messages = chat_messages(params.prompt.system, EXAMPLE_USER)
     expected = render_chat(chat.template, messages)
     folder = outputs.path(paths.gguf)
-    folder.mkdir()
-    for precision in params.export.gguf:
-        path = folder / f"model-{precision}.gguf"
-        write_gguf(paths.merged, path, precision, chat)
-        found = problems(path, messages, expected, chat.stop_id)
-        if found:
-            raise UserError("\n".join(found))
-    if params.export.gguf:  # Ollama runs the smallest file
-        name = f"model-{params.export.gguf[-1]}.gguf"
-        text = modelfile(
-            name,
-            chat.template,
-            params.prompt.system,
-            chat.stop_token,
-            params.profile.generation,
-            params.profile.max_seq_length,
-        )
-        (folder / "Modelfile").write_text(text, encoding="utf-8")
+    with atomic.naming_a_full_disk(Path(paths.gguf)):  # the writer's own write() errors name no file
+        folder.mkdir()
+        for precision in params.export.gguf:
+            path = folder / f"model-{precision}.gguf"
+            write_gguf(paths.merged, path, precision, chat)
+            found = problems(path, messages, expected, chat.stop_id)
+            if found:
+                raise UserError("\n".join(found))
+        if params.export.gguf:  # for the last precision listed
+            generation, context = params.profile.generation, params.profile.max_seq_length
+            name = f"model-{params.export.gguf[-1]}.gguf"
+            text = modelfile(name, chat.template, params.prompt.system, chat.stop_token, generation, context)
+            (folder / "Modelfile").write_text(text, encoding="utf-8")
     logging.info(
         "%s: %s (%.0f MB)", paths.gguf, ", ".join(sorted(p.name for p in folder.iterdir())), directory_mb(folder)
     )
