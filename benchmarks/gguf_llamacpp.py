@@ -85,29 +85,57 @@ def prompts(tokenizer_dir: Path, rows: int) -> list[str]:
     return [render_chat(template, chat_messages(system, user_message(row))) for row in vignettes]
 
 
-def agreement(kind: str, merged: Path, gguf_path: Path, texts: list[str], threads: int) -> dict:
-    """Teacher-forced top-1 agreement, llama.cpp (f16 file) against PyTorch on f16-rounded weights."""
-    import llama_cpp
+def expected_tokens(kind: str, shape: dict, tokenizer_dir: Path, work: Path, texts: list[str], system: str) -> dict:
+    """In a process of its own (torch and llama.cpp's CUDA build in one process crashed): the checkpoint, its
+    f16 GGUF file, each text's token ids and PyTorch's top token at each position (weights rounded to f16)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core.export.gguf_file import chat_from_merged, write_gguf
+
+    family = "smollm2" if kind == "llama" else "qwen3"
+    merged = build(kind, shape, tokenizer_dir, work / f"{kind}-wide", std=0.2)
+    path = work / f"{kind}-wide-f16.gguf"
+    write_gguf(merged, path, "f16", chat_from_merged(merged, system, family))
     tokenizer = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(parameter.half().float())
-    engine = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=2048, n_threads=threads, logits_all=True, verbose=False)
-    shares, same_tokens = [], []
+    found = {"path": str(path), "ids": [], "top": []}
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            found["top"].append(model(torch.tensor([ids])).logits[0].argmax(-1).tolist())
+        found["ids"].append(ids)
+    return found
+
+
+def agreement(kind: str, expected: dict, texts: list[str], threads: int) -> dict:
+    """Teacher-forced top-1 agreement, llama.cpp (the f16 file) against PyTorch on f16-rounded weights."""
+    import llama_cpp
+
+    engine = llama_cpp.Llama(model_path=expected["path"], n_ctx=2048, n_threads=threads, logits_all=True, verbose=False)
+    shares, same_tokens = [], []
+    for text, ids, top in zip(texts, expected["ids"], expected["top"], strict=True):
         same_tokens.append(engine.tokenize(text.encode(), add_bos=False, special=True) == ids)
         engine.reset()
         engine.eval(ids)
         found = np.asarray(engine.scores[: len(ids)]).argmax(-1)
-        with torch.no_grad():
-            expected = model(torch.tensor([ids])).logits[0].argmax(-1).numpy()
-        shares.append(float((found == expected).mean()))
+        shares.append(float((found == np.asarray(top)).mean()))
     return {"architecture": kind, "positions_agreeing": statistics.fmean(shares), "tokenized_as_training": same_tokens}
+
+
+def speed_files(tokenizer_dir: Path, work: Path, system: str) -> dict[str, str]:
+    """In a process of its own: the SmolLM2-shaped checkpoint (training's init) as q8_0 and f16 files."""
+    from core.export.gguf_file import chat_from_merged, write_gguf
+
+    merged = build("llama", SMOLLM2, tokenizer_dir, work / "smollm2-shape", std=0.02)
+    files = {}
+    for precision in ("q8_0", "f16"):
+        files[precision] = str(work / f"smollm2-shape-{precision}.gguf")
+        write_gguf(merged, files[precision], precision, chat_from_merged(merged, system, "smollm2"))
+    return files
 
 
 def speed(gguf_path: Path, texts: list[str], new_tokens: int, threads: int, gpu: bool) -> dict:
@@ -150,7 +178,7 @@ def speed(gguf_path: Path, texts: list[str], new_tokens: int, threads: int, gpu:
 
 
 def main() -> None:
-    from core.export.gguf_file import chat_from_merged, write_gguf
+    import multiprocessing
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokenizer", required=True, type=Path)
@@ -166,22 +194,20 @@ def main() -> None:
     texts = prompts(args.tokenizer, args.rows)
     system = __import__("yaml").safe_load(Path("params.yaml").read_text())["prompt"]["system"]
     results: dict = {"agreement": [], "speed": []}
+    child = multiprocessing.get_context("spawn")  # torch stays out of this process
     if "agreement" not in args.skip:
-        for kind, shape, family in (("llama", SMOLLM2, "smollm2"), ("qwen3", QWEN3_WIDE_HEAD, "qwen3")):
-            merged = build(kind, shape, args.tokenizer, args.work / f"{kind}-wide", std=0.2)
-            path = args.work / f"{kind}-wide-f16.gguf"
-            write_gguf(merged, path, "f16", chat_from_merged(merged, system, family))
-            results["agreement"].append(agreement(kind, merged, path, texts[:4], args.threads))
+        for kind, shape in (("llama", SMOLLM2), ("qwen3", QWEN3_WIDE_HEAD)):
+            with child.Pool(1) as pool:
+                expected = pool.apply(expected_tokens, (kind, shape, args.tokenizer, args.work, texts[:4], system))
+            results["agreement"].append(agreement(kind, expected, texts[:4], args.threads))
             log.info("%s", results["agreement"][-1])
     if "speed" not in args.skip:
-        merged = build("llama", SMOLLM2, args.tokenizer, args.work / "smollm2-shape", std=0.02)
-        for precision in ("q8_0", "f16"):
-            path = args.work / f"smollm2-shape-{precision}.gguf"
-            write_gguf(merged, path, precision, chat_from_merged(merged, system, "smollm2"))
+        with child.Pool(1) as pool:
+            files = pool.apply(speed_files, (args.tokenizer, args.work, system))
+        for precision, path in files.items():
             for gpu in (False, True) if args.gpu else (False,):
-                results["speed"].append(
-                    {"precision": precision, **speed(path, texts, args.new_tokens, args.threads, gpu)}
-                )
+                measured = speed(Path(path), texts, args.new_tokens, args.threads, gpu)
+                results["speed"].append({"precision": precision, **measured})
                 log.info("%s", results["speed"][-1])
     args.out.write_text(json.dumps(results, indent=2))
 
