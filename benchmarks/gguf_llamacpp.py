@@ -29,19 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.checkpoints import SMOLLM2_SHAPE
+
 log = logging.getLogger("benchmarks.gguf_llamacpp")
-SMOLLM2 = dict(
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    head_dim=64,
-    rope_theta=100000.0,
-    rms_norm_eps=1e-5,
-    max_position_embeddings=8192,
-    tie_word_embeddings=True,
-)
+SMOLLM2 = {key: value for key, value in SMOLLM2_SHAPE.items() if key not in ("initializer_range", "vocab_size")}
 QWEN3_WIDE_HEAD = dict(
     hidden_size=256,
     intermediate_size=512,

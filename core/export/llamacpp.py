@@ -10,19 +10,17 @@ here, so beams fall back to greedy decoding (said once in the log).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from core.config import GenerationConfig
 from core.data import ID, PROMPT, require_vignette
 from core.decode.results import Generations, trim_at_stop
 from core.errors import UserError
 from core.export.gguf_read import metadata
-from core.export.runtime import answer_only_rules
+from core.export.runtime import answer_one_at_a_time, answer_only_rules
 from core.metrics.echo import answer_prefix, readable_prefix
 from core.prompts import fit_to_window, join_answer, render_chat, tidy_answer, user_message
 from core.resources import compute_threads
@@ -130,27 +128,7 @@ class GgufModel:
 
     def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
         """Answer `rows` one at a time (batch 1, as on a device), timing each."""
-        texts, counts, stopped, seconds, ids = [], [], [], [], []
-        start = time.perf_counter()
-        for row in tqdm(rows, desc="answering (llama.cpp)", unit="row", disable=not progress):
-            began = time.perf_counter()
-            text, new = self.answer(row, generation)
-            seconds.append(time.perf_counter() - began)
-            texts.append(text)
-            ids.append(new)
-            counts.append(len(new))
-            stopped.append(bool(new) and new[-1] == self.stop_id)
-        return Generations(
-            texts,
-            counts,
-            stopped,
-            time.perf_counter() - start,
-            batch_size=1,
-            decoded_tokens=sum(counts),
-            row_seconds=seconds,
-            token_ids=ids,
-            prefixes=[answer_prefix(row, generation.answer_prefix) for row in rows],
-        )
+        return answer_one_at_a_time(self, rows, generation, progress)
 
 
 def _pick(scores: np.ndarray, generation: GenerationConfig, rng: np.random.Generator) -> int:
