@@ -112,7 +112,10 @@ def _pooled(folds: list[Run]) -> Run:
     evaluation = {name: {"rougeL": statistics.fmean(scores[name])} for name in SYSTEMS}
     for name in SYSTEMS:
         evaluation[name].update({f"rougeL_{end}": value for end, value in spread[name].items()})
-    evaluation["model_minus_prefix"] = {"rougeL": evaluation["model"]["rougeL"] - evaluation["answer_prefix"]["rougeL"]}
+    evaluation["model_minus_prefix"] = {
+        "rougeL": evaluation["model"]["rougeL"] - evaluation["answer_prefix"]["rougeL"],
+        **{f"rougeL_{key}": value for key, value in spread["model_minus_prefix"].items()},
+    }
     evaluation["rows"] = len(ids)
     loops = [(run.evaluation.get("loop_share") or {}).get("model") for run in folds]
     if None not in loops:  # weighted by each fold's rows
