@@ -38,9 +38,9 @@ def gguf_files(params: Params, paths: Paths, outputs: atomic.Outputs) -> None:
             if found:
                 raise UserError("\n".join(found))
         if params.export.gguf:  # for the last precision listed
-            generation, context = params.profile.generation, params.profile.max_seq_length
             name = f"model-{params.export.gguf[-1]}.gguf"
-            text = modelfile(name, chat.template, params.prompt.system, chat.stop_token, generation, context)
+            context = params.profile.max_seq_length
+            text = modelfile(name, chat.template, params.prompt.system, chat.stop_token, context)
             (folder / "Modelfile").write_text(text, encoding="utf-8")
     logging.info(
         "%s: %s (%.0f MB)", paths.gguf, ", ".join(sorted(p.name for p in folder.iterdir())), directory_mb(folder)

@@ -20,6 +20,8 @@ import gguf
 import numpy as np
 from safetensors.numpy import load_file
 
+from core.errors import ArtifactError
+
 # what a precision name of params.yaml (export.gguf) writes: (the weights' type, the file type)
 PRECISIONS = {
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
@@ -162,7 +164,7 @@ def _tensors(merged: Path, config: dict, arch):
             continue  # the output layer is the token embedding, which llama.cpp reads in its place
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise ValueError(f"{merged}: no GGUF name for the tensor {hf_name}")
+            raise ArtifactError(f"{merged}: no GGUF name for the tensor {hf_name}; the gguf stage cannot write it")
         array = array.astype(np.float32)
         if arch == gguf.MODEL_ARCH.LLAMA and name.endswith(("attn_q.weight", "attn_k.weight")):
             array = _permute(array, heads if name.endswith("attn_q.weight") else kv_heads)

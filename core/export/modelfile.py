@@ -1,5 +1,5 @@
 """An Ollama Modelfile for the GGUF file: our chat template in Ollama's Go template syntax, the system
-prompt, the stop token and the profile's decoding where Ollama has the setting.
+prompt, the stop token, the context window, greedy decoding.
 
 The Go template is derived from our Jinja template, not written beside it: each turn is rendered alone
 with a marker for its text, and the marker becomes `{{ .System }}` or `{{ .Prompt }}`. A template edit
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from core.config import GenerationConfig
+from core.errors import UserError
 from core.prompts import render_chat
 
 _MARK = "\x00{}\x00"
@@ -44,28 +44,22 @@ def render_go(template: str, system: str, prompt: str) -> str:
     return re.sub(r"\{\{ \.(\w+) \}\}", lambda m: values[m.group(1)], text)
 
 
-def _quoted(text: str) -> str:
+def _quoted(text: str, where: str) -> str:
     if '"""' in text:
-        raise ValueError('a Modelfile value cannot hold """')
+        raise UserError(f'{where}: holds """, which a Modelfile cannot quote')
     return f'"""{text}"""'
 
 
-def modelfile(
-    gguf_name: str, template: str, system: str, end_of_turn: str, generation: GenerationConfig, context: int
-) -> str:
-    """The Modelfile text. Ollama's repeat_penalty counts the prompt's tokens (ours counts the answer's
-    only) and it has no beam search: greedy, and neither repetition rule, is what it is given."""
+def modelfile(gguf_name: str, template: str, system: str, end_of_turn: str, context: int) -> str:
+    """The Modelfile text: greedy (temperature 0) to the end of turn, as the profiles decode by default.
+    Sampling, lengths and the repetition rules stay out: they are predict's settings (a change to them would
+    rewrite the GGUF stage's outputs), and Ollama's repeat penalty counts the prompt's tokens, ours does not."""
     lines = [
         f"FROM ./{gguf_name}",
-        f"TEMPLATE {_quoted(go_template(template))}",
-        f"SYSTEM {_quoted(system)}",
+        f"TEMPLATE {_quoted(go_template(template), 'the chat template')}",
+        f"SYSTEM {_quoted(system, 'params.yaml: prompt.system')}",
         f'PARAMETER stop "{end_of_turn}"',
         f"PARAMETER num_ctx {context}",
-        f"PARAMETER num_predict {generation.longest_answer or generation.max_new_tokens}",
+        "PARAMETER temperature 0",
     ]
-    if generation.do_sample:
-        lines += [f"PARAMETER temperature {generation.temperature}", f"PARAMETER top_p {generation.top_p}"]
-        lines.append(f"PARAMETER seed {generation.seed}")
-    else:
-        lines.append("PARAMETER temperature 0")
     return "\n".join(lines) + "\n"
