@@ -12,7 +12,8 @@ from core.prompts import render_chat
 
 
 def metadata(path: str | Path) -> dict:
-    """The chat keys of a GGUF file: chat_template, eos, eot, pad and bos ids, add_bos (None where absent)."""
+    """What the checks and loaders read of a GGUF file: its architecture and head width, chat_template, the
+    eos, eot and pad ids, add_bos, and the Llama 3 rope factors (None where absent)."""
     reader = gguf.GGUFReader(str(path))
 
     def value(key: str):
@@ -29,7 +30,6 @@ def metadata(path: str | Path) -> dict:
         "eot": value(gguf.Keys.Tokenizer.EOT_ID),
         "pad": value(gguf.Keys.Tokenizer.PAD_ID),
         "add_bos": value(gguf.Keys.Tokenizer.ADD_BOS),
-        "tokens": len(reader.fields[gguf.Keys.Tokenizer.LIST].data),
         "rope_factors": next(
             (np.array(t.data, dtype=np.float32) for t in reader.tensors if t.name == "rope_freqs.weight"), None
         ),
