@@ -223,3 +223,39 @@ def test_llama_cpp_tokenizes_as_training_and_answers_as_pytorch(written):
         expected = answer[0, ids.shape[1] :]
         agreement.append((expected == found).float().mean().item())
     assert sum(agreement) / len(agreement) >= Q8_0_AGREEMENT, agreement
+
+
+def test_gguf_model_answers_with_pytorchs_greedy_tokens_and_stops_at_the_end_of_turn(written):
+    """What `ask --engine llamacpp` runs: GgufModel's prompt (the file's own template, llama.cpp's tokenizer),
+    its decoding loop and its stop, against PyTorch on the same prompt."""
+    pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed")
+    from core.config import GenerationConfig
+    from core.export.llamacpp import GgufModel
+
+    family, checkpoint, tokenizer, files = written
+    model = GgufModel(files["f16"], threads=2, context=1024)
+    pytorch = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    generation = GenerationConfig(
+        max_new_tokens=NEW_TOKENS, batch_size=1, do_sample=False, temperature=1.0, top_p=1.0, repetition_penalty=1.0
+    )
+    agreement, streamed = [], []
+    for row in ROWS:
+        ids = prompt_ids(family, tokenizer, row)
+        assert model.prompt_ids(row) == ids[0].tolist(), row["Master_Index"]  # training's prompt, token for token
+        expected = greedy(pytorch, ids)[0, ids.shape[1] :].tolist()
+        text, new = model.answer(row, generation, on_text=streamed.append)
+        assert len(new) == NEW_TOKENS and text == "".join(streamed).strip(), row["Master_Index"]
+        agreement.append(sum(a == b for a, b in zip(new, expected, strict=True)) / NEW_TOKENS)
+        streamed.clear()
+    assert sum(agreement) / len(agreement) >= Q8_0_AGREEMENT, agreement
+
+    # the end of turn made the likeliest token: the answer ends there, and the text holds nothing of it
+    read = model.last_logits
+    model.last_logits = lambda: _stop_on_top(read(), model.stop_id)
+    text, new = model.answer(ROWS[0], generation)
+    assert new == [model.stop_id] and text == ""
+
+
+def _stop_on_top(logits, stop_id: int):
+    logits[stop_id] = logits.max() + 10
+    return logits

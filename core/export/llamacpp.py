@@ -10,26 +10,23 @@ here, so beams fall back to greedy decoding (said once in the log).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from core.config import GenerationConfig
-from core.data import ID, PROMPT, require_vignette
-from core.decode.results import Generations, trim_at_stop
 from core.errors import UserError
 from core.export.gguf_read import metadata
-from core.export.runtime import answer_one_at_a_time, answer_only_rules
-from core.metrics.echo import answer_prefix, readable_prefix
-from core.prompts import fit_to_window, join_answer, render_chat, tidy_answer, user_message
+from core.export.runtime import OneVignetteEngine, answer_only_rules
+from core.prompts import render_chat, tidy_answer, user_message
 from core.resources import compute_threads
 
 log = logging.getLogger(__name__)
 
+# llama-cpp-py-sync's prebuilt wheel installs another module (llama_cpp_py_sync) with another API: not this one
 INSTALL = (
-    "llama.cpp's Python binding is not installed: pip install llama-cpp-python (builds llama.cpp: needs cmake "
-    "and a C compiler, Debian's build-essential cmake), or on glibc 2.38 or later pip install llama-cpp-py-sync"
+    "llama.cpp's Python binding is not installed: pip install llama-cpp-python (it builds llama.cpp: "
+    "needs cmake and a C compiler, Debian's build-essential cmake; about 10 minutes on 2 cores)"
 )
 
 
@@ -45,7 +42,7 @@ def import_llama_cpp():
     return llama_cpp
 
 
-class GgufModel:
+class GgufModel(OneVignetteEngine):
     """A GGUF file of the gguf stage, ready to answer one vignette at a time on `threads` CPU threads."""
 
     def __init__(self, path: str | Path, threads: int | None = None, context: int = 2048) -> None:
@@ -62,11 +59,18 @@ class GgufModel:
             found["eot"],
             context,
         )
-        llama_cpp = import_llama_cpp()
+        self.llama_cpp = llama_cpp
         self.engine = llama_cpp.Llama(
             model_path=str(path), n_ctx=context, n_threads=threads or compute_threads(), verbose=False
         )
         self._said_greedy = False
+
+    def last_logits(self) -> np.ndarray:
+        """The logits after the last token evaluated. llama-cpp-python keeps them in `scores` only when every
+        position's are kept (logits_all: a context-long table, 400 MB for SmolLM2's vocabulary at 2,048
+        tokens); otherwise `scores` stays zero, so they are read from llama.cpp's context."""
+        pointer = self.llama_cpp.llama_get_logits_ith(self.engine.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.engine.n_vocab(),)).astype(np.float32)
 
     def prompt_ids(self, row: dict) -> list[int]:
         # the user's turn only: the file's template brings our system prompt
@@ -76,38 +80,27 @@ class GgufModel:
     def decode(self, ids: list[int]) -> str:
         return tidy_answer(self.engine.detokenize(ids).decode("utf-8", errors="ignore"))
 
-    def answer(
-        self, row: dict, generation: GenerationConfig, on_text: Callable[[str], None] | None = None
-    ) -> tuple[str, list[int]]:
-        """One row's answer and its new token ids, as ExportedModel.answer gives them."""
-        require_vignette(row.get(PROMPT))
-        prefix_text = answer_prefix(row, generation.answer_prefix)
-        shown_prefix = readable_prefix(row, generation.answer_prefix)
-        if generation.longest_answer == 0:
-            if on_text is not None:
-                on_text(shown_prefix)
-            return prefix_text, []
-        prefix = self.engine.tokenize(prefix_text.encode("utf-8"), add_bos=False, special=False) if prefix_text else []
-        (prompt,), (prefix,) = fit_to_window(
-            [self.prompt_ids(row)], [prefix], generation.longest_answer, self.max_seq_length, [str(row.get(ID, "?"))]
-        )
-        if on_text is not None and shown_prefix:
-            on_text(shown_prefix + " ")
-        new = self._search(prompt, prefix, generation, on_text)
-        new, _ = trim_at_stop(new, self.stop_id)
-        return join_answer(prefix_text, self.decode(new)), new
+    def encode(self, text: str) -> list[int]:
+        return self.engine.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
-    def _search(self, prompt: list[int], prefix: list[int], generation: GenerationConfig, on_text) -> list[int]:
+    def new_tokens(
+        self, prompt: list[int], prefix: list[int], generation: GenerationConfig, on_text
+    ) -> tuple[list[int], str]:
         if generation.num_beams > 1 and not self._said_greedy:
             log.info("llama.cpp: greedy decoding (num_beams %d is the other engines')", generation.num_beams)
             self._said_greedy = True
+        return self._search(prompt, prefix, generation, on_text)
+
+    def _search(
+        self, prompt: list[int], prefix: list[int], generation: GenerationConfig, on_text
+    ) -> tuple[list[int], str]:
         rng = np.random.default_rng(generation.seed)
         self.engine.reset()
         self.engine.eval(prompt + prefix)
         new: list[int] = []
         shown = ""
         while len(new) < generation.longest_answer:
-            scores = np.array(self.engine.scores[self.engine.n_tokens - 1], dtype=np.float32)[None, :]
+            scores = self.last_logits()[None, :]
             if generation.repetition_penalty != 1.0 or generation.no_repeat_ngram_size:
                 scores = answer_only_rules(
                     scores, [prefix + new], generation.repetition_penalty, generation.no_repeat_ngram_size
@@ -124,11 +117,7 @@ class GgufModel:
                 if text.startswith(shown) and len(text) > len(shown):
                     on_text(text[len(shown) :])
                     shown = text
-        return new
-
-    def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
-        """Answer `rows` one at a time (batch 1, as on a device), timing each."""
-        return answer_one_at_a_time(self, rows, generation, progress)
+        return new, shown
 
 
 def _pick(scores: np.ndarray, generation: GenerationConfig, rng: np.random.Generator) -> int:

@@ -116,7 +116,48 @@ def search_options(generation: GenerationConfig, prompt_tokens: int) -> dict:
     return options
 
 
-class ExportedModel:
+class OneVignetteEngine:
+    """What both export engines share: one row's answer built around the engine's own search. A subclass
+    gives `stop_id`, `max_seq_length`, `prompt_ids(row)`, `encode(text)`, `decode(ids)` and
+    `new_tokens(prompt, prefix, generation, on_text)` (the new token ids and the text it streamed)."""
+
+    def answer(
+        self, row: dict, generation: GenerationConfig, on_text: Callable[[str], None] | None = None
+    ) -> tuple[str, list[int]]:
+        """The answer to one row and its new token ids (end-of-turn token included where the
+        model ended its turn). With greedy or sampled decoding `on_text` receives the answer's
+        text piece by piece as it is generated; beam search knows its answer only at the end."""
+        require_vignette(row.get(PROMPT))
+        # an answer's prefix is encoded apart from the prompt, as training encodes the answer
+        prefix_text = answer_prefix(row, generation.answer_prefix)
+        # what a person watching sees: the case in its own words, not in the scoring normalisation
+        shown_prefix = readable_prefix(row, generation.answer_prefix)
+        if generation.longest_answer == 0:  # the length chosen on validation: the prefix alone
+            if on_text is not None:
+                on_text(shown_prefix)
+            return prefix_text, []
+        (prompt,), (prefix,) = fit_to_window(
+            [self.prompt_ids(row)],
+            [self.encode(prefix_text) if prefix_text else []],
+            generation.longest_answer,
+            self.max_seq_length,
+            [str(row.get(ID, "the vignette"))],
+        )
+        if on_text is not None and shown_prefix:
+            on_text(shown_prefix + " ")
+        new, shown = self.new_tokens(prompt, prefix, generation, on_text)
+        new, _ = trim_at_stop(new, self.stop_id)
+        own = self.decode(new)
+        if on_text is not None and own != shown:
+            on_text(own[len(shown) :] if own.startswith(shown) else "\n" + own)
+        return join_answer(prefix_text, own), new
+
+    def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
+        """Answer `rows` one at a time (batch 1, as on a device), timing each."""
+        return answer_one_at_a_time(self, rows, generation, progress)
+
+
+class ExportedModel(OneVignetteEngine):
     """The export stage's model directory, ready to answer one vignette at a time."""
 
     def __init__(self, directory: str | Path, adapter: str | Path | None = None) -> None:
@@ -186,41 +227,16 @@ class ExportedModel:
     def decode(self, ids: list[int]) -> str:
         return tidy_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
 
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
     # --- answering ---------------------------------------------------------------------------
-    def answer(
-        self, row: dict, generation: GenerationConfig, on_text: Callable[[str], None] | None = None
-    ) -> tuple[str, list[int]]:
-        """The answer to one row and its new token ids (end-of-turn token included where the
-        model ended its turn). With greedy or sampled decoding `on_text` receives the answer's
-        text piece by piece as it is generated; beam search knows its answer only at the end."""
-        require_vignette(row.get(PROMPT))
-        # an answer's prefix is encoded apart from the prompt, as training encodes the answer
-        prefix_text = answer_prefix(row, generation.answer_prefix)
-        # what a person watching sees: the case in its own words, not in the scoring normalisation
-        shown_prefix = readable_prefix(row, generation.answer_prefix)
-        if generation.longest_answer == 0:  # the length chosen on validation: the prefix alone
-            if on_text is not None:
-                on_text(shown_prefix)
-            return prefix_text, []
-        prefix = self.tokenizer.encode(prefix_text, add_special_tokens=False).ids if prefix_text else []
-        (prompt,), (prefix,) = fit_to_window(
-            [self.prompt_ids(row)],
-            [prefix],
-            generation.longest_answer,
-            self.max_seq_length,
-            [str(row.get(ID, "the vignette"))],
-        )
-        if on_text is not None and shown_prefix:
-            on_text(shown_prefix + " ")
+    def new_tokens(
+        self, prompt: list[int], prefix: list[int], generation: GenerationConfig, on_text
+    ) -> tuple[list[int], str]:
         if generation.num_beams > 1 and not generation.do_sample:
-            new, shown = self._beams(prompt, prefix, generation), ""
-        else:
-            new, shown = self._search(prompt, prefix, generation, on_text)
-        new, _ = trim_at_stop(new, self.stop_id)
-        own = self.decode(new)
-        if on_text is not None and own != shown:
-            on_text(own[len(shown) :] if own.startswith(shown) else "\n" + own)
-        return join_answer(prefix_text, own), new
+            return self._beams(prompt, prefix, generation), ""
+        return self._search(prompt, prefix, generation, on_text)
 
     def _rules(self, generation: GenerationConfig):
         """The answer-only repetition rules as a function of (scores, answers), or None when off."""
@@ -276,10 +292,6 @@ class ExportedModel:
                     on_text(text[len(shown) :])
                     shown = text
         return new, shown
-
-    def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
-        """Answer `rows` one at a time (batch 1, as on a device), timing each."""
-        return answer_one_at_a_time(self, rows, generation, progress)
 
 
 def answer_one_at_a_time(model, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
