@@ -23,14 +23,19 @@ if [ "${1:-run}" = prepare ]; then
   rm -rf "$tmp"; du -sh "$CARRY"; exit 0
 fi
 
+# The CPU's instructions named, not -march=native: the lent machines' Xeons report AMX, and llama.cpp's AMX
+# path crashed there (2026-12-07: every quantized file, the official SmolLM2 Q4_1 included; a native CUDA
+# build also crashed while loading the tokenizer, a CPU build without AMX ran).
+CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON"
+CPU_FLAGS="$CPU_FLAGS -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 repo=$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$repo PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONPATH=/tmp/site:$repo PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONFAULTHANDLER=1
 if ! python3 -c "import llama_cpp" 2>/dev/null; then
   (cd /tmp && tar xzf "$repo/$CARRY/llama_cpp_python-slim.tar.gz" && cd "llama_cpp_python-$VERSION" &&
     began=$(date +%s) &&
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF" \
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 $CPU_FLAGS -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF" \
       CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) timeout 400 python3 -m pip install -q --no-build-isolation --no-deps \
       --target /tmp/site . >"$OUT/build.log" 2>&1
     echo "cuda build rc=$? in $(($(date +%s) - began)) s" | tee -a "$OUT/build.log")
@@ -38,7 +43,7 @@ fi
 lscpu | grep "Model name"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import llama_cpp; print(llama_cpp.__version__, llama_cpp.llama_print_system_info().decode())"
-bench="python3 -m benchmarks.gguf_llamacpp --tokenizer $CARRY/tok --threads 2 --rows 20"
+bench="python3 -m benchmarks.gguf_llamacpp --tokenizer $CARRY/tok --threads 2 --rows 20 ${BENCH_ARGS:-}"
 taskset -c 0,1 $bench --gpu --skip agreement --out "$OUT/gguf-gpu.json" >"$OUT/bench-gpu.log" 2>&1
 echo "gpu rc=$?"
 taskset -c 0,1 $bench --out "$OUT/gguf-cpu.json" >"$OUT/bench-cpu.log" 2>&1
