@@ -132,3 +132,37 @@ def test_static_peer_benchmark_times_each_decoder_in_a_fresh_process(tmp_path):
         assert len(result["calls"]) == 2 and all(call["seconds"] > 0 for call in result["calls"])
         assert all(call["mean_new_tokens"] == 4 for call in result["calls"])  # random weights: every row runs to 4
     assert "| ours |" in done.stdout and "| library-eager |" in done.stdout
+
+
+def test_engines_benchmark_splits_prompt_from_generation_and_refuses_answers_of_another_length(monkeypatch):
+    """benchmarks/engines_cpu.py's arithmetic on made-up timings: the warm-up row is left out, the prompt
+    rate is the prompt over the 1-token time, the generation rate the other tokens over the difference."""
+    from types import SimpleNamespace
+
+    from benchmarks import engines_cpu
+    from core.errors import UserError
+
+    timings = {1: [9.0, 0.2, 0.4], 5: [9.0, 0.6, 1.2]}  # seconds a row; the first row warms up
+    lengths = {1: 1, 5: 5}
+
+    def answer(engine, rows_file, decoding, threads, work):
+        length = decoding["max_new_tokens"]
+        assert decoding["min_new_tokens"] == length and threads == 2
+        return {
+            "row_seconds": timings[length],
+            "new_tokens": [lengths[length]] * 3,
+            "peak_rss_mb": 100.0 + length,
+            "torch_imported": False,
+        }
+
+    monkeypatch.setattr(engines_cpu, "answer", answer)
+    args = SimpleNamespace(new_tokens=5, threads=2)
+    found = engines_cpu.measure(["--engine", "onnx"], None, [50, 100, 200], {}, args)
+    assert found["vignettes"] == 2 and found["ms_per_vignette_median"] == pytest.approx(900.0)
+    assert found["prompt_tokens_per_s_median"] == pytest.approx((100 / 0.2 + 200 / 0.4) / 2)
+    assert found["generation_tokens_per_s_median"] == pytest.approx((4 / 0.4 + 4 / 0.8) / 2)
+    assert found["peak_rss_mb"] == 105.0
+
+    lengths[5] = 3  # an engine that stopped early: its time is not of 5 tokens
+    with pytest.raises(UserError, match=r"answers of \[3\] tokens where 5 were asked"):
+        engines_cpu.measure(["--engine", "onnx"], None, [50, 100, 200], {}, args)
