@@ -83,17 +83,15 @@ class GgufModel(OneVignetteEngine):
     def encode(self, text: str) -> list[int]:
         return self.engine.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
+    def sequences_carried(self, generation: GenerationConfig) -> int:
+        return 1  # greedy whatever num_beams says
+
     def new_tokens(
         self, prompt: list[int], prefix: list[int], generation: GenerationConfig, on_text
     ) -> tuple[list[int], str]:
         if generation.num_beams > 1 and not self._said_greedy:
             log.info("llama.cpp: greedy decoding (num_beams %d is the other engines')", generation.num_beams)
             self._said_greedy = True
-        return self._search(prompt, prefix, generation, on_text)
-
-    def _search(
-        self, prompt: list[int], prefix: list[int], generation: GenerationConfig, on_text
-    ) -> tuple[list[int], str]:
         rng = np.random.default_rng(generation.seed)
         self.engine.reset()
         self.engine.eval(prompt + prefix)

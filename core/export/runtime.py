@@ -152,9 +152,33 @@ class OneVignetteEngine:
             on_text(own[len(shown) :] if own.startswith(shown) else "\n" + own)
         return join_answer(prefix_text, own), new
 
+    def sequences_carried(self, generation: GenerationConfig) -> int:
+        """How many sequences the search decodes for one answer (its beams)."""
+        return generation.num_beams
+
     def answer_rows(self, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
         """Answer `rows` one at a time (batch 1, as on a device), timing each."""
-        return answer_one_at_a_time(self, rows, generation, progress)
+        texts, counts, stopped, seconds, ids = [], [], [], [], []
+        start = time.perf_counter()
+        for row in tqdm(rows, desc="answering", unit="row", disable=not progress):
+            began = time.perf_counter()
+            text, new = self.answer(row, generation)
+            seconds.append(time.perf_counter() - began)
+            texts.append(text)
+            ids.append(new)
+            counts.append(len(new))
+            stopped.append(bool(new) and new[-1] == self.stop_id)
+        return Generations(
+            texts,
+            counts,
+            stopped,
+            time.perf_counter() - start,
+            batch_size=1,
+            decoded_tokens=sum(counts) * self.sequences_carried(generation),
+            row_seconds=seconds,
+            token_ids=ids,
+            prefixes=[answer_prefix(row, generation.answer_prefix) for row in rows],
+        )
 
 
 class ExportedModel(OneVignetteEngine):
@@ -292,28 +316,3 @@ class ExportedModel(OneVignetteEngine):
                     on_text(text[len(shown) :])
                     shown = text
         return new, shown
-
-
-def answer_one_at_a_time(model, rows: list[dict], generation: GenerationConfig, progress: bool = True) -> Generations:
-    """`model.answer` (an exported model: ONNX, or GGUF through llama.cpp) on each row in turn, timed."""
-    texts, counts, stopped, seconds, ids = [], [], [], [], []
-    start = time.perf_counter()
-    for row in tqdm(rows, desc="answering", unit="row", disable=not progress):
-        began = time.perf_counter()
-        text, new = model.answer(row, generation)
-        seconds.append(time.perf_counter() - began)
-        texts.append(text)
-        ids.append(new)
-        counts.append(len(new))
-        stopped.append(bool(new) and new[-1] == model.stop_id)
-    return Generations(
-        texts,
-        counts,
-        stopped,
-        time.perf_counter() - start,
-        batch_size=1,
-        decoded_tokens=sum(counts) * generation.num_beams,
-        row_seconds=seconds,
-        token_ids=ids,
-        prefixes=[answer_prefix(row, generation.answer_prefix) for row in rows],
-    )
