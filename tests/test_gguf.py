@@ -259,3 +259,32 @@ def test_gguf_model_answers_with_pytorchs_greedy_tokens_and_stops_at_the_end_of_
 def _stop_on_top(logits, stop_id: int):
     logits[stop_id] = logits.max() + 10
     return logits
+
+
+def test_a_llama_head_wider_than_hidden_over_heads_is_written_for_llama_cpp(tiny_checkpoints, tmp_path):
+    """llama.cpp takes a Llama head as hidden / heads unless the file says otherwise (it refused such a file:
+    'invalid n_rot'); the file says, and llama.cpp, where installed, answers as PyTorch."""
+    import gguf
+    from transformers import AutoConfig
+
+    source = tiny_checkpoints["llama32"]
+    config = AutoConfig.from_pretrained(source)
+    config.head_dim = 2 * config.hidden_size // config.num_attention_heads
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wide")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.save_pretrained(tmp_path / "wide")
+    path = tmp_path / "wide-f16.gguf"
+    write_gguf(tmp_path / "wide", path, "f16", chat_for("llama32", tokenizer))
+
+    field = gguf.GGUFReader(str(path)).fields["llama.attention.key_length"]
+    assert field.contents() == config.head_dim
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed")
+    engine = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, logits_all=True)
+    pytorch = AutoModelForCausalLM.from_pretrained(tmp_path / "wide", dtype=torch.float32).eval()
+    ids = prompt_ids("llama32", tokenizer, ROWS[0])[:, :64]
+    with torch.no_grad():
+        expected = pytorch(ids).logits[0].argmax(-1)
+    engine.eval(ids[0].tolist())
+    found = torch.tensor(engine.scores[: ids.shape[1]]).argmax(-1)
+    assert (found == expected).float().mean() >= Q8_0_AGREEMENT

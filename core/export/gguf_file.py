@@ -82,7 +82,7 @@ def write_gguf(merged: str | Path, path: str | Path, precision: str, chat: Chat)
     arch = ARCHITECTURES[config["model_type"]]
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     weight_type, file_type = PRECISIONS[precision]
-    _write_hyperparameters(writer, config, arch, file_type)
+    _write_hyperparameters(writer, config, file_type)
     _write_tokenizer(writer, merged, config["vocab_size"], chat)
     for name, array in _tensors(merged, config, arch):
         _add_tensor(writer, name, array, weight_type)
@@ -92,7 +92,7 @@ def write_gguf(merged: str | Path, path: str | Path, precision: str, chat: Chat)
     writer.close()
 
 
-def _write_hyperparameters(writer: gguf.GGUFWriter, config: dict, arch, file_type) -> None:
+def _write_hyperparameters(writer: gguf.GGUFWriter, config: dict, file_type) -> None:
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     writer.add_name(config.get("_name_or_path") or "merged")
@@ -105,9 +105,10 @@ def _write_hyperparameters(writer: gguf.GGUFWriter, config: dict, arch, file_typ
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_rope_freq_base(_rope(config).get("rope_theta", 10000.0))
     writer.add_rope_dimension_count(head_dim)
-    if arch == gguf.MODEL_ARCH.QWEN3:  # Qwen3's head is wider than hidden / heads (128 against 64 at 0.6B)
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+    # llama.cpp assumes hidden / heads unless told: Qwen3's head is wider (128 against 64 at 0.6B), and a
+    # Llama-architecture checkpoint may set head_dim too
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
