@@ -19,8 +19,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,30 +28,24 @@ from core.errors import UserError
 from core.export.runtime import ExportedModel
 from core.metrics.echo import answer_prefix
 from core.paths import read_table
-from stages.ask import read_rows
+from stages.ask import ask_in_own_process, read_rows
 
 log = logging.getLogger("benchmarks.engines_cpu")
 
 
-def answer(engine: list[str], rows_file: Path, decoding: dict, threads: int, work: Path) -> dict:
+def answer(engine: list[str], rows_file: Path, decoding: dict, threads: int) -> dict:
     """`stages.ask` on the rows in its own process, pinned to the first `threads` cores: its report."""
-    decoding_file, report = work / "decoding.json", work / "report.json"
-    atomic.write_json(decoding_file, decoding)
     cores = ",".join(str(core) for core in sorted(os.sched_getaffinity(0))[:threads])
-    command = ["taskset", "-c", cores, sys.executable, "-m", "stages.ask", "--file", str(rows_file)]
-    command += ["--decoding", str(decoding_file), "--report", str(report), "--out", str(work / "answers.csv")]
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    subprocess.run(command + engine, check=True, env=environment, stdout=subprocess.DEVNULL)
-    return atomic.read_json(report)
+    return ask_in_own_process(["--file", str(rows_file), *engine], decoding, ["taskset", "-c", cores], environment)
 
 
 def measure(engine: list[str], rows_file: Path, prompt_tokens: list[int], setting: dict, args) -> dict:
     """One engine at 1 and at `--new-tokens` tokens: ms a vignette, prompt and generation rates, peak memory."""
     runs = {}
-    with tempfile.TemporaryDirectory(prefix="engines-") as tmp:
-        for length in (1, args.new_tokens):
-            decoding = dict(setting, max_new_tokens=length, min_new_tokens=length)
-            runs[length] = answer(engine, rows_file, decoding, args.threads, Path(tmp))
+    for length in (1, args.new_tokens):
+        decoding = dict(setting, max_new_tokens=length, min_new_tokens=length)
+        runs[length] = answer(engine, rows_file, decoding, args.threads)
     short, full = runs[1], runs[args.new_tokens]
     for length, run in runs.items():
         wrote = set(run["new_tokens"])

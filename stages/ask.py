@@ -15,7 +15,9 @@ import csv
 import io
 import json
 import logging
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from core import atomic
@@ -84,6 +86,20 @@ def read_rows(path: str) -> list[dict]:
         if not row.get(ID):
             row[ID] = str(number)
     return rows
+
+
+def ask_in_own_process(arguments: list[str], decoding: dict, launcher: list[str] = (), env=None) -> dict:
+    """This command on a file of rows in a process of its own (`arguments`: --file and the engine's options;
+    `launcher`: what it runs under, e.g. taskset), `decoding` as its settings: its report. Its own error
+    line, if any, reaches the console as it is."""
+    with tempfile.TemporaryDirectory(prefix="ask-") as tmp:
+        report, decoding_file = Path(tmp) / "report.json", Path(tmp) / "decoding.json"
+        atomic.write_json(decoding_file, decoding)
+        command = [*launcher, sys.executable, "-m", "stages.ask", *arguments]
+        command += ["--decoding", str(decoding_file), "--report", str(report), "--out", str(Path(tmp) / "answers.csv")]
+        if subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            raise UserError(f"stages.ask {' '.join(arguments)} failed (above)")
+        return atomic.read_json(report)
 
 
 def main(outputs: atomic.Outputs) -> None:

@@ -13,8 +13,6 @@ the report says which answers each figure was measured on.
 import importlib.util
 import logging
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +28,7 @@ from core.paths import Paths, read_table
 from core.predictions import read_predictions
 from core.resources import directory_mb
 from stages import run
+from stages.ask import ask_in_own_process
 
 # The challenge's limits (../shared/reference/task.md): at most 1 billion parameters, quantized
 # for inference, under 2 GB of RAM and 100 ms a vignette (on a Jetson Nano-class device; here:
@@ -64,35 +63,9 @@ class Device(NamedTuple):
 def answer_in_own_process(device: Device, rows_file: str, max_new_tokens: int) -> dict:
     """The export answering a file of rows (`python -m stages.ask`): its answers, timings and peak memory."""
     paths = device.paths
-    with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
-        report, decoding = Path(tmp) / "report.json", Path(tmp) / "decoding.json"
-        atomic.write_json(decoding, as_dict(device.generation))
-        command = [
-            sys.executable,
-            "-m",
-            "stages.ask",
-            "--decoding",
-            str(decoding),
-            "--file",
-            rows_file,
-            "--export",
-            paths.export,
-            "--adapter",
-            paths.aligned,
-            "--out",
-            str(Path(tmp) / "answers.csv"),
-            "--report",
-            str(report),
-            "--max-new-tokens",
-            str(max_new_tokens),
-            "--engine",
-            device.engine,
-        ]
-        # the child's own error line, if any, reaches the console as it is
-        if subprocess.run(command).returncode != 0:
-            logging.getLogger("stages").error("answering %s with %s failed (above)", rows_file, paths.export)
-            sys.exit(1)
-        return atomic.read_json(report)
+    arguments = ["--file", rows_file, "--export", paths.export, "--adapter", paths.aligned]
+    arguments += ["--max-new-tokens", str(max_new_tokens), "--engine", device.engine]
+    return ask_in_own_process(arguments, as_dict(device.generation))
 
 
 def answer_rows(device: Device, rows: list[dict], max_new_tokens: int) -> dict:

@@ -145,7 +145,7 @@ def test_engines_benchmark_splits_prompt_from_generation_and_refuses_answers_of_
     timings = {1: [9.0, 0.2, 0.4], 5: [9.0, 0.6, 1.2]}  # seconds a row; the first row warms up
     lengths = {1: 1, 5: 5}
 
-    def answer(engine, rows_file, decoding, threads, work):
+    def answer(engine, rows_file, decoding, threads):
         length = decoding["max_new_tokens"]
         assert decoding["min_new_tokens"] == length and threads == 2
         return {
