@@ -5,10 +5,11 @@
 #   bash benchmarks/gpu_llamacpp.sh prepare   # here, after dvc repro: fills .gpu_carry/ (about 51 MB)
 #   bash benchmarks/gpu_llamacpp.sh           # there, with .gpu_carry carried; results under $OUT
 #
-# The GPU machine has nvcc, cmake and scikit-build-core but no network and no llama.cpp: the binding is
-# built there from its source (CUDA for sm_90, about 280 s on 16 cores). The source travels without
-# llama.cpp's docs, media and benches, to fit the 64 MiB a call carries. The GPU's speed runs in a process
-# of its own before the CPU's, so that a crash of one loses nothing of the other.
+# The GPU machine has nvcc and cmake but no network and no llama.cpp: llama.cpp (the version llama-cpp-python
+# 0.3.36 vendors) is built there with CUDA for sm_90 and its own llama-bench, and the binding's pure-Python
+# part is pointed at that build (LLAMA_CPP_LIB_PATH). The source travels without llama.cpp's docs, media and
+# benches, to fit the 64 MiB a call carries. Each measurement runs in a process of its own (GPU first), so
+# that a crash of one loses nothing of the others; under gdb where it is installed, for a crash's stack.
 set -uo pipefail
 CARRY=${CARRY:-.gpu_carry}
 VERSION=0.3.36
@@ -32,20 +33,43 @@ repo=$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$repo PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONFAULTHANDLER=1
-if ! python3 -c "import llama_cpp" 2>/dev/null; then
-  (cd /tmp && tar xzf "$repo/$CARRY/llama_cpp_python-slim.tar.gz" && cd "llama_cpp_python-$VERSION" &&
-    began=$(date +%s) &&
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 $CPU_FLAGS -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF" \
-      CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) timeout 400 python3 -m pip install -q --no-build-isolation --no-deps \
-      --target /tmp/site . >"$OUT/build.log" 2>&1
-    echo "cuda build rc=$? in $(($(date +%s) - began)) s" | tee -a "$OUT/build.log")
+# llama.cpp built once with its own tools (llama-bench: the figure published for other boards); the Python
+# binding is its pure-Python part, pointed at that build's libraries.
+src=/tmp/llama_cpp_python-$VERSION build=/tmp/llama.cpp-cuda
+export LLAMA_CPP_LIB_PATH=$build/bin
+if [ ! -x "$build/bin/llama-bench" ]; then
+  tar xzf "$CARRY/llama_cpp_python-slim.tar.gz" -C /tmp && cp -r "$src/llama_cpp" /tmp/site/ || exit 1
+  began=$(date +%s)
+  { cmake -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 $CPU_FLAGS -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF &&
+    timeout 420 cmake --build "$build" -j "$(nproc)" --target llama llama-bench; } >"$OUT/build.log" 2>&1
+  echo "cuda build rc=$? in $(($(date +%s) - began)) s" | tee -a "$OUT/build.log"
 fi
 lscpu | grep "Model name"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import llama_cpp; print(llama_cpp.__version__, llama_cpp.llama_print_system_info().decode())"
+
+# The default's shape as q8_0 and f16 (random weights: speed needs none trained), written as the gguf stage does.
+files=/tmp/gguf-bench
+timeout 120 python3 -c "
+import sys, yaml; from pathlib import Path; from benchmarks.gguf_llamacpp import speed_files
+print(speed_files(Path('$CARRY/tok'), Path('$files'), yaml.safe_load(Path('params.yaml').read_text())['prompt']['system']))
+" >"$OUT/files.log" 2>&1; echo "files rc=$?"
+# llama.cpp's own benchmark: a 184-token prompt (the real test rows' median) and 32 / 128 generated tokens.
+for precision in q8_0 f16; do
+  timeout 120 "$build/bin/llama-bench" -m "$files/smollm2-shape-$precision.gguf" -ngl 99 -p 184 -n 32,128 -r 10 \
+    -o json >"$OUT/llama-bench-gpu-$precision.json" 2>"$OUT/llama-bench-gpu-$precision.log"
+  echo "llama-bench gpu $precision rc=$?"
+  timeout 120 taskset -c 0,1 "$build/bin/llama-bench" -m "$files/smollm2-shape-$precision.gguf" -ngl 0 -t 2 -p 184 \
+    -n 32 -r 3 -o json >"$OUT/llama-bench-cpu-$precision.json" 2>"$OUT/llama-bench-cpu-$precision.log"
+  echo "llama-bench cpu $precision rc=$?"
+done
+# The Python binding on the same files (our prompts through our template), the GPU's run first.
+debug=""; command -v gdb >/dev/null && debug="gdb -q -batch -ex run -ex bt --args"
 bench="python3 -m benchmarks.gguf_llamacpp --tokenizer $CARRY/tok --threads 2 --rows 20 ${BENCH_ARGS:-}"
-taskset -c 0,1 $bench --gpu --skip agreement --out "$OUT/gguf-gpu.json" >"$OUT/bench-gpu.log" 2>&1
-echo "gpu rc=$?"
-taskset -c 0,1 $bench --out "$OUT/gguf-cpu.json" >"$OUT/bench-cpu.log" 2>&1
-echo "cpu rc=$?"
-grep -hv "Warn\|it/s\|Loading\|Writing" "$OUT/bench-gpu.log" "$OUT/bench-cpu.log" | tail -12
+timeout 150 taskset -c 0,1 $debug $bench --gpu --skip agreement --out "$OUT/gguf-gpu.json" >"$OUT/bench-gpu.log" 2>&1
+echo "python gpu rc=$?"
+timeout 100 taskset -c 0,1 $debug $bench --out "$OUT/gguf-cpu.json" >"$OUT/bench-cpu.log" 2>&1
+echo "python cpu rc=$?"
+grep -hv "Warn\|it/s\|Loading\|Writing" "$OUT/bench-gpu.log" "$OUT/bench-cpu.log" | tail -30
