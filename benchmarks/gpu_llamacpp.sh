@@ -33,6 +33,14 @@ repo=$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRY"/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$repo PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONFAULTHANDLER=1
+# The default's shape as q8_0 and f16 (random weights: speed needs none trained), written as the gguf stage
+# does, while llama.cpp builds.
+files=/tmp/gguf-bench
+timeout 200 python3 -c "
+import yaml; from pathlib import Path; from benchmarks.gguf_llamacpp import speed_files
+print(speed_files(Path('$CARRY/tok'), Path('$files'), yaml.safe_load(Path('params.yaml').read_text())['prompt']['system']))
+" >"$OUT/files.log" 2>&1 &
+writing=$!
 # llama.cpp built once with its own tools (llama-bench: the figure published for other boards); the Python
 # binding is its pure-Python part, pointed at that build's libraries.
 src=/tmp/llama_cpp_python-$VERSION build=/tmp/llama.cpp-cuda
@@ -49,27 +57,24 @@ fi
 lscpu | grep "Model name"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import llama_cpp; print(llama_cpp.__version__, llama_cpp.llama_print_system_info().decode())"
+wait $writing; echo "files rc=$?"
 
-# The default's shape as q8_0 and f16 (random weights: speed needs none trained), written as the gguf stage does.
-files=/tmp/gguf-bench
-timeout 120 python3 -c "
-import sys, yaml; from pathlib import Path; from benchmarks.gguf_llamacpp import speed_files
-print(speed_files(Path('$CARRY/tok'), Path('$files'), yaml.safe_load(Path('params.yaml').read_text())['prompt']['system']))
-" >"$OUT/files.log" 2>&1; echo "files rc=$?"
-# llama.cpp's own benchmark: a 184-token prompt (the real test rows' median) and 32 / 128 generated tokens.
+# llama.cpp's own benchmark: a 184-token prompt (the real test rows' median) and 32 / 128 generated tokens;
+# then the Python binding on the same files (our prompts through our template); the GPU's figures first.
 for precision in q8_0 f16; do
-  timeout 120 "$build/bin/llama-bench" -m "$files/smollm2-shape-$precision.gguf" -ngl 99 -p 184 -n 32,128 -r 10 \
+  timeout 90 "$build/bin/llama-bench" -m "$files/smollm2-shape-$precision.gguf" -ngl 99 -p 184 -n 32,128 -r 5 \
     -o json >"$OUT/llama-bench-gpu-$precision.json" 2>"$OUT/llama-bench-gpu-$precision.log"
   echo "llama-bench gpu $precision rc=$?"
-  timeout 120 taskset -c 0,1 "$build/bin/llama-bench" -m "$files/smollm2-shape-$precision.gguf" -ngl 0 -t 2 -p 184 \
+done
+debug=""; command -v gdb >/dev/null && debug="gdb -q -batch -ex run -ex bt --args"
+bench="python3 -m benchmarks.gguf_llamacpp --tokenizer $CARRY/tok --threads 2 --rows 20 ${BENCH_ARGS:-}"
+timeout 120 taskset -c 0,1 $debug $bench --gpu --skip agreement --out "$OUT/gguf-gpu.json" >"$OUT/bench-gpu.log" 2>&1
+echo "python gpu rc=$?"
+for precision in q8_0 f16; do
+  timeout 60 taskset -c 0,1 "$build/bin/llama-bench" -m "$files/smollm2-shape-$precision.gguf" -ngl 0 -t 2 -p 184 \
     -n 32 -r 3 -o json >"$OUT/llama-bench-cpu-$precision.json" 2>"$OUT/llama-bench-cpu-$precision.log"
   echo "llama-bench cpu $precision rc=$?"
 done
-# The Python binding on the same files (our prompts through our template), the GPU's run first.
-debug=""; command -v gdb >/dev/null && debug="gdb -q -batch -ex run -ex bt --args"
-bench="python3 -m benchmarks.gguf_llamacpp --tokenizer $CARRY/tok --threads 2 --rows 20 ${BENCH_ARGS:-}"
-timeout 150 taskset -c 0,1 $debug $bench --gpu --skip agreement --out "$OUT/gguf-gpu.json" >"$OUT/bench-gpu.log" 2>&1
-echo "python gpu rc=$?"
 timeout 100 taskset -c 0,1 $debug $bench --out "$OUT/gguf-cpu.json" >"$OUT/bench-cpu.log" 2>&1
 echo "python cpu rc=$?"
 grep -hv "Warn\|it/s\|Loading\|Writing" "$OUT/bench-gpu.log" "$OUT/bench-cpu.log" | tail -30
