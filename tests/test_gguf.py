@@ -261,27 +261,37 @@ def _stop_on_top(logits, stop_id: int):
     return logits
 
 
-def test_a_llama_head_wider_than_hidden_over_heads_is_written_for_llama_cpp(tiny_checkpoints, tmp_path):
-    """llama.cpp takes a Llama head as hidden / heads unless the file says otherwise (it refused such a file:
-    'invalid n_rot'); the file says, and llama.cpp, where installed, answers as PyTorch."""
-    import gguf
+@pytest.fixture(scope="module")
+def wide_llama(tiny_checkpoints, tmp_path_factory):
+    """(checkpoint, tokenizer, f16 GGUF path) of a Llama-architecture checkpoint whose head_dim is twice
+    hidden / heads: llama.cpp takes a Llama head as hidden / heads unless the file says otherwise (it refused
+    such a file: 'invalid n_rot')."""
     from transformers import AutoConfig
 
-    source = tiny_checkpoints["llama32"]
+    source, folder = tiny_checkpoints["llama32"], tmp_path_factory.mktemp("gguf-wide")
     config = AutoConfig.from_pretrained(source)
     config.head_dim = 2 * config.hidden_size // config.num_attention_heads
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wide")
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "wide")
     tokenizer = AutoTokenizer.from_pretrained(source)
-    tokenizer.save_pretrained(tmp_path / "wide")
-    path = tmp_path / "wide-f16.gguf"
-    write_gguf(tmp_path / "wide", path, "f16", chat_for("llama32", tokenizer))
+    tokenizer.save_pretrained(folder / "wide")
+    write_gguf(folder / "wide", folder / "wide-f16.gguf", "f16", chat_for("llama32", tokenizer))
+    return folder / "wide", tokenizer, folder / "wide-f16.gguf"
 
-    field = gguf.GGUFReader(str(path)).fields["llama.attention.key_length"]
-    assert field.contents() == config.head_dim
+
+def test_a_llama_head_wider_than_hidden_over_heads_is_in_the_file(wide_llama):
+    import gguf
+
+    checkpoint, _, path = wide_llama
+    head_dim = json.loads((checkpoint / "config.json").read_text())["head_dim"]
+    assert gguf.GGUFReader(str(path)).fields["llama.attention.key_length"].contents() == head_dim
+
+
+def test_llama_cpp_answers_as_pytorch_with_a_head_wider_than_hidden_over_heads(wide_llama):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding is not installed")
+    checkpoint, tokenizer, path = wide_llama
     engine = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, logits_all=True)
-    pytorch = AutoModelForCausalLM.from_pretrained(tmp_path / "wide", dtype=torch.float32).eval()
+    pytorch = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     ids = prompt_ids("llama32", tokenizer, ROWS[0])[:, :64]
     with torch.no_grad():
         expected = pytorch(ids).logits[0].argmax(-1)
