@@ -37,7 +37,7 @@ def answer(engine: list[str], rows_file: Path, decoding: dict, threads: int) -> 
     """`stages.ask` on the rows in its own process, pinned to the first `threads` cores: its report."""
     cores = ",".join(str(core) for core in sorted(os.sched_getaffinity(0))[:threads])
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    return ask_in_own_process(["--file", str(rows_file), *engine], decoding, ["taskset", "-c", cores], environment)
+    return ask_in_own_process(["--file", str(rows_file), *engine], decoding, ("taskset", "-c", cores), environment)
 
 
 def measure(engine: list[str], rows_file: Path, prompt_tokens: list[int], setting: dict, args) -> dict:

@@ -133,6 +133,8 @@ def speed(gguf_path: Path, texts: list[str], new_tokens: int, threads: int, gpu:
     """Greedy answers of `new_tokens` tokens, one vignette at a time."""
     import llama_cpp
 
+    from core.export.llamacpp import last_logits
+
     engine = llama_cpp.Llama(
         model_path=str(gguf_path), n_ctx=2048, n_threads=threads, n_gpu_layers=-1 if gpu else 0, verbose=False
     )
@@ -145,9 +147,7 @@ def speed(gguf_path: Path, texts: list[str], new_tokens: int, threads: int, gpu:
         engine.eval(ids)
         prompted = time.perf_counter()
         for _ in range(new_tokens):
-            # the last position's logits (llama-cpp-python's `scores` holds them only with logits_all)
-            pointer = llama_cpp.llama_get_logits_ith(engine.ctx, -1)
-            scores = np.ctypeslib.as_array(pointer, shape=(engine.n_vocab(),)).copy()
+            scores = last_logits(llama_cpp, engine)
             scores[stop] = -np.inf
             engine.eval([int(scores.argmax())])
         done = time.perf_counter()

@@ -88,7 +88,7 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def ask_in_own_process(arguments: list[str], decoding: dict, launcher: list[str] = (), env=None) -> dict:
+def ask_in_own_process(arguments: list[str], decoding: dict, launcher: tuple[str, ...] = (), env=None) -> dict:
     """This command on a file of rows in a process of its own (`arguments`: --file and the engine's options;
     `launcher`: what it runs under, e.g. taskset), `decoding` as its settings: its report. Its own error
     line, if any, reaches the console as it is."""

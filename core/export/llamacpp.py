@@ -42,6 +42,14 @@ def import_llama_cpp():
     return llama_cpp
 
 
+def last_logits(llama_cpp, engine) -> np.ndarray:
+    """A copy of the logits after the last token `engine` (a llama_cpp.Llama) evaluated. llama-cpp-python keeps
+    them in `scores` only when every position's are kept (logits_all: a context-long table, 400 MB for
+    SmolLM2's vocabulary at 2,048 tokens); otherwise `scores` stays zero, so they are read from the context."""
+    pointer = llama_cpp.llama_get_logits_ith(engine.ctx, -1)
+    return np.ctypeslib.as_array(pointer, shape=(engine.n_vocab(),)).astype(np.float32)
+
+
 class GgufModel(OneVignetteEngine):
     """A GGUF file of the gguf stage, ready to answer one vignette at a time on `threads` CPU threads."""
 
@@ -66,11 +74,7 @@ class GgufModel(OneVignetteEngine):
         self._said_greedy = False
 
     def last_logits(self) -> np.ndarray:
-        """The logits after the last token evaluated. llama-cpp-python keeps them in `scores` only when every
-        position's are kept (logits_all: a context-long table, 400 MB for SmolLM2's vocabulary at 2,048
-        tokens); otherwise `scores` stays zero, so they are read from llama.cpp's context."""
-        pointer = self.llama_cpp.llama_get_logits_ith(self.engine.ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self.engine.n_vocab(),)).astype(np.float32)
+        return last_logits(self.llama_cpp, self.engine)
 
     def prompt_ids(self, row: dict) -> list[int]:
         # the user's turn only: the file's template brings our system prompt
