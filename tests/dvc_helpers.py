@@ -26,12 +26,12 @@ def run_dvc(cwd: Path, *args: str, check: bool = True, env: dict | None = None) 
     return done
 
 
-def start_dvc(cwd: Path, *args: str) -> subprocess.Popen:
+def start_dvc(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`dvc <args>` started in the background, its standard error kept to read (a test waits for, or stops, it)."""
     return subprocess.Popen(
         [sys.executable, "-m", "dvc", *args],
         cwd=cwd,
-        env=tools_env(),
+        env=tools_env(**(env or {})),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -25,6 +25,7 @@ from tests.test_reliability import errors, leftovers, snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
+HOLD = Path(__file__).parent / "hold_at_first_write"
 STAGES = ("prepare", "finetune", "align", "export", "gguf", "predict", "evaluate", "submit", "deploy")
 # the folders each stage writes its outputs in (mounted full one at a time)
 OUTPUT_FOLDERS = {
@@ -63,7 +64,8 @@ def stage_process(dvc: psutil.Process, stage: str) -> psutil.Process | None:
 def test_a_stage_whose_dvc_is_killed_at_work_changes_nothing(finished_workspace, stage, how):
     workspace = finished_workspace
     good, lock = snapshot(workspace), (workspace / "dvc.lock").read_text()
-    dvc = start_dvc(workspace, "repro", "--force", "--single-item", stage)
+    # held at its first write (tests/hold_at_first_write): a stage quicker than a second is still at work
+    dvc = start_dvc(workspace, "repro", "--force", "--single-item", stage, env={"PYTHONPATH": str(HOLD)})
     deadline, found = time.monotonic() + 120, None
     while time.monotonic() < deadline and dvc.poll() is None:
         found = stage_process(psutil.Process(dvc.pid), stage)
@@ -74,6 +76,8 @@ def test_a_stage_whose_dvc_is_killed_at_work_changes_nothing(finished_workspace,
     os.kill(dvc.pid, how)
     dvc.wait(timeout=60)
     _, alive = psutil.wait_procs([found], timeout=90)
+    for process in alive:  # so that a stage that failed the test writes nothing into the next one's workspace
+        process.kill()
     assert not alive, f"{stage} outlived the dvc that started it"
     unchanged(workspace, good, lock)
 
